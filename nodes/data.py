@@ -1,0 +1,384 @@
+"""A site's local data: the `[data]` config table, the data-source registry and the
+embedded default data set, "synthetic-multisite".
+
+"synthetic-multisite" is a generated, radiomics-like tabular task standing in for
+hospitals that each hold a small, differently acquired cohort of the same disease:
+
+* a shared, nonlinear ground truth: every patient has a few latent factors (the biology);
+  the label is a random smooth nonlinear function (a sum of sinusoids) of those factors, and the features are
+  correlated, partly nonlinear read-outs of them (like radiomics features, many of which
+  measure the same thing), so no single feature decides the class;
+* per-site domain shift: each hospital's "scanner" scales, offsets and adds noise to every
+  feature differently (then the site standardises its features with its own training
+  statistics, as a hospital would before sharing a model, which removes most but not all
+  of the shift: the noise level and the class mix still differ);
+* label skew: each site's class prior mixes the uniform prior with a random one;
+* quantity skew: site sizes are spread log-uniformly around `samples_per_site`, so some
+  hospitals hold several times more patients than others;
+* label noise: a small fraction of labels are replaced with a random class.
+
+Determinism and isolation: the ground truth depends only on the seed and the task shape;
+site k's data depends only on (seed, k, config), and is generated from its own random
+stream, so a node builds only its own site and building one site alone gives exactly the
+same tensors as building all of them. Each site's test split is held out from the same
+cohort (same scanner, same class prior); no patient is in two sites or in two splits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from swarm.errors import ConfigError
+
+# --------------------------------------------------------------------------------------
+# Config helpers (also used by nodes.training). Every message names the field, the bad
+# value and an example of a good one.
+# --------------------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _fail(prefix: str, key: str, requirement: str, value: Any, example: str) -> ConfigError:
+    return ConfigError(f"{prefix}.{key}: must be {requirement}, got {value!r} (example: {example})")
+
+
+def _int_value(prefix: str, key: str, value: Any, minimum: int | None, maximum: int | None,
+               example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(prefix, key, _int_requirement(minimum, maximum), value, example)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise _fail(prefix, key, _int_requirement(minimum, maximum), value, example)
+    return value
+
+
+def _int_requirement(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"an integer from {minimum} to {maximum}"
+    if minimum is not None:
+        return f"an integer >= {minimum}"
+    if maximum is not None:
+        return f"an integer <= {maximum}"
+    return "an integer"
+
+
+def _float_value(prefix: str, key: str, value: Any, low: float, high: float, example: str,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    left = "(" if low_open else "["
+    right = ")" if high_open else "]"
+    hi = "inf" if math.isinf(high) else f"{high:g}"
+    requirement = f"a number in {left}{low:g}, {hi}{right}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(prefix, key, requirement, value, example)
+    number = float(value)
+    if not math.isfinite(number):
+        raise _fail(prefix, key, requirement, value, example)
+    if number < low or (low_open and number == low) or number > high or (high_open and number == high):
+        raise _fail(prefix, key, requirement, value, example)
+    return number
+
+
+def _check_keys(prefix: str, d: Any, cls: type) -> None:
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{prefix}: must be a table, got {d!r} (example: [{prefix}])")
+    known = [f.name for f in fields(cls)]
+    for key in d:
+        if key not in known:
+            raise ConfigError(
+                f"{prefix}.{key}: unknown key, got {key!r} = {d[key]!r} "
+                f"(known keys: {', '.join(known)})"
+            )
+
+
+# --------------------------------------------------------------------------------------
+# Site data and config
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """One hospital's data: features are float32 [n, num_features], labels int64 [n]."""
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_features: int
+    num_classes: int
+
+    @property
+    def train_samples(self) -> int:
+        return int(self.train_y.shape[0])
+
+    @property
+    def test_samples(self) -> int:
+        return int(self.test_y.shape[0])
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The `[data]` table. The defaults are the quickstart federation's data set."""
+
+    source: str = "synthetic-multisite"
+    sites: int = 6
+    site: int | None = None          # this node's site index; absent for whole-federation use
+    seed: int = 0
+    features: int = 32
+    classes: int = 3
+    latent: int = 8                  # latent factors behind the features and the label
+    samples_per_site: int = 240      # mean patients per site, train + test
+    min_samples: int = 40            # no site smaller than this (train + test)
+    quantity_skew: float = 1.0       # site sizes span exp(-q)..exp(q) around the mean
+    label_skew: float = 0.5          # 0: every site has the uniform class prior; 1: fully random
+    shift: float = 1.0               # strength of the per-site scanner shift
+    label_noise: float = 0.05        # fraction of labels replaced by a random class
+    test_fraction: float = 0.5       # share of each site's patients held out for its test split
+    standardize: bool = True         # each site z-scores features with its own train statistics
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], field_prefix: str = "data") -> DataConfig:
+        """Parse a TOML table; ConfigError names the field, the bad value and an example."""
+        p = field_prefix
+        _check_keys(p, d, cls)
+        defaults = cls()
+
+        def get(key: str) -> Any:
+            return d.get(key, getattr(defaults, key))
+
+        source = get("source")
+        if not isinstance(source, str) or source not in DATA_SOURCES:
+            known = ", ".join(sorted(DATA_SOURCES))
+            raise ConfigError(
+                f"{p}.source: must be one of: {known}, got {source!r} "
+                f'(example: source = "synthetic-multisite")'
+            )
+        sites = _int_value(p, "sites", get("sites"), 2, 10_000, "sites = 6")
+        site = d.get("site")
+        if site is not None:
+            site = _int_value(p, "site", site, 0, sites - 1, "site = 0")
+        seed = _int_value(p, "seed", get("seed"), 0, 2**63 - 1, "seed = 0")
+        features = _int_value(p, "features", get("features"), 2, 4096, "features = 32")
+        classes = _int_value(p, "classes", get("classes"), 2, 100, "classes = 3")
+        latent = _int_value(p, "latent", get("latent"), 1, 1024, "latent = 8")
+        samples = _int_value(p, "samples_per_site", get("samples_per_site"), 4, 10_000_000,
+                             "samples_per_site = 240")
+        min_samples = _int_value(p, "min_samples", get("min_samples"), 4, 10_000_000,
+                                 "min_samples = 40")
+        if min_samples > samples:
+            raise ConfigError(
+                f"{p}.min_samples: must be <= samples_per_site ({samples}), got {min_samples!r} "
+                f"(example: min_samples = {min(40, samples)})"
+            )
+        quantity_skew = _float_value(p, "quantity_skew", get("quantity_skew"), 0.0, 5.0,
+                                     "quantity_skew = 1.0")
+        label_skew = _float_value(p, "label_skew", get("label_skew"), 0.0, 1.0,
+                                  "label_skew = 0.5")
+        shift = _float_value(p, "shift", get("shift"), 0.0, 10.0, "shift = 1.0")
+        label_noise = _float_value(p, "label_noise", get("label_noise"), 0.0, 1.0,
+                                   "label_noise = 0.05", high_open=True)
+        test_fraction = _float_value(p, "test_fraction", get("test_fraction"), 0.0, 1.0,
+                                     "test_fraction = 0.5", low_open=True, high_open=True)
+        standardize = get("standardize")
+        if not isinstance(standardize, bool):
+            raise _fail(p, "standardize", "true or false", standardize, "standardize = true")
+        return cls(
+            source=source, sites=sites, site=site, seed=seed, features=features,
+            classes=classes, latent=latent, samples_per_site=samples, min_samples=min_samples,
+            quantity_skew=quantity_skew, label_skew=label_skew, shift=shift,
+            label_noise=label_noise, test_fraction=test_fraction, standardize=standardize,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# synthetic-multisite
+# --------------------------------------------------------------------------------------
+
+# Stream tags: each random stream is seeded with [seed, tag, ...] so they never overlap.
+_TAG_TRUTH = 0x7472  # "tr"
+_TAG_SIZES = 0x737A  # "sz"
+_TAG_SITE = 0x7374   # "st"
+_TEACHER_WIDTH = 32
+_TEACHER_FREQUENCY = 1.0
+_CALIBRATION_SAMPLES = 20_000
+
+
+@dataclass(frozen=True)
+class _Truth:
+    """The shared ground truth: latent factors -> clean features, latent factors -> label."""
+
+    mix: np.ndarray        # [latent, features]   linear read-out
+    bend: np.ndarray       # [latent, features]   nonlinear read-out (through tanh)
+    wave_w: np.ndarray     # [latent, width]      teacher: random Fourier features of the latent
+    wave_b: np.ndarray     # [width]
+    out_w: np.ndarray      # [width, classes]
+    out_b: np.ndarray      # [classes]            calibrated so classes are balanced overall
+
+    def features(self, z: np.ndarray) -> np.ndarray:
+        return z @ self.mix + 0.5 * np.tanh(z @ self.bend)
+
+    def logits(self, z: np.ndarray) -> np.ndarray:
+        return np.sin(z @ self.wave_w + self.wave_b) @ self.out_w + self.out_b
+
+
+@lru_cache(maxsize=16)
+def _truth(seed: int, latent: int, features: int, classes: int) -> _Truth:
+    rng = np.random.default_rng([seed, _TAG_TRUTH, latent, features, classes])
+    mix = rng.normal(size=(latent, features)) / math.sqrt(latent)
+    bend = rng.normal(size=(latent, features)) * (1.5 / math.sqrt(latent))
+    # A smooth but clearly nonlinear label function: a random sum of sinusoids of the latent
+    # factors, at a frequency where a linear model gets ~60% and an MLP keeps improving up
+    # to a few thousand patients, far more than one hospital here holds.
+    wave_w = rng.normal(size=(latent, _TEACHER_WIDTH)) * (_TEACHER_FREQUENCY / math.sqrt(latent))
+    wave_b = rng.uniform(0.0, 2.0 * math.pi, size=_TEACHER_WIDTH)
+    out_w = rng.normal(size=(_TEACHER_WIDTH, classes))
+    z = rng.normal(size=(_CALIBRATION_SAMPLES, latent))
+    hidden = np.sin(z @ wave_w + wave_b)
+    out_w = out_w * (3.0 / max(float((hidden @ out_w).std()), 1e-12))
+    base = hidden @ out_w
+    # Calibrate the output bias so that, over the whole population, classes are balanced.
+    out_b = np.zeros(classes)
+    for _ in range(200):
+        counts = np.bincount(np.argmax(base + out_b, axis=1), minlength=classes)
+        freq = (counts + 1.0) / (counts.sum() + classes)
+        if np.max(np.abs(freq - 1.0 / classes)) < 0.005:
+            break
+        out_b = out_b - 0.5 * np.log(freq * classes)
+    return _Truth(mix, bend, wave_w, wave_b, out_w, out_b)
+
+
+def _site_sizes(config: DataConfig) -> list[int]:
+    """Total (train + test) patients per site: log-uniformly spread, shuffled by the seed."""
+    n = config.sites
+    spread = np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)
+    order = np.random.default_rng([config.seed, _TAG_SIZES, n]).permutation(n)
+    weights = np.exp(config.quantity_skew * spread[order])
+    weights = weights / weights.mean()
+    return [max(config.min_samples, int(round(config.samples_per_site * w))) for w in weights]
+
+
+def _apportion(prior: np.ndarray, total: int) -> np.ndarray:
+    """Split `total` into integer counts proportional to `prior` (largest remainder)."""
+    exact = prior * total
+    counts = np.floor(exact).astype(np.int64)
+    remainder = total - int(counts.sum())
+    if remainder > 0:
+        order = np.argsort(-(exact - counts), kind="stable")
+        counts[order[:remainder]] += 1
+    return counts
+
+
+def site_class_prior(config: DataConfig, site: int) -> np.ndarray:
+    """The class prior of `site` (for reports and tests)."""
+    return _site_params(config, site)[0]
+
+
+def _site_params(config: DataConfig, site: int):
+    rng = np.random.default_rng([config.seed, _TAG_SITE, site])
+    c, f = config.classes, config.features
+    preference = rng.dirichlet(np.ones(c))
+    prior = (1.0 - config.label_skew) / c + config.label_skew * preference
+    scale = np.exp(config.shift * 0.3 * rng.normal(size=f))
+    offset = config.shift * 0.5 * rng.normal(size=f)
+    noise = 0.2 + config.shift * 0.3 * rng.uniform(0.2, 1.0)
+    return prior, scale, offset, noise, rng
+
+
+def _synthetic_multisite(config: DataConfig, site: int) -> SiteData:
+    truth = _truth(config.seed, config.latent, config.features, config.classes)
+    prior, scale, offset, noise, rng = _site_params(config, site)
+    total = _site_sizes(config)[site]
+    n_test = min(total - config.classes, max(config.classes, int(round(total * config.test_fraction))))
+    n_train = total - n_test
+    want_train = _apportion(prior, n_train)
+    want_test = _apportion(prior, n_test)
+    want = want_train + want_test
+
+    # Draw patients from the population until every class quota is filled (rejection by
+    # class), so the site's class prior is exact and patients are independent draws.
+    c = config.classes
+    picked: list[list[np.ndarray]] = [[] for _ in range(c)]
+    have = np.zeros(c, dtype=np.int64)
+    batch = max(256, 2 * total)
+    while np.any(have < want):
+        z = rng.normal(size=(batch, config.latent))
+        labels = np.argmax(truth.logits(z), axis=1)
+        flip = rng.random(batch) < config.label_noise
+        labels = np.where(flip, rng.integers(0, c, size=batch), labels)
+        for k in range(c):
+            need = int(want[k] - have[k])
+            if need > 0:
+                rows = z[labels == k][:need]
+                picked[k].append(rows)
+                have[k] += rows.shape[0]
+
+    train_z, train_y, test_z, test_y = [], [], [], []
+    for k in range(c):
+        rows = np.concatenate(picked[k], axis=0) if picked[k] else np.zeros((0, config.latent))
+        train_z.append(rows[: want_train[k]])
+        test_z.append(rows[want_train[k]: want[k]])
+        train_y.append(np.full(want_train[k], k))
+        test_y.append(np.full(want_test[k], k))
+    train_z, train_y = np.concatenate(train_z), np.concatenate(train_y)
+    test_z, test_y = np.concatenate(test_z), np.concatenate(test_y)
+    train_perm = rng.permutation(n_train)
+    test_perm = rng.permutation(n_test)
+    train_z, train_y = train_z[train_perm], train_y[train_perm]
+    test_z, test_y = test_z[test_perm], test_y[test_perm]
+
+    def observe(z: np.ndarray) -> np.ndarray:
+        clean = truth.features(z)
+        return clean * scale + offset + noise * rng.normal(size=clean.shape)
+
+    train_x = observe(train_z)
+    test_x = observe(test_z)
+    if config.standardize:
+        mean = train_x.mean(axis=0)
+        std = train_x.std(axis=0)
+        std = np.where(std > 1e-8, std, 1.0)
+        train_x = (train_x - mean) / std
+        test_x = (test_x - mean) / std
+
+    return SiteData(
+        name=f"site-{site}",
+        train_x=torch.from_numpy(train_x.astype(np.float32)),
+        train_y=torch.from_numpy(train_y.astype(np.int64)),
+        test_x=torch.from_numpy(test_x.astype(np.float32)),
+        test_y=torch.from_numpy(test_y.astype(np.int64)),
+        num_features=config.features,
+        num_classes=config.classes,
+    )
+
+
+DataSource = Callable[[DataConfig, int], SiteData]
+
+DATA_SOURCES: dict[str, DataSource] = {
+    "synthetic-multisite": _synthetic_multisite,
+}
+
+
+def load_site(config: DataConfig, site: int) -> SiteData:
+    """Build site `site` of the federation described by `config`, and only that site."""
+    if isinstance(site, bool) or not isinstance(site, int) or not 0 <= site < config.sites:
+        raise ConfigError(
+            f"data.site: must be an integer from 0 to {config.sites - 1}, got {site!r} (example: site = 0)"
+        )
+    if config.source not in DATA_SOURCES:
+        known = ", ".join(sorted(DATA_SOURCES))
+        raise ConfigError(
+            f"data.source: must be one of: {known}, got {config.source!r} "
+            f'(example: source = "synthetic-multisite")'
+        )
+    return DATA_SOURCES[config.source](config, site)
+
+
+def load_all_sites(config: DataConfig) -> list[SiteData]:
+    """Every site of the federation, in index order (for simulations and baselines)."""
+    return [load_site(config, k) for k in range(config.sites)]

@@ -1,0 +1,110 @@
+"""Turning a site directory into a running node, and installing a manifest into a site."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import torch
+
+from swarm.errors import ConfigError, ManifestError
+from swarm.identity import SiteKeys, load_site_keys
+from swarm.manifest import Manifest, SignedManifest, load_manifest, signatures_path
+from swarm.transport.zeromq import ZmqTransport
+
+from .learner import Learner
+from .node import Node, NodeOutcome
+from .plan import check_plan, protocol_params
+from .site import SiteConfig, SiteDir
+from .store import VersionStore
+
+log = logging.getLogger("swarm.node")
+
+
+def check_membership(manifest: Manifest, config: SiteConfig, keys: SiteKeys) -> None:
+    member = manifest.member(config.name)
+    if member.signing_key != keys.signing.public:
+        raise ManifestError(f"manifest: the signing key listed for {config.name!r} is not this site's key; wrong --site or wrong manifest?")
+    if member.transport_key != keys.transport_public.decode():
+        raise ManifestError(f"manifest: the transport key listed for {config.name!r} is not this site's key; wrong --site or wrong manifest?")
+
+
+def install_manifest(manifest_path: Path, site_root: Path) -> SignedManifest:
+    """Verify a fully signed manifest and copy it (with its signatures) into the site."""
+    site = SiteDir(site_root)
+    config = site.load_config()
+    keys = load_site_keys(site.keys_dir)
+    signed = load_manifest(manifest_path)
+    signed.verify()
+    check_membership(signed.manifest, config, keys)
+    check_plan(signed.manifest.plan)
+    site.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    installed = site.manifest_path
+    if installed.exists() and load_manifest(installed).manifest.federation_id != signed.manifest.federation_id:
+        raise ManifestError(f"{installed}: this site already belongs to another federation; use a new site directory")
+    for source, target in ((Path(manifest_path), installed), (signatures_path(Path(manifest_path)), signatures_path(installed))):
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+    return signed
+
+
+def open_node(site_root: Path) -> tuple[Node, ZmqTransport]:
+    site = SiteDir(site_root)
+    config = site.load_config()
+    logging.getLogger().setLevel(config.log_level.upper())
+    keys = load_site_keys(site.keys_dir)
+    if not site.manifest_path.exists():
+        raise ManifestError(f"{site.manifest_path}: no manifest installed; run `swarm-node federation install MANIFEST --site {site.root}`")
+    signed = load_manifest(site.manifest_path)
+    signed.verify()
+    manifest = signed.manifest
+    check_membership(manifest, config, keys)
+    check_plan(manifest.plan)
+    plan = manifest.plan
+    torch.set_num_threads(config.threads)
+    learner = Learner.for_site(check_plan(plan), config.data, config.name)
+    for key, actual in (("num_features", learner.data.num_features), ("num_classes", learner.data.num_classes)):
+        if plan.task.get(key) != actual:
+            raise ConfigError(f"data: this site's data has {key} = {actual} but the plan's task says {plan.task.get(key)}; fix [data] in site.toml")
+    neighbours = list(plan.neighbours[config.name])
+    store = VersionStore(site, manifest, keys.signing, neighbours)
+    protocol_cls, params = protocol_params(plan.protocol)
+    protocol = protocol_cls(
+        config.name,
+        neighbours,
+        plan.rounds,
+        learner.samples,
+        params,
+        random.Random(),
+        published_seq=store.head.seq if store.head else 0,
+        merged=store.merged_versions(),
+        peer_heads=store.peer_heads(),
+    )
+    transport = ZmqTransport(config.name, config.listen, {p: manifest.member(p).endpoint for p in neighbours}).open()
+    node = Node(manifest, config.name, protocol, store, learner, transport, site.metrics_path, site.status_path)
+    return node, transport
+
+
+def run_site(site_root: Path) -> NodeOutcome:
+    """Run a site's node until the plan is done or SIGINT/SIGTERM; state is on disk either way."""
+    node, transport = open_node(site_root)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        log.info("received %s: finishing the current step and shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        outcome = node.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        node.store.close()
+        transport.close()
+    log.info("%s at version %d; rejected messages: %s", outcome.state, outcome.published_seq, outcome.rejected or "none")
+    return outcome

@@ -1,0 +1,104 @@
+"""The torch side of one node: its model, its data, merging and local training.
+
+Runs in the node's worker thread; it never touches sockets or the log. Each round returns an
+immutable snapshot of the published weights (a copy, so that training the next round cannot
+change bytes that are still being sent or hashed)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from swarm.config import get_int, get_str
+from swarm.errors import ConfigError
+from swarm.merge import weighted_mean
+from swarm.tensors import FlatModel, flatten_state, model_digest
+
+from .data import DataConfig, SiteData, load_site
+from .models import build_model
+from .training import TrainConfig, derive_seed, evaluate, train_local
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the plan says every site trains, parsed from the manifest's plan sections."""
+
+    model_name: str
+    model_params: dict
+    init_seed: int
+    training: TrainConfig
+
+    @classmethod
+    def from_plan(cls, model: Mapping, training: Mapping) -> Task:
+        params = dict(model)
+        name = get_str(params, "name", "model", default="mlp")
+        init_seed = get_int(params, "init_seed", "model", default=0)
+        params.pop("name", None)
+        params.pop("init_seed", None)
+        return cls(name, params, init_seed, TrainConfig.from_dict(training, "training"))
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    flat: FlatModel  # the published weights (an owned copy)
+    digest: bytes
+    metrics: dict[str, float]
+    timings: dict[str, float]  # seconds spent merging, training, evaluating, hashing
+
+
+class Learner:
+    def __init__(self, task: Task, data: SiteData, name: str) -> None:
+        self.task = task
+        self.data = data
+        self.name = name
+        self.model = build_model(task.model_name, task.model_params, data.num_features, data.num_classes, task.init_seed)
+
+    @classmethod
+    def for_site(cls, task: Task, data_table: Mapping, name: str) -> Learner:
+        config = DataConfig.from_dict(data_table, "data")
+        if config.site is None:
+            raise ConfigError("data.site: missing; set the index of this site's data in site.toml [data] (example: site = 0)")
+        return cls(task, load_site(config, config.site), name)
+
+    @property
+    def samples(self) -> int:
+        return self.data.train_samples
+
+    def state(self) -> dict[str, Tensor]:
+        return self.model.state_dict()
+
+    def load(self, state: Mapping[str, Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def run_round(self, round_no: int, pulled: Sequence[tuple[float, Mapping[str, Tensor]]]) -> RoundResult:
+        """Merge our model with the pulled ones (weighted by sample counts), train, evaluate,
+        snapshot and hash. BrainTorrent's step 3-4 for one node."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        if pulled:
+            merged = weighted_mean([(float(self.samples), self.model.state_dict()), *pulled])
+            self.model.load_state_dict(merged)
+        timings["merge"] = time.perf_counter() - started
+        started = time.perf_counter()
+        train_stats = train_local(self.model, self.data, self.task.training, derive_seed(self.task.init_seed, "train", self.name, round_no))
+        timings["train"] = time.perf_counter() - started
+        started = time.perf_counter()
+        test = evaluate(self.model, self.data.test_x, self.data.test_y)
+        timings["evaluate"] = time.perf_counter() - started
+        started = time.perf_counter()
+        snapshot = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
+        flat = flatten_state(snapshot)
+        digest = model_digest(flat)
+        timings["snapshot"] = time.perf_counter() - started
+        metrics = {
+            "accuracy": float(test["accuracy"]),
+            "loss": float(test["loss"]),
+            "train_loss": float(train_stats["loss"]),
+        }
+        return RoundResult(round_no, flat, digest, metrics, timings)
+

@@ -1,0 +1,252 @@
+"""The node runtime: joins a protocol, a transport, a version store and a learner.
+
+One thread owns the sockets and the protocol; merge+train runs in a worker thread so the
+node keeps answering its neighbours while it trains. Everything a neighbour sends is decoded
+with limits and verified before it can reach the model; anything refused is logged (rate
+limited) and counted, never raised."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gossip.base import Action, Dropped, Finished, MergeAndTrain, Send, SendModel
+from gossip.braintorrent import BrainTorrent
+from swarm.atomic import write_atomic
+from swarm.codec import Limits, decode_message, encode_message
+from swarm.errors import LogError, RejectedMessage
+from swarm.log import ParentRef, SignedEntry
+from swarm.manifest import Manifest
+from swarm.messages import ModelReply
+from swarm.tensors import FlatModel, model_digest, rebuild_state
+from swarm.transport.base import Received, Transport
+
+from .learner import Learner, RoundResult
+from .store import VersionStore
+
+log = logging.getLogger("swarm.node")
+
+MAX_ENTRIES_PER_REPLY = 1024
+
+
+class RejectionLog:
+    """Counts refused messages per reason and logs each (peer, reason) at most every 10 s."""
+
+    def __init__(self, clock: Callable[[], float], interval: float = 10.0) -> None:
+        self.counts: Counter[str] = Counter()
+        self.clock = clock
+        self.interval = interval
+        self._last_logged: dict[tuple[str, str], float] = {}
+        self._unlogged: Counter[tuple[str, str]] = Counter()
+
+    def reject(self, peer: str, reason: str, detail: str = "") -> None:
+        self.counts[reason] += 1
+        key = (peer, reason)
+        now = self.clock()
+        if now - self._last_logged.get(key, -1e18) >= self.interval:
+            also = f" (+{self._unlogged[key]} more since last report)" if self._unlogged[key] else ""
+            log.warning("rejected message from %s: %s%s%s", peer, reason, f": {detail}" if detail else "", also)
+            self._last_logged[key] = now
+            self._unlogged[key] = 0
+        else:
+            self._unlogged[key] += 1
+
+
+@dataclass
+class Staged:
+    entry: SignedEntry
+    state: dict  # rebuilt tensors of the pulled model (views of the received frames)
+
+
+@dataclass
+class NodeOutcome:
+    state: str  # "finished" or "stopped"
+    published_seq: int
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+class Node:
+    def __init__(
+        self,
+        manifest: Manifest,
+        name: str,
+        protocol: BrainTorrent,
+        store: VersionStore,
+        learner: Learner,
+        transport: Transport,
+        metrics_path: Path,
+        status_path: Path,
+        clock: Callable[[], float] = time.monotonic,
+        limits: Limits = Limits(),
+    ) -> None:
+        self.manifest = manifest
+        self.name = name
+        self.protocol = protocol
+        self.store = store
+        self.learner = learner
+        self.transport = transport
+        self.metrics_path = metrics_path
+        self.status_path = status_path
+        self.clock = clock
+        self.limits = limits
+        self.federation = manifest.federation_id
+        self.rejections = RejectionLog(clock)
+        self.dropped: Counter[str] = Counter()
+        self.staged: dict[str, Staged] = {}
+        self.job: Future[RoundResult] | None = None
+        self.job_pulled: list[Staged] = []
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"train-{name}")
+        self.started = clock()
+
+    # -- main loop -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> NodeOutcome:
+        if self.store.latest is not None:
+            self.learner.load(rebuild_state(self.store.latest.flat, copy=True))
+            log.info("resuming from published version %d", self.store.latest.entry.seq)
+        self._write_status("running")
+        self._execute(self.protocol.start(self.clock()))
+        try:
+            while not self.protocol.finished and not stop.is_set():
+                self._step()
+            if self.job is not None:  # stopping mid-round: finish and publish what is training
+                self.job.result()
+                self._finish_round()
+        finally:
+            self.executor.shutdown(wait=True)
+        state = "finished" if self.protocol.finished else "stopped"
+        self._write_status(state)
+        return NodeOutcome(state, self.protocol.published_seq, dict(self.rejections.counts))
+
+    def _step(self) -> None:
+        deadline = self.protocol.next_deadline()
+        wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - self.clock()))
+        if self.job is not None:
+            wait = min(wait, 0.01)
+        received = self.transport.receive(wait)
+        if received is not None:
+            self._on_received(received)
+        if self.job is not None and self.job.done():
+            self._finish_round()
+        self._execute(self.protocol.tick(self.clock()))
+
+    # -- incoming --------------------------------------------------------------------------------
+
+    def _on_received(self, received: Received) -> None:
+        peer = received.peer
+        if received.rejected:
+            self.rejections.reject(peer, received.rejected)
+            return
+        try:
+            decoded = decode_message(received.frames, self.federation, self.limits)
+        except RejectedMessage as exc:
+            self.rejections.reject(peer, exc.reason, exc.detail)
+            return
+        if isinstance(decoded.msg, ModelReply):
+            self._on_model_reply(peer, decoded.msg, decoded.model)
+        else:
+            self._execute(self.protocol.receive(peer, decoded.msg, self.clock()))
+
+    def _on_model_reply(self, peer: str, reply: ModelReply, model: FlatModel | None) -> None:
+        if not self.protocol.expects_model(peer, reply.req):
+            self._execute([Dropped(peer, "stale_model_reply")])
+            return
+        try:
+            if model is None:
+                raise RejectedMessage("missing_model", "a model reply without tensors")
+            new_entries, last = self.store.check_peer_entries(peer, reply.entries)
+            if model_digest(model) != last.body.digest:
+                raise RejectedMessage("digest_mismatch", f"tensors do not match the digest signed in {peer}'s entry {last.seq}")
+            state = rebuild_state(model)
+        except (RejectedMessage, LogError) as exc:
+            self.rejections.reject(peer, exc.reason, exc.detail)
+            self._execute(self.protocol.model_failed(peer, reply.req, exc.reason, self.clock()))
+            return
+        self.store.append_peer_entries(peer, new_entries)
+        self.staged[peer] = Staged(last, state)
+        self._execute(self.protocol.model_arrived(peer, reply.req, last.seq, self.clock()))
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(action.peer, encode_message(self.federation, action.msg))
+            elif isinstance(action, SendModel):
+                self._send_model(action)
+            elif isinstance(action, MergeAndTrain):
+                self._start_round(action)
+            elif isinstance(action, Dropped):
+                self.dropped[action.reason] += 1
+                log.debug("dropped message from %s: %s", action.peer, action.reason)
+            elif isinstance(action, Finished):
+                log.info("plan finished at version %d", self.protocol.published_seq)
+
+    def _send(self, peer: str, frames: list) -> None:
+        if not self.transport.send(peer, frames):
+            self.dropped["send_failed"] += 1
+            log.debug("could not queue a message to %s (not connected or queue full)", peer)
+
+    def _send_model(self, action: SendModel) -> None:
+        latest = self.store.latest
+        assert latest is not None, "the protocol only sends models after publishing"
+        entries = self.store.entries_after(action.have, MAX_ENTRIES_PER_REPLY)
+        reply = ModelReply(action.req, tuple(entries))
+        self._send(action.peer, encode_message(self.federation, reply, latest.flat))
+
+    def _start_round(self, action: MergeAndTrain) -> None:
+        self.job_pulled = [self.staged.pop(p.peer) for p in action.pulled if p.peer in self.staged]
+        pulled_states = [(float(s.entry.body.samples), s.state) for s in self.job_pulled]
+        self.staged.clear()
+        self.job = self.executor.submit(self.learner.run_round, action.round, pulled_states)
+
+    def _finish_round(self) -> None:
+        assert self.job is not None
+        result = self.job.result()  # an exception here is a bug in training: let it surface
+        self.job = None
+        previous = self.store.latest
+        parents = [ParentRef(previous.entry.body.author, previous.entry.seq, previous.entry.body.digest)] if previous else []
+        parents += [ParentRef(s.entry.body.author, s.entry.seq, s.entry.body.digest) for s in self.job_pulled]
+        published = self.store.publish(result.round, result.flat, result.digest, self.learner.samples, parents, result.metrics)
+        merged = {self.manifest.member_by_signing_key(s.entry.body.author).name: s.entry.seq for s in self.job_pulled}
+        self._append_metrics(result, published.entry.seq, merged)
+        self.job_pulled = []
+        self._execute(self.protocol.published(published.entry.seq, merged, self.clock()))
+        self._write_status("running")
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def _append_metrics(self, result: RoundResult, seq: int, merged: dict[str, int]) -> None:
+        line = {
+            "node": self.name,
+            "round": result.round,
+            "seq": seq,
+            "time": time.time(),
+            "elapsed": round(self.clock() - self.started, 3),
+            **result.metrics,
+            "samples": self.learner.samples,
+            "merged": merged,
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        }
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+    def _write_status(self, state: str) -> None:
+        status = {
+            "node": self.name,
+            "state": state,
+            "published_seq": self.protocol.published_seq,
+            "rounds": self.protocol.rounds,
+            "rejected": dict(self.rejections.counts),
+            "dropped": dict(self.dropped),
+            "bytes_sent": dict(getattr(self.transport, "bytes_sent", {})),
+            "bytes_received": dict(getattr(self.transport, "bytes_received", {})),
+        }
+        write_atomic(self.status_path, (json.dumps(status, indent=2) + "\n").encode())

@@ -1,0 +1,146 @@
+"""A hospital's site directory and its `site.toml`.
+
+    SITE/
+      site.toml                 this site's settings (name, where to listen, its data)
+      member.json               the public card other sites put in the manifest
+      keys/                     signing.key, transport.key (0600), *.pub
+      federation/manifest.json  the signed federation manifest (+ manifest.json.sigs.json)
+      log/updates.log           this site's signed, hash-chained update log
+      peers/<name>.log          verified copies of neighbours' log entries
+      checkpoints/<seq>.swt     one checkpoint per published version
+      metrics.jsonl             one line per round
+      status.json               counters and state, rewritten at exit
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swarm.atomic import write_atomic
+from swarm.config import check_keys, get_int, get_str, read_toml, table
+from swarm.errors import ConfigError
+from swarm.manifest import ENDPOINT_PATTERN, NAME_PATTERN
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    name: str
+    listen: str  # what this node binds, e.g. tcp://0.0.0.0:7000
+    endpoint: str  # what other sites connect to (goes into the manifest)
+    threads: int  # torch threads for local training
+    log_level: str
+    data: dict[str, Any]  # validated by nodes.data.DataConfig
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "site.toml") -> SiteConfig:
+        check_keys(values, {"site", "node", "data"}, where)
+        site = table(values, "site", where)
+        check_keys(site, {"name"}, f"{where} [site]")
+        name = get_str(site, "name", "site")
+        if not NAME_PATTERN.match(name):
+            raise ConfigError(f"site.name: {name!r} must be lowercase letters, digits, '-', '_' or '.' (example: name = \"hospital-a\")")
+        node = table(values, "node", where)
+        check_keys(node, {"listen", "endpoint", "threads", "log_level"}, "node")
+        endpoint = get_str(node, "endpoint", "node")
+        listen = get_str(node, "listen", "node", default=endpoint)
+        for key, value in (("endpoint", endpoint), ("listen", listen)):
+            if not ENDPOINT_PATTERN.match(value):
+                raise ConfigError(f"node.{key}: {value!r} is not a TCP endpoint (example: {key} = \"tcp://127.0.0.1:7000\")")
+        return cls(
+            name=name,
+            listen=listen,
+            endpoint=endpoint,
+            threads=get_int(node, "threads", "node", default=1, minimum=1, maximum=256),
+            log_level=get_str(node, "log_level", "node", default="info", choices=LOG_LEVELS),
+            data=table(values, "data", where),
+        )
+
+    def to_toml(self) -> str:
+        lines = [
+            "[site]",
+            f"name = {json.dumps(self.name)}",
+            "",
+            "[node]",
+            f"listen = {json.dumps(self.listen)}",
+            f"endpoint = {json.dumps(self.endpoint)}",
+            f"threads = {self.threads}",
+            f"log_level = {json.dumps(self.log_level)}",
+            "",
+            "[data]",
+        ]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in self.data.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"data: cannot write {value!r} to site.toml; use numbers, strings or lists")
+
+
+class SiteDir:
+    """Paths inside a site directory; creating or checking them is explicit."""
+
+    CHECKPOINT_PATTERN = re.compile(r"^(\d{8})\.swt$")
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    config_path = property(lambda self: self.root / "site.toml")
+    member_path = property(lambda self: self.root / "member.json")
+    keys_dir = property(lambda self: self.root / "keys")
+    manifest_path = property(lambda self: self.root / "federation" / "manifest.json")
+    log_path = property(lambda self: self.root / "log" / "updates.log")
+    peers_dir = property(lambda self: self.root / "peers")
+    checkpoints_dir = property(lambda self: self.root / "checkpoints")
+    metrics_path = property(lambda self: self.root / "metrics.jsonl")
+    status_path = property(lambda self: self.root / "status.json")
+
+    def checkpoint_path(self, seq: int) -> Path:
+        return self.checkpoints_dir / f"{seq:08d}.swt"
+
+    def checkpoint_seqs(self) -> list[int]:
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = (self.CHECKPOINT_PATTERN.match(p.name) for p in self.checkpoints_dir.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def peer_log_path(self, peer: str) -> Path:
+        return self.peers_dir / f"{peer}.log"
+
+    def load_config(self) -> SiteConfig:
+        if not self.root.is_dir():
+            raise ConfigError(f"{self.root}: no such site directory; create one with `swarm-node init --site {self.root}`")
+        return SiteConfig.from_dict(read_toml(self.config_path, "site config"))
+
+    def write_config(self, config: SiteConfig) -> None:
+        write_atomic(self.config_path, config.to_toml().encode())
+
+
+def init_site(root: Path, name: str, endpoint: str, listen: str | None, data: dict[str, Any]) -> SiteConfig:
+    """Create a site directory: keys (private files 0600), site.toml and the public member card."""
+    from swarm.identity import create_site_keys
+    from swarm.manifest import Member
+
+    site = SiteDir(root)
+    if site.config_path.exists():
+        raise ConfigError(f"{root}: already a site directory (site.toml exists); choose another --site or delete it first")
+    config = SiteConfig.from_dict({"site": {"name": name}, "node": {"endpoint": endpoint, "listen": listen or endpoint}, "data": data})
+    site.root.mkdir(parents=True, exist_ok=True)
+    keys = create_site_keys(site.keys_dir)
+    site.write_config(config)
+    card = Member(name, keys.signing.public, keys.transport_public.decode(), endpoint).card()
+    write_atomic(site.member_path, (json.dumps(card, indent=2) + "\n").encode())
+    return config

@@ -1,0 +1,153 @@
+"""What a node keeps on disk: its own published versions (update log + one checkpoint per
+entry) and verified copies of its neighbours' log entries.
+
+Publishing order makes a crash at any moment safe: the checkpoint is written and fsynced
+first, then the log entry is appended and fsynced, and only then is the version announced.
+On start, a checkpoint newer than the log head is an orphan of an interrupted publish and is
+removed; the head's checkpoint must exist and match the head's digest."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from swarm.checkpoint import load_checkpoint, save_checkpoint
+from swarm.errors import LogError
+from swarm.identity import SigningKey
+from swarm.log import EntryBody, ParentRef, SignedEntry, UpdateLog, open_entry, sign_entry, verify_extension
+from swarm.manifest import Manifest
+from swarm.tensors import FlatModel
+
+from .site import SiteDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Published:
+    entry: SignedEntry
+    flat: FlatModel
+
+
+class VersionStore:
+    def __init__(self, site: SiteDir, manifest: Manifest, key: SigningKey, neighbours: Sequence[str]) -> None:
+        self.site = site
+        self.manifest = manifest
+        self.key = key
+        self.own_log = UpdateLog.open(site.log_path, manifest.federation_id, key.public)
+        if self.own_log.repaired_bytes:
+            log.warning("update log: removed a torn last record (%d bytes) left by a crash", self.own_log.repaired_bytes)
+        self._remove_orphans()
+        self.latest: Published | None = self._load_head()
+        self.peer_logs = {
+            peer: UpdateLog.open(site.peer_log_path(peer), manifest.federation_id, manifest.member(peer).signing_key)
+            for peer in neighbours
+        }
+
+    # -- own versions --------------------------------------------------------------------------
+
+    @property
+    def head(self) -> SignedEntry | None:
+        return self.own_log.head
+
+    def _remove_orphans(self) -> None:
+        directory = self.site.checkpoints_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        head_seq = self.head.seq if self.head else 0
+        for path in directory.iterdir():
+            if path.name.startswith("."):  # a temporary file of an interrupted atomic write
+                path.unlink()
+        for seq in self.site.checkpoint_seqs():
+            if seq > head_seq:
+                log.warning("checkpoint %d was written but never logged (crash while publishing); removing it", seq)
+                self.site.checkpoint_path(seq).unlink()
+
+    def _load_head(self) -> Published | None:
+        head = self.head
+        if head is None:
+            return None
+        path = self.site.checkpoint_path(head.seq)
+        if not path.exists():
+            raise LogError("missing_checkpoint", f"{path} is gone; restore it from backup", where=str(self.site.log_path))
+        flat, digest, _meta = load_checkpoint(path, verify=True)
+        if digest != head.body.digest:
+            raise LogError("digest_mismatch", f"{path} does not hold the model of the last log entry", where=str(self.site.log_path))
+        return Published(head, flat)
+
+    def publish(self, round_no: int, flat: FlatModel, digest: bytes, samples: int, parents: Sequence[ParentRef], metrics: dict[str, float]) -> Published:
+        head = self.head
+        seq = head.seq + 1 if head else 1
+        save_checkpoint(self.site.checkpoint_path(seq), flat, digest, {"seq": seq, "round": round_no})
+        body = EntryBody(
+            federation=self.manifest.federation_id,
+            author=self.key.public,
+            seq=seq,
+            prev=head.hash if head else bytes(32),
+            kind="update",
+            digest=digest,
+            samples=samples,
+            parents=tuple(parents),
+            round=round_no,
+            metrics=metrics,
+            timestamp=time.time(),
+        )
+        entry = sign_entry(body, self.key)
+        self.own_log.append(entry)
+        self.latest = Published(entry, flat)
+        return self.latest
+
+    def merged_versions(self) -> dict[str, int]:
+        """V_i of BrainTorrent, rebuilt from our own log: neighbour -> last version merged."""
+        merged: dict[str, int] = {}
+        for entry in self.own_log.entries:
+            for parent in entry.body.parents:
+                member = self.manifest.member_by_signing_key(parent.author)
+                if member is not None and parent.author != self.key.public:
+                    merged[member.name] = max(merged.get(member.name, 0), parent.seq)
+        return merged
+
+    # -- neighbours' entries ---------------------------------------------------------------------
+
+    def peer_heads(self) -> dict[str, int]:
+        return {peer: (plog.head.seq if plog.head else 0) for peer, plog in self.peer_logs.items()}
+
+    def check_peer_entries(self, peer: str, envelopes: Sequence[bytes]) -> tuple[list[SignedEntry], SignedEntry]:
+        """Verify entries a neighbour sent: the ones we already hold must be byte-identical
+        (a different entry at a known position is a fork), the new ones must extend our copy
+        of its chain. Returns (new entries, the last entry sent). Raises LogError."""
+        peer_log = self.peer_logs[peer]
+        held = peer_log.head.seq if peer_log.head else 0
+        opened: list[SignedEntry] = []
+        new_envelopes: list[bytes] = []
+        for envelope in envelopes:
+            entry = open_entry(envelope)
+            if entry.seq <= held:
+                if peer_log.find(entry.seq).envelope != envelope:
+                    raise LogError("fork", f"{peer} sent a different entry for seq {entry.seq} than it sent before")
+                opened.append(entry)
+            else:
+                new_envelopes.append(envelope)
+        new = verify_extension(peer_log.head, new_envelopes, self.manifest.federation_id, self.manifest.member(peer).signing_key)
+        last = new[-1] if new else (opened[-1] if opened else None)
+        if last is None:
+            raise LogError("no_entries", f"{peer} sent a model without its log entry")
+        return new, last
+
+    def append_peer_entries(self, peer: str, entries: Sequence[SignedEntry]) -> None:
+        for entry in entries:
+            self.peer_logs[peer].append(entry)
+
+    def entries_after(self, have: int, limit: int) -> list[bytes]:
+        """Our entries after seq `have` (at least the head, so the model always has its entry)."""
+        head = self.head
+        if head is None:
+            return []
+        start = min(have, head.seq - 1)
+        return [e.envelope for e in self.own_log.since(start)][-limit:]
+
+    def close(self) -> None:
+        self.own_log.close()
+        for peer_log in self.peer_logs.values():
+            peer_log.close()

@@ -1,0 +1,66 @@
+"""`swarm-scenario`: run whole federations on this machine."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from nodes.cli import user_errors
+from swarm.atomic import write_atomic
+from swarm.errors import ConfigError
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=False)
+    sys.stdout.flush()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Run federations of simulated hospitals on one machine."""
+
+
+@main.command()
+@click.argument("scenario_path", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/NAME-TIME).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory's sites and summary.")
+@user_errors
+def run(scenario_path: Path, out: Path | None, force: bool) -> None:
+    """Run SCENARIO_PATH: one real `swarm-node run` process per hospital over loopback TCP."""
+    from .config import ScenarioConfig
+    from .federation import create_federation
+    from .report import build_summary, format_table, write_summary
+    from .runner import run_federation
+
+    config = ScenarioConfig.load(scenario_path)
+    out = out or Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _prepare_out(out, force)
+    write_atomic(out / "scenario.toml", config.source.encode())
+    federation = create_federation(config, out)
+    _progress(
+        f"federation {config.name}: {config.nodes} hospitals, {config.protocol.get('name', 'braintorrent')} on a "
+        f"{federation.manifest.plan.topology['name']} topology, {config.rounds} rounds -> {out}"
+    )
+    outcome = run_federation(federation.sites, config.rounds, config.timeout, _progress)
+    summary = build_summary(config, federation, outcome, _progress)
+    path = write_summary(out, summary)
+    _progress(format_table(summary))
+    _progress(f"summary: {path}")
+    if not summary["ok"]:
+        problems = [f"{n['name']} exited {n['exit_code']} ({n['state']})" for n in summary["nodes"] if n["exit_code"] != 0]
+        problems += summary["log_verification"]["failures"][:3]
+        click.echo("error: the federation did not complete cleanly: " + "; ".join(problems or ["timed out"]), err=True)
+        sys.exit(1)
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if (out / "sites").exists() or (out / "summary.json").exists():
+        if not force:
+            raise ConfigError(f"--out {out}: already holds a run; choose another directory or pass --force to replace it")
+        shutil.rmtree(out / "sites", ignore_errors=True)
+        (out / "summary.json").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)

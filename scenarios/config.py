@@ -1,0 +1,74 @@
+"""A scenario file: a whole federation (plan + how many hospitals + their data) in one TOML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nodes.data import DataConfig
+from nodes.plan import protocol_params
+from swarm.config import check_keys, get_float, get_int, get_str, read_toml, table
+from swarm.errors import ConfigError
+
+SECTIONS = {"scenario", "plan", "topology", "protocol", "model", "training", "data", "baselines"}
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    name: str
+    nodes: int
+    host: str
+    timeout: float  # seconds the federation may run before the runner stops it
+    rounds: int
+    topology: dict[str, Any]
+    protocol: dict[str, Any]
+    model: dict[str, Any]
+    training: dict[str, Any]
+    data: dict[str, Any]
+    local_only: bool
+    pooled: bool
+    source: str  # the TOML text, saved beside the results
+
+    @classmethod
+    def load(cls, path: Path) -> ScenarioConfig:
+        values = read_toml(path, "scenario")
+        where = str(path)
+        check_keys(values, SECTIONS, where)
+        scenario = table(values, "scenario", where)
+        check_keys(scenario, {"name", "nodes", "host", "timeout"}, "scenario")
+        plan = table(values, "plan", where)
+        check_keys(plan, {"rounds"}, "plan")
+        baselines = table(values, "baselines", where)
+        check_keys(baselines, {"local_only", "pooled"}, "baselines")
+        for key in ("local_only", "pooled"):
+            if not isinstance(baselines.get(key, True), bool):
+                raise ConfigError(f"baselines.{key}: must be true or false, got {baselines[key]!r}")
+        nodes = get_int(scenario, "nodes", "scenario", default=6, minimum=2, maximum=64)
+        data = table(values, "data", where)
+        if "site" in data or "sites" in data:
+            raise ConfigError("data.sites/data.site: set by the runner from scenario.nodes; remove them from the scenario")
+        protocol = table(values, "protocol", where)
+        protocol_params(protocol, "protocol")
+        DataConfig.from_dict(data | {"sites": nodes}, "data")  # fail now, not in six processes
+        return cls(
+            name=get_str(scenario, "name", "scenario", default=Path(path).stem),
+            nodes=nodes,
+            host=get_str(scenario, "host", "scenario", default="127.0.0.1"),
+            timeout=get_float(scenario, "timeout", "scenario", default=170.0, minimum=1.0),
+            rounds=get_int(plan, "rounds", "plan", default=20, minimum=1, maximum=1000),
+            topology=table(values, "topology", where),
+            protocol=protocol,
+            model=table(values, "model", where),
+            training=table(values, "training", where),
+            data=data,
+            local_only=baselines.get("local_only", True),
+            pooled=baselines.get("pooled", True),
+            source=Path(path).read_text(),
+        )
+
+    def data_config(self, site: int | None = None) -> DataConfig:
+        values = self.data | {"sites": self.nodes}
+        if site is not None:
+            values["site"] = site
+        return DataConfig.from_dict(values, "data")

@@ -1,0 +1,72 @@
+"""Setting up a whole federation on this machine, the way real sites would: each hospital
+gets its own site directory and keys (`swarm-node init`), the plan and member cards become a
+manifest, every member signs it, and each site installs the signed manifest."""
+
+from __future__ import annotations
+
+import json
+import socket
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodes.launch import install_manifest
+from nodes.plan import build_plan
+from nodes.site import SiteDir, init_site
+from swarm.identity import load_site_keys
+from swarm.manifest import Manifest, Member, SignedManifest, build_manifest, save_manifest
+
+from .config import ScenarioConfig
+
+
+@dataclass(frozen=True)
+class Federation:
+    manifest: Manifest
+    manifest_path: Path
+    sites: dict[str, Path]  # member name -> site directory
+
+
+def site_names(count: int) -> list[str]:
+    if count <= 26:
+        return [f"hospital-{letter}" for letter in string.ascii_lowercase[:count]]
+    return [f"hospital-{i:03d}" for i in range(count)]
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """Ports the OS says are free now (a later bind may still race with another program;
+    the node then fails with a clear 'port in use' error)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def create_federation(config: ScenarioConfig, out: Path) -> Federation:
+    names = site_names(config.nodes)
+    ports = free_ports(config.host, config.nodes)
+    sites_root = out / "sites"
+    members = []
+    for index, (name, port) in enumerate(zip(names, ports)):
+        endpoint = f"tcp://{config.host}:{port}"
+        data = config.data | {"sites": config.nodes, "site": index}
+        init_site(sites_root / name, name, endpoint, None, data)
+        card = json.loads(SiteDir(sites_root / name).member_path.read_text())
+        members.append(Member.from_card(card, name))
+    data_config = config.data_config()
+    task = {"num_features": data_config.features, "num_classes": data_config.classes}
+    plan = build_plan(names, config.rounds, config.topology, config.protocol, config.model, config.training, task)
+    manifest = build_manifest(config.name, members, plan)
+    signed = SignedManifest(manifest, {})
+    for name in names:
+        signed.sign(name, load_site_keys(SiteDir(sites_root / name).keys_dir).signing)
+    manifest_path = out / "manifest.json"
+    save_manifest(manifest_path, signed)
+    for name in names:
+        install_manifest(manifest_path, sites_root / name)
+    return Federation(manifest, manifest_path, {name: sites_root / name for name in names})

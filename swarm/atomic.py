@@ -1,0 +1,47 @@
+"""Durable file writes: what we write for keys, manifests and checkpoints survives a crash
+at any moment either whole or not at all."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes | memoryview, mode: int = 0o644) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never half."""
+    write_chunks_atomic(path, [data], mode)
+
+
+def write_chunks_atomic(path: Path, chunks: list[bytes | memoryview], mode: int = 0o644) -> None:
+    """Write the concatenation of `chunks` to `path` atomically and durably, without joining
+    them into one copy first (a header and tensor bytes, say).
+
+    The temporary file is created with `mode` from the start, so a private key never exists
+    on disk with wider permissions, not even for a moment."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -1,0 +1,53 @@
+"""The exception hierarchy.
+
+`UsageError` and its subclasses are mistakes a user can fix (a bad config, a missing key
+file, a port in use); the CLIs print their message as one line and exit 2. `RejectedMessage`
+is raised by network-facing decoders and is always caught by the node, which logs and counts
+it instead of crashing. Everything else is a bug and keeps its traceback.
+"""
+
+
+class SwarmError(Exception):
+    """Base class for every error this project raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(SwarmError):
+    """Something the user can fix: the message says what is wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A site, scenario or plan setting is missing or invalid."""
+
+
+class KeyFileError(UsageError):
+    """A key file is missing, unreadable, or not a key."""
+
+
+class ManifestError(UsageError):
+    """The federation manifest is malformed, unsigned, or does not verify."""
+
+
+class LogError(SwarmError):
+    """An update log or one of its entries fails verification.
+
+    `where` names the file and entry, `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = "", where: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        self.where = where
+        text = f"{where}: " if where else ""
+        super().__init__(f"{text}{reason}" + (f" ({detail})" if detail else ""))
+
+
+class RejectedMessage(SwarmError):
+    """A message from the network that this node refuses; `reason` is the counter key."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(reason + (f": {detail}" if detail else ""))

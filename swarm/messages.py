@@ -1,0 +1,145 @@
+"""The wire message types.
+
+Each message is a frozen dataclass whose fields are checked on construction, so a message
+object is valid wherever it exists: built locally, or decoded from an untrusted peer by
+`from_body`, which turns every violation into `RejectedMessage("bad_body")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from .errors import RejectedMessage
+
+MAX_UINT = 2**63 - 1  # everything counted on the wire fits a signed 64-bit int
+MAX_ENTRIES = 1024
+MAX_ENTRY_BYTES = 256 * 1024
+MAX_REASON_CHARS = 200
+
+
+def check_uint(value: Any) -> None:
+    # type() rather than isinstance(): bool is an int subclass, and True is not a seq.
+    if type(value) is not int or not 0 <= value <= MAX_UINT:
+        raise ValueError(f"expected an int in [0, 2**63), got {value!r:.40}")
+
+
+def check_bool(value: Any) -> None:
+    if type(value) is not bool:
+        raise ValueError(f"expected a bool, got {value!r:.40}")
+
+
+def check_entries(value: Any) -> None:
+    if type(value) is not tuple or not 1 <= len(value) <= MAX_ENTRIES:
+        raise ValueError(f"expected 1 to {MAX_ENTRIES} log entries")
+    for entry in value:
+        if type(entry) is not bytes or not 0 < len(entry) <= MAX_ENTRY_BYTES:
+            raise ValueError(f"a log entry must be 1 to {MAX_ENTRY_BYTES} bytes")
+
+
+def check_reason(value: Any) -> None:
+    # Printable ASCII only: the receiver logs refusal reasons, so no control characters.
+    if type(value) is not str or not 0 < len(value) <= MAX_REASON_CHARS or not value.isascii() or not value.isprintable():
+        raise ValueError(f"a reason must be 1 to {MAX_REASON_CHARS} printable ASCII characters")
+
+
+def _field(check: Callable[[Any], None]) -> Any:
+    return field(metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base class: subclasses declare KIND and give each field a check via `_field`."""
+
+    KIND: ClassVar[str]
+    CARRIES_MODEL: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            try:
+                f.metadata["check"](getattr(self, f.name))
+            except ValueError as error:
+                raise ValueError(f"{self.KIND}.{f.name}: {error}") from None
+
+
+@dataclass(frozen=True)
+class VersionRequest(Message):
+    """What is your latest published model?"""
+
+    KIND: ClassVar[str] = "version_req"
+    req: int = _field(check_uint)
+
+
+@dataclass(frozen=True)
+class VersionReply(Message):
+    """The responder's latest published log seq (0 if none), its sample count, and whether
+    it has finished training."""
+
+    KIND: ClassVar[str] = "version_reply"
+    req: int = _field(check_uint)
+    seq: int = _field(check_uint)
+    samples: int = _field(check_uint)
+    done: bool = _field(check_bool)
+
+
+@dataclass(frozen=True)
+class ModelRequest(Message):
+    """Send me your log entries have+1..head and the model of the head entry."""
+
+    KIND: ClassVar[str] = "model_req"
+    req: int = _field(check_uint)
+    have: int = _field(check_uint)
+
+
+@dataclass(frozen=True)
+class ModelReply(Message):
+    """Signed log envelopes in ascending seq; the last describes the attached tensors."""
+
+    KIND: ClassVar[str] = "model_reply"
+    CARRIES_MODEL: ClassVar[bool] = True
+    req: int = _field(check_uint)
+    entries: tuple[bytes, ...] = _field(check_entries)
+
+
+@dataclass(frozen=True)
+class Refusal(Message):
+    """The responder will not answer `req`, e.g. reason "no_model_yet"."""
+
+    KIND: ClassVar[str] = "refusal"
+    req: int = _field(check_uint)
+    reason: str = _field(check_reason)
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.KIND: cls for cls in (VersionRequest, VersionReply, ModelRequest, ModelReply, Refusal)
+}
+
+
+def to_body(msg: Message) -> dict[str, Any]:
+    """The msgpack-ready body of a message (tuples become lists, as msgpack returns them)."""
+    return {f.name: _to_wire(getattr(msg, f.name)) for f in dataclasses.fields(msg)}
+
+
+def from_body(kind: Any, body: Any) -> Message:
+    """Build a message from an untrusted kind and body, or raise RejectedMessage."""
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise RejectedMessage("unknown_kind", f"{kind!r:.40}")
+    if not isinstance(body, dict):
+        raise RejectedMessage("bad_body", f"{kind}: body is not a map")
+    expected = {f.name for f in dataclasses.fields(cls)}
+    if set(body) != expected:
+        raise RejectedMessage("bad_body", f"{kind}: fields must be exactly {sorted(expected)}")
+    try:
+        return cls(**{name: _from_wire(value) for name, value in body.items()})
+    except ValueError as error:
+        raise RejectedMessage("bad_body", str(error)) from None
+
+
+def _to_wire(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _from_wire(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

@@ -1,0 +1,30 @@
+"""The transport interface the node runtime depends on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass
+class Received:
+    peer: str  # the sender, as identified by the transport (authenticated once CURVE is on)
+    frames: list  # bytes-like objects or zmq.Frame (with .buffer), zero-copy where possible
+    rejected: str | None = None  # set when the transport itself refused the message
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    name: str
+
+    def send(self, peer: str, frames: Sequence[Buffer]) -> bool:
+        """Queue a message for `peer` without blocking; False when it cannot be queued now
+        (unknown peer, peer not connected, queue full). The protocol's timeouts cover loss."""
+
+    def receive(self, timeout: float) -> Received | None:
+        """Wait up to `timeout` seconds for one message; None when none came."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,62 @@
+"""An in-process network with the Transport interface, for tests and simulations.
+
+Frames are copied to `bytes` on send, as a real network would, so a receiver never sees a
+sender's later in-place changes. Links can be cut to simulate dead or partitioned peers."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+
+from .base import Buffer, Received
+
+
+class InMemoryNetwork:
+    def __init__(self) -> None:
+        self._inboxes: dict[str, deque[Received]] = {}
+        self._cond = threading.Condition()
+        self.down: set[str] = set()  # members whose messages vanish, in and out
+        self.sent: list[tuple[str, str, int]] = []  # (sender, receiver, frame count) for assertions
+
+    def endpoint(self, name: str) -> InMemoryTransport:
+        with self._cond:
+            self._inboxes.setdefault(name, deque())
+        return InMemoryTransport(self, name)
+
+    def _deliver(self, sender: str, peer: str, frames: Sequence[Buffer]) -> bool:
+        with self._cond:
+            if peer not in self._inboxes:
+                return False
+            self.sent.append((sender, peer, len(frames)))
+            if sender in self.down or peer in self.down:
+                return True  # lost on the way: the sender cannot tell
+            self._inboxes[peer].append(Received(sender, [bytes(f) for f in frames]))
+            self._cond.notify_all()
+            return True
+
+    def _take(self, name: str, timeout: float) -> Received | None:
+        with self._cond:
+            inbox = self._inboxes[name]
+            if not inbox and timeout > 0:
+                self._cond.wait_for(lambda: bool(inbox), timeout)
+            return inbox.popleft() if inbox else None
+
+    def pending(self, name: str) -> int:
+        with self._cond:
+            return len(self._inboxes[name])
+
+
+class InMemoryTransport:
+    def __init__(self, network: InMemoryNetwork, name: str) -> None:
+        self.network = network
+        self.name = name
+
+    def send(self, peer: str, frames: Sequence[Buffer]) -> bool:
+        return self.network._deliver(self.name, peer, frames)
+
+    def receive(self, timeout: float) -> Received | None:
+        return self.network._take(self.name, timeout)
+
+    def close(self) -> None:
+        pass

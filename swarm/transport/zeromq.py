@@ -1,0 +1,135 @@
+"""The ZeroMQ adapter: one ROUTER bound per node receives everything; one DEALER per
+neighbour sends everything. A reply therefore travels on the replier's own DEALER, so each
+socket does one job and the ROUTER's routing id always names the sender.
+
+Only socket handling lives here: no protocol, no codec. Limits enforced at this level are the
+ones only the socket can see (frame size via MAXMSGSIZE, frame count while reading).
+CurveZMQ with a ZAP allow-list from the manifest comes in a later version: each member's
+transport key is already generated and published in the manifest for it.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import zmq
+
+from ..errors import UsageError
+from .base import Buffer, Received
+
+
+@dataclass(frozen=True)
+class ZmqSettings:
+    max_frame_bytes: int = 1 << 30
+    max_frames: int = 4097
+    send_hwm: int = 64  # messages queued per neighbour before send() says no
+    recv_hwm: int = 1024
+    linger_ms: int = 1000  # on close, try this long to flush replies, then drop them
+    heartbeat_ivl_ms: int = 1000
+    heartbeat_timeout_ms: int = 5000
+    handshake_ivl_ms: int = 5000
+    reconnect_ivl_ms: int = 100
+    reconnect_ivl_max_ms: int = 2000
+
+
+class ZmqTransport:
+    def __init__(
+        self,
+        name: str,
+        listen: str,
+        peers: Mapping[str, str],
+        settings: ZmqSettings = ZmqSettings(),
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.name = name
+        self.listen = listen
+        self.peers = dict(peers)  # neighbour name -> endpoint
+        self.settings = settings
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.router: zmq.Socket | None = None
+        self.dealers: dict[str, zmq.Socket] = {}
+        self.bytes_sent: Counter[str] = Counter()
+        self.bytes_received: Counter[str] = Counter()
+
+    def open(self) -> ZmqTransport:
+        self.router = self._socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes its id back
+        self.router.setsockopt(zmq.RCVHWM, self.settings.recv_hwm)
+        try:
+            self.router.bind(self.listen)
+        except zmq.ZMQError as exc:
+            self.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"cannot listen on {self.listen}: the port is in use; stop the other process or set another port in site.toml [node] listen"
+                ) from None
+            raise UsageError(f"cannot listen on {self.listen}: {exc.strerror}; check [node] listen in site.toml") from None
+        for peer, endpoint in self.peers.items():
+            dealer = self._socket(zmq.DEALER)
+            dealer.setsockopt(zmq.ROUTING_ID, self.name.encode())
+            dealer.setsockopt(zmq.SNDHWM, self.settings.send_hwm)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)  # do not queue for a peer that is not connected
+            dealer.connect(endpoint)
+            self.dealers[peer] = dealer
+        return self
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        socket = self.context.socket(kind)
+        s = self.settings
+        socket.setsockopt(zmq.LINGER, s.linger_ms)
+        socket.setsockopt(zmq.MAXMSGSIZE, s.max_frame_bytes)
+        socket.setsockopt(zmq.HEARTBEAT_IVL, s.heartbeat_ivl_ms)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.heartbeat_timeout_ms)
+        socket.setsockopt(zmq.HANDSHAKE_IVL, s.handshake_ivl_ms)
+        socket.setsockopt(zmq.RECONNECT_IVL, s.reconnect_ivl_ms)
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, s.reconnect_ivl_max_ms)
+        return socket
+
+    def send(self, peer: str, frames: Sequence[Buffer]) -> bool:
+        dealer = self.dealers.get(peer)
+        if dealer is None:
+            return False
+        try:
+            dealer.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        self.bytes_sent[peer] += sum(memoryview(f).nbytes for f in frames)
+        return True
+
+    def receive(self, timeout: float) -> Received | None:
+        assert self.router is not None, "open() first"
+        if not self.router.poll(max(0, int(timeout * 1000))):
+            return None
+        identity = self.router.recv(copy=True)
+        frames: list[zmq.Frame] = []
+        too_many = False
+        while self.router.getsockopt(zmq.RCVMORE):
+            frame = self.router.recv(copy=False)
+            if len(frames) < self.settings.max_frames:
+                frames.append(frame)
+            else:
+                too_many = True  # keep reading to drop the rest of this message
+        try:
+            peer = identity.decode()
+        except UnicodeDecodeError:
+            return Received(identity.hex(), [], rejected="bad_sender_id")
+        self.bytes_received[peer] += sum(len(f) for f in frames) + len(identity)
+        if peer not in self.peers:
+            return Received(peer, [], rejected="not_a_neighbour")
+        if too_many:
+            return Received(peer, [], rejected="too_many_frames")
+        return Received(peer, frames)
+
+    def close(self) -> None:
+        for dealer in self.dealers.values():
+            dealer.close()
+        self.dealers = {}
+        if self.router is not None:
+            self.router.close()
+            self.router = None
+        if self._own_context:
+            self.context.term()
