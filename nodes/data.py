@@ -134,13 +134,13 @@ class DataConfig:
     features: int = 32
     classes: int = 3
     latent: int = 8                  # latent factors behind the features and the label
-    samples_per_site: int = 240      # mean patients per site, train + test
-    min_samples: int = 40            # no site smaller than this (train + test)
+    samples_per_site: int = 120      # mean training patients per site (before quantity skew)
+    min_samples: int = 20            # no site trains on fewer patients than this
+    test_samples: int = 200          # held-out test patients per site (the same for every site)
     quantity_skew: float = 1.0       # site sizes span exp(-q)..exp(q) around the mean
     label_skew: float = 0.5          # 0: every site has the uniform class prior; 1: fully random
     shift: float = 1.0               # strength of the per-site scanner shift
     label_noise: float = 0.05        # fraction of labels replaced by a random class
-    test_fraction: float = 0.5       # share of each site's patients held out for its test split
     standardize: bool = True         # each site z-scores features with its own train statistics
 
     @classmethod
@@ -168,14 +168,14 @@ class DataConfig:
         features = _int_value(p, "features", get("features"), 2, 4096, "features = 32")
         classes = _int_value(p, "classes", get("classes"), 2, 100, "classes = 3")
         latent = _int_value(p, "latent", get("latent"), 1, 1024, "latent = 8")
-        samples = _int_value(p, "samples_per_site", get("samples_per_site"), 4, 10_000_000,
-                             "samples_per_site = 240")
-        min_samples = _int_value(p, "min_samples", get("min_samples"), 4, 10_000_000,
-                                 "min_samples = 40")
+        samples = _int_value(p, "samples_per_site", get("samples_per_site"), 1, 10_000_000,
+                             "samples_per_site = 120")
+        min_samples = _int_value(p, "min_samples", get("min_samples"), 1, 10_000_000,
+                                 "min_samples = 20")
         if min_samples > samples:
             raise ConfigError(
                 f"{p}.min_samples: must be <= samples_per_site ({samples}), got {min_samples!r} "
-                f"(example: min_samples = {min(40, samples)})"
+                f"(example: min_samples = {min(20, samples)})"
             )
         quantity_skew = _float_value(p, "quantity_skew", get("quantity_skew"), 0.0, 5.0,
                                      "quantity_skew = 1.0")
@@ -184,8 +184,8 @@ class DataConfig:
         shift = _float_value(p, "shift", get("shift"), 0.0, 10.0, "shift = 1.0")
         label_noise = _float_value(p, "label_noise", get("label_noise"), 0.0, 1.0,
                                    "label_noise = 0.05", high_open=True)
-        test_fraction = _float_value(p, "test_fraction", get("test_fraction"), 0.0, 1.0,
-                                     "test_fraction = 0.5", low_open=True, high_open=True)
+        test_samples = _int_value(p, "test_samples", get("test_samples"), 1, 10_000_000,
+                                  "test_samples = 200")
         standardize = get("standardize")
         if not isinstance(standardize, bool):
             raise _fail(p, "standardize", "true or false", standardize, "standardize = true")
@@ -193,7 +193,7 @@ class DataConfig:
             source=source, sites=sites, site=site, seed=seed, features=features,
             classes=classes, latent=latent, samples_per_site=samples, min_samples=min_samples,
             quantity_skew=quantity_skew, label_skew=label_skew, shift=shift,
-            label_noise=label_noise, test_fraction=test_fraction, standardize=standardize,
+            label_noise=label_noise, test_samples=test_samples, standardize=standardize,
         )
 
 
@@ -255,7 +255,7 @@ def _truth(seed: int, latent: int, features: int, classes: int) -> _Truth:
 
 
 def _site_sizes(config: DataConfig) -> list[int]:
-    """Total (train + test) patients per site: log-uniformly spread, shuffled by the seed."""
+    """Training patients per site: log-uniformly spread, shuffled by the seed."""
     n = config.sites
     spread = np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)
     order = np.random.default_rng([config.seed, _TAG_SIZES, n]).permutation(n)
@@ -287,16 +287,16 @@ def _site_params(config: DataConfig, site: int):
     prior = (1.0 - config.label_skew) / c + config.label_skew * preference
     scale = np.exp(config.shift * 0.3 * rng.normal(size=f))
     offset = config.shift * 0.5 * rng.normal(size=f)
-    noise = 0.2 + config.shift * 0.3 * rng.uniform(0.2, 1.0)
+    noise = 0.2 + config.shift * 0.2 * rng.uniform(0.0, 1.0)
     return prior, scale, offset, noise, rng
 
 
 def _synthetic_multisite(config: DataConfig, site: int) -> SiteData:
     truth = _truth(config.seed, config.latent, config.features, config.classes)
     prior, scale, offset, noise, rng = _site_params(config, site)
-    total = _site_sizes(config)[site]
-    n_test = min(total - config.classes, max(config.classes, int(round(total * config.test_fraction))))
-    n_train = total - n_test
+    n_train = _site_sizes(config)[site]
+    n_test = config.test_samples
+    total = n_train + n_test
     want_train = _apportion(prior, n_train)
     want_test = _apportion(prior, n_test)
     want = want_train + want_test
@@ -335,13 +335,18 @@ def _synthetic_multisite(config: DataConfig, site: int) -> SiteData:
 
     def observe(z: np.ndarray) -> np.ndarray:
         clean = truth.features(z)
-        return clean * scale + offset + noise * rng.normal(size=clean.shape)
+        return (clean + noise * rng.normal(size=clean.shape)) * scale + offset
 
     train_x = observe(train_z)
     test_x = observe(test_z)
     if config.standardize:
-        mean = train_x.mean(axis=0)
-        std = train_x.std(axis=0)
+        # Class-balanced statistics (each class weighs the same), so that a site's class mix
+        # does not move its features: only the scanner's affine part is undone.
+        counts = np.bincount(train_y, minlength=c).astype(np.float64)
+        weights = np.where(counts[train_y] > 0, 1.0 / np.maximum(counts[train_y], 1.0), 0.0)
+        weights = weights / weights.sum()
+        mean = weights @ train_x
+        std = np.sqrt(weights @ (train_x - mean) ** 2)
         std = np.where(std > 1e-8, std, 1.0)
         train_x = (train_x - mean) / std
         test_x = (test_x - mean) / std

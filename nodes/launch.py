@@ -7,6 +7,7 @@ import random
 import shutil
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from swarm.errors import ConfigError, ManifestError
 from swarm.identity import SiteKeys, load_site_keys
 from swarm.manifest import Manifest, SignedManifest, load_manifest, signatures_path
+from swarm.transport.base import Transport
 from swarm.transport.zeromq import ZmqTransport
 
 from .learner import Learner
@@ -52,7 +54,14 @@ def install_manifest(manifest_path: Path, site_root: Path) -> SignedManifest:
     return signed
 
 
-def open_node(site_root: Path) -> tuple[Node, ZmqTransport]:
+TransportFactory = Callable[[SiteConfig, dict[str, str]], Transport]
+
+
+def zmq_transport(config: SiteConfig, peers: dict[str, str]) -> Transport:
+    return ZmqTransport(config.name, config.listen, peers).open()
+
+
+def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport) -> tuple[Node, Transport]:
     site = SiteDir(site_root)
     config = site.load_config()
     logging.getLogger().setLevel(config.log_level.upper())
@@ -84,7 +93,7 @@ def open_node(site_root: Path) -> tuple[Node, ZmqTransport]:
         merged=store.merged_versions(),
         peer_heads=store.peer_heads(),
     )
-    transport = ZmqTransport(config.name, config.listen, {p: manifest.member(p).endpoint for p in neighbours}).open()
+    transport = make_transport(config, {p: manifest.member(p).endpoint for p in neighbours})
     node = Node(manifest, config.name, protocol, store, learner, transport, site.metrics_path, site.status_path)
     return node, transport
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nodes.data import DataConfig
-from nodes.plan import protocol_params
+from nodes.plan import build_plan
 from swarm.config import check_keys, get_float, get_int, get_str, read_toml, table
 from swarm.errors import ConfigError
 
@@ -48,17 +48,14 @@ class ScenarioConfig:
         data = table(values, "data", where)
         if "site" in data or "sites" in data:
             raise ConfigError("data.sites/data.site: set by the runner from scenario.nodes; remove them from the scenario")
-        protocol = table(values, "protocol", where)
-        protocol_params(protocol, "protocol")
-        DataConfig.from_dict(data | {"sites": nodes}, "data")  # fail now, not in six processes
-        return cls(
+        config = cls(
             name=get_str(scenario, "name", "scenario", default=Path(path).stem),
             nodes=nodes,
             host=get_str(scenario, "host", "scenario", default="127.0.0.1"),
             timeout=get_float(scenario, "timeout", "scenario", default=170.0, minimum=1.0),
             rounds=get_int(plan, "rounds", "plan", default=20, minimum=1, maximum=1000),
             topology=table(values, "topology", where),
-            protocol=protocol,
+            protocol=table(values, "protocol", where),
             model=table(values, "model", where),
             training=table(values, "training", where),
             data=data,
@@ -66,6 +63,14 @@ class ScenarioConfig:
             pooled=baselines.get("pooled", True),
             source=Path(path).read_text(),
         )
+        config.plan_for([f"site-{i}" for i in range(nodes)])  # fail now, not in six processes
+        return config
+
+    def plan_for(self, names: list[str]) -> dict[str, Any]:
+        """The manifest's plan for members `names`; validates every section."""
+        data = self.data_config()
+        task = {"num_features": data.features, "num_classes": data.classes}
+        return build_plan(names, self.rounds, self.topology, self.protocol, self.model, self.training, task)
 
     def data_config(self, site: int | None = None) -> DataConfig:
         values = self.data | {"sites": self.nodes}

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodes.launch import install_manifest
-from nodes.plan import build_plan
 from nodes.site import SiteDir, init_site
 from swarm.identity import load_site_keys
 from swarm.manifest import Manifest, Member, SignedManifest, build_manifest, save_manifest
@@ -58,10 +57,7 @@ def create_federation(config: ScenarioConfig, out: Path) -> Federation:
         init_site(sites_root / name, name, endpoint, None, data)
         card = json.loads(SiteDir(sites_root / name).member_path.read_text())
         members.append(Member.from_card(card, name))
-    data_config = config.data_config()
-    task = {"num_features": data_config.features, "num_classes": data_config.classes}
-    plan = build_plan(names, config.rounds, config.topology, config.protocol, config.model, config.training, task)
-    manifest = build_manifest(config.name, members, plan)
+    manifest = build_manifest(config.name, members, config.plan_for(names))
     signed = SignedManifest(manifest, {})
     for name in names:
         signed.sign(name, load_site_keys(SiteDir(sites_root / name).keys_dir).signing)

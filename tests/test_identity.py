@@ -57,6 +57,13 @@ def test_private_files_and_directory_modes(keys_dir: Path) -> None:
     assert b"PRIVATE KEY" in (keys_dir / "signing.key").read_bytes()
 
 
+def test_existing_keys_directory_is_made_private(keys_dir: Path) -> None:
+    keys_dir.mkdir(parents=True, mode=0o755)
+    keys_dir.chmod(0o755)
+    create_site_keys(keys_dir)
+    assert mode(keys_dir) == 0o700
+
+
 @pytest.mark.parametrize("name", ["signing.key", "signing.pub", "transport.key", "transport.pub"])
 def test_refuses_to_overwrite_any_key(keys_dir: Path, name: str) -> None:
     create_site_keys(keys_dir)
@@ -118,6 +125,7 @@ def test_transport_key_pair_must_match(keys_dir: Path) -> None:
     public_a, _ = zmq.curve_keypair()
     _, secret_b = zmq.curve_keypair()
     (keys_dir / "transport.key").write_bytes(b"secret = " + secret_b + b"\npublic = " + public_a)
+    (keys_dir / "transport.pub").write_bytes(public_a + b"\n")  # consistent with the lie
     with pytest.raises(KeyFileError, match="transport.key"):
         load_site_keys(keys_dir)
 

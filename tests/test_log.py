@@ -119,7 +119,8 @@ def test_sign_refuses_foreign_author_and_invalid_bodies() -> None:
         sign_entry(body(BOB, 1, ZERO_HASH), ALICE)
     for changes in [dict(timestamp=17), dict(metrics={"loss": 1}), dict(kind="upload"),
                     dict(seq=0), dict(samples=-1), dict(digest=b"short"), dict(seq=True),
-                    dict(parents=(ParentRef(BOB.public, 0, digest_of(1)),))]:
+                    dict(parents=(ParentRef(BOB.public, 0, digest_of(1)),)),
+                    dict(parents=(ParentRef(BOB.public, 1, digest_of(1)),) * (MAX_PARENTS + 1))]:
         with pytest.raises(ValueError, match="invalid log entry"):
             sign_entry(replace(body(ALICE, 1, ZERO_HASH), **changes), ALICE)
 
@@ -194,8 +195,11 @@ def test_strict_envelope_parsing() -> None:
     entry = sign_entry(body(ALICE, 1, ZERO_HASH), ALICE)
     env = msgpack.unpackb(entry.envelope)
     reordered = msgpack.packb({"a": env["a"], "t": env["t"], "p": env["p"], "s": env["s"]})
+    # Same map, the signature's length written as bin16 instead of bin8: another encoding.
+    wide_sig = entry.envelope.replace(b"\xa1s\xc4\x40", b"\xa1s\xc5\x00\x40")
+    assert wide_sig != entry.envelope and msgpack.unpackb(wide_sig) == env
     bad = [
-        b"", b"\xc1", b"garbage", entry.envelope + b"\x00", reordered,
+        b"", b"\xc1", b"garbage", entry.envelope + b"\x00", reordered, wide_sig,
         msgpack.packb({**env, "x": 1}), msgpack.packb({**env, "t": "swarm.log.entry/2"}),
         msgpack.packb({**env, "s": env["s"][:63]}), msgpack.packb([env["t"], env["a"]]),
         msgpack.packb({**env, "a": msgpack.ExtType(1, b"x" * 32)}),

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scenarios.config import ScenarioConfig
+from scenarios.federation import Federation, create_federation
+
+SMALL_SCENARIO = """
+[scenario]
+name = "{name}"
+nodes = {nodes}
+timeout = 120
+
+[plan]
+rounds = {rounds}
+
+[topology]
+name = "{topology}"
+
+[protocol]
+name = "braintorrent"
+round_interval = 0.05
+poll_timeout = 2.0
+pull_timeout = 10.0
+wait_for_new = 2.0
+linger = 10.0
+done_poll_interval = 0.2
+
+[model]
+name = "mlp"
+
+[training]
+epochs = 1
+
+[data]
+seed = 3
+samples_per_site = 80
+"""
+
+
+def write_scenario(directory: Path, nodes: int = 3, rounds: int = 3, topology: str = "ring", name: str = "test") -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(SMALL_SCENARIO.format(nodes=nodes, rounds=rounds, topology=topology, name=name))
+    return path
+
+
+@pytest.fixture
+def small_federation(tmp_path: Path):
+    def make(nodes: int = 3, rounds: int = 3, topology: str = "ring") -> tuple[ScenarioConfig, Federation]:
+        config = ScenarioConfig.load(write_scenario(tmp_path, nodes, rounds, topology))
+        return config, create_federation(config, tmp_path / "run")
+
+    return make

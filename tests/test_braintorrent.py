@@ -1,0 +1,168 @@
+"""The BrainTorrent state machine, driven by hand and in a simulated federation (fake clock,
+in-memory network, real codec). Assertions are on the exact actions it takes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gossip.base import Dropped, Finished, MergeAndTrain, PulledVersion, Send, SendModel
+from gossip.braintorrent import ANNOUNCEMENT, BrainTorrent, BrainTorrentParams, Phase
+from swarm.errors import ConfigError
+from swarm.messages import ModelRequest, Refusal, VersionReply, VersionRequest
+from tests.protocol_sim import Simulation
+
+PARAMS = BrainTorrentParams(round_interval=1.0, poll_timeout=2.0, pull_timeout=10.0, wait_for_new=5.0, linger=30.0, done_poll_interval=1.0)
+
+
+def machine(**kwargs) -> BrainTorrent:
+    defaults = dict(name="a", neighbours=["b", "c"], rounds=3, samples=50, params=PARAMS, rng=random.Random(1))
+    return BrainTorrent(**(defaults | kwargs))
+
+
+def start_polling(bt: BrainTorrent) -> list:
+    assert bt.start(0.0) == []
+    deadline = bt.next_deadline()
+    assert 0.5 <= deadline <= 1.5  # round_interval randomized in [0.5x, 1.5x]
+    assert bt.tick(deadline - 0.01) == []
+    return bt.tick(deadline)
+
+
+def test_a_round_polls_pulls_newer_models_and_trains():
+    bt = machine(peer_heads={"b": 4})
+    assert start_polling(bt) == [Send("b", VersionRequest(1)), Send("c", VersionRequest(2))]
+    assert bt.receive("b", VersionReply(1, 5, 80, False), 1.2) == []
+    assert bt.receive("c", VersionReply(2, 3, 20, False), 1.3) == [Send("b", ModelRequest(3, 4)), Send("c", ModelRequest(4, 0))]
+    assert bt.expects_model("b", 3) and not bt.expects_model("b", 4)
+    assert bt.model_arrived("c", 4, 3, 1.4) == []
+    assert bt.model_arrived("b", 3, 5, 1.5) == [MergeAndTrain(1, (PulledVersion("c", 3), PulledVersion("b", 5)))]
+    assert bt.phase is Phase.TRAINING and bt.next_deadline() is None
+    assert bt.published(1, {"b": 5, "c": 3}, 2.0) == []
+    assert bt.merged == {"b": 5, "c": 3} and bt.published_seq == 1
+
+
+def test_only_versions_newer_than_merged_are_pulled():
+    bt = machine(published_seq=1, merged={"b": 5, "c": 3})
+    polls = start_polling(bt)
+    assert bt.receive("b", VersionReply(polls[0].msg.req, 5, 80, False), 1.0) == []  # same version as merged
+    assert bt.receive("c", VersionReply(polls[1].msg.req, 4, 20, False), 1.0) == [Send("c", ModelRequest(3, 0))]
+
+
+def test_a_dead_neighbour_does_not_block_the_round():
+    bt = machine()
+    polls = start_polling(bt)
+    t = bt.next_deadline() - PARAMS.poll_timeout
+    assert bt.receive("b", VersionReply(polls[0].msg.req, 1, 80, False), t + 0.1) == []  # c never answers
+    assert bt.tick(t + PARAMS.poll_timeout - 0.01) == []
+    [request] = bt.tick(t + PARAMS.poll_timeout)
+    assert request == Send("b", ModelRequest(3, 0))
+    # b's model never arrives either: the pull times out and the round trains alone.
+    assert bt.tick(t + PARAMS.poll_timeout + PARAMS.pull_timeout) == [MergeAndTrain(1, ())]
+
+
+def test_duplicate_and_stale_messages_are_dropped_not_reused():
+    bt = machine()
+    polls = start_polling(bt)
+    reply = VersionReply(polls[0].msg.req, 2, 80, False)
+    assert bt.receive("b", reply, 1.0) == []
+    assert bt.receive("b", reply, 1.0) == [Dropped("b", "stale_version_reply")]
+    assert bt.receive("c", VersionReply(999, 2, 20, False), 1.0) == [Dropped("c", "stale_version_reply")]
+    pulls = bt.receive("c", VersionReply(polls[1].msg.req, 0, 20, False), 1.0)
+    assert pulls == [Send("b", ModelRequest(3, 0))]
+    assert bt.model_arrived("b", 3, 2, 1.1) == [MergeAndTrain(1, (PulledVersion("b", 2),))]
+    assert bt.model_arrived("b", 3, 2, 1.2) == [Dropped("b", "stale_model_reply")]
+
+
+def test_refusal_counts_as_a_failed_pull():
+    bt = machine()
+    polls = start_polling(bt)
+    bt.receive("b", VersionReply(polls[0].msg.req, 2, 80, False), 1.0)
+    bt.receive("c", VersionReply(polls[1].msg.req, 1, 20, False), 1.0)
+    assert bt.receive("b", Refusal(3, "no_model_yet"), 1.1) == [Dropped("b", "no_model_yet")]
+    assert bt.model_arrived("c", 4, 1, 1.2) == [MergeAndTrain(1, (PulledVersion("c", 1),))]
+
+
+def test_serving_requests_in_any_phase():
+    bt = machine(samples=42)
+    assert bt.receive("b", VersionRequest(7), 0.0) == [Send("b", VersionReply(7, 0, 42, False))]
+    assert bt.receive("b", ModelRequest(8, 0), 0.0) == [Send("b", Refusal(8, "no_model_yet"))]
+    bt = machine(published_seq=2)
+    start_polling(bt)
+    assert bt.receive("c", ModelRequest(9, 1), 2.0) == [SendModel("c", 9, 1)]
+    assert bt.receive("z", VersionRequest(1), 2.0) == [Dropped("z", "not_a_neighbour")]
+
+
+def test_with_nothing_new_a_node_waits_for_neighbours_then_trains_alone():
+    bt = machine(published_seq=1, merged={"b": 1, "c": 1})
+    bt.published_at = 0.0
+    polls = start_polling(bt)
+    now = bt.next_deadline() - PARAMS.poll_timeout + 0.1
+    bt.receive("b", VersionReply(polls[0].msg.req, 1, 80, False), now)
+    assert bt.receive("c", VersionReply(polls[1].msg.req, 1, 20, False), now) == []
+    assert bt.phase is Phase.WAITING  # waits instead of training on stale neighbours
+    # Keep answering "nothing new" until wait_for_new has passed: then it trains alone.
+    actions: list = []
+    while not any(isinstance(a, MergeAndTrain) for a in actions):
+        now = bt.next_deadline()
+        actions = bt.tick(now)
+        for action in actions:
+            if isinstance(action, Send):
+                actions = actions + bt.receive(action.peer, VersionReply(action.msg.req, 1, 10, False), now)
+    assert now >= PARAMS.wait_for_new
+
+
+def test_after_the_last_round_it_announces_and_lingers_until_neighbours_are_done():
+    bt = machine(rounds=1)
+    start_polling(bt)
+    bt.tick(100.0)  # nobody answered: train alone
+    actions = bt.published(1, {}, 100.0)
+    assert actions[:2] == [Send("b", VersionReply(ANNOUNCEMENT, 1, 50, True)), Send("c", VersionReply(ANNOUNCEMENT, 1, 50, True))]
+    assert actions[2:] == [Send("b", VersionRequest(3)), Send("c", VersionRequest(4))]
+    assert bt.receive("b", ModelRequest(5, 0), 100.5) == [SendModel("b", 5, 0)]  # still serving
+    assert bt.receive("b", VersionReply(3, 4, 80, True), 100.5) == []
+    assert bt.receive("c", VersionReply(ANNOUNCEMENT, 4, 80, True), 100.6) == [Finished()]
+    assert bt.finished
+
+
+def test_lingering_ends_after_the_linger_timeout_when_a_neighbour_is_silent():
+    bt = machine(rounds=1, published_seq=1)
+    bt.start(0.0)
+    deadline = bt.next_deadline()
+    while not bt.finished:
+        actions = bt.tick(deadline)
+        deadline = bt.next_deadline() or deadline
+    assert actions == [Finished()] and deadline == pytest.approx(PARAMS.linger)
+
+
+def test_params_are_validated():
+    with pytest.raises(ConfigError, match="plan.protocol.poll_timeout"):
+        BrainTorrentParams.from_dict({"poll_timeout": -1})
+    with pytest.raises(ConfigError, match="plan.protocol.bogus"):
+        BrainTorrentParams.from_dict({"bogus": 1})
+
+
+# -- whole federations, simulated ---------------------------------------------------------------
+
+RING5 = {n: [f"n{(i - 1) % 5}", f"n{(i + 1) % 5}"] for i, n in enumerate(f"n{i}" for i in range(5))}
+FAST = BrainTorrentParams(round_interval=0.2, poll_timeout=1.0, pull_timeout=2.0, wait_for_new=3.0, linger=10.0, done_poll_interval=0.5)
+
+
+def test_a_ring_finishes_every_round_and_models_flow_between_neighbours():
+    sim = Simulation(RING5, rounds=6, params=FAST)
+    sim.run(until=120.0)
+    for node in sim.nodes.values():
+        assert node.protocol.finished and node.protocol.published_seq == 6
+        pulled_from = {p.peer for action in node.history for p in action.pulled}
+        assert pulled_from == set(RING5[node.name])
+    # Everyone learns of everyone's end, so nobody waits out the linger timeout.
+    assert max(n.finished_at for n in sim.nodes.values()) < 60.0
+
+
+def test_a_dead_node_never_blocks_the_others():
+    sim = Simulation(RING5, rounds=4, params=FAST)
+    sim.kill("n2")
+    sim.run(until=300.0)
+    for node in sim.nodes.values():
+        assert node.protocol.finished and node.protocol.published_seq == 4
+        assert all(p.peer != "n2" for action in node.history for p in action.pulled)

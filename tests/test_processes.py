@@ -1,0 +1,105 @@
+"""Real `swarm-node run` processes over loopback TCP: the scenario runner end to end, and a
+node killed with SIGKILL mid-run that restarts from its site directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from swarm.log import open_entry, read_records
+from tests.conftest import write_scenario
+
+pytestmark = pytest.mark.slow
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def swarm_node(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nodes", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=120, **kwargs)
+
+
+def log_entries(site: Path) -> list:
+    path = site / "log" / "updates.log"
+    if not path.exists():
+        return []
+    envelopes, _torn = read_records(path)
+    return [open_entry(e) for e in envelopes]
+
+
+def test_scenario_runner_runs_real_node_processes_and_the_logs_verify(tmp_path):
+    scenario = write_scenario(tmp_path, nodes=4, rounds=4)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "round   4/4" in result.stdout and "mean" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert [n["name"] for n in summary["nodes"]] == ["hospital-a", "hospital-b", "hospital-c", "hospital-d"]
+    for node in summary["nodes"]:
+        assert node["exit_code"] == 0 and node["state"] == "finished" and node["rounds_completed"] == 4
+        assert 0.0 <= node["metrics"]["accuracy"] <= 1.0 and 0.0 <= node["local_only"]["accuracy"] <= 1.0
+        assert node["bytes_received"] > 0
+        assert (out / "sites" / node["name"] / "metrics.jsonl").read_text().count("\n") == 4
+    assert summary["log_verification"]["ok"] and summary["log_verification"]["entries"] >= 16
+    assert summary["protocol"]["name"] == "braintorrent" and summary["topology"]["name"] == "ring"
+    assert summary["rejected_messages"]["total"] == 0 and 0.0 <= summary["pooled"]["accuracy"] <= 1.0
+    verify = swarm_node("log", "verify", out)
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_a_node_killed_with_sigkill_resumes_from_its_last_published_version(small_federation, tmp_path):
+    _, federation = small_federation(nodes=3, rounds=10, topology="complete")
+    sites = federation.sites
+    processes = {name: subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(site)], stdout=subprocess.DEVNULL, stderr=open(site / "node.log", "ab"), env=ENV) for name, site in sites.items()}
+    victim = sites["hospital-b"]
+    try:
+        deadline = time.monotonic() + 90
+        while len(log_entries(victim)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        processes["hospital-b"].send_signal(signal.SIGKILL)
+        processes["hospital-b"].wait(10)
+        before = log_entries(victim)
+        assert 3 <= len(before) < 10, "the victim should be killed mid-run"
+        # A crash can also leave a torn record at the end of the log and a half-written
+        # checkpoint: the node must repair both on restart.
+        with open(victim / "log" / "updates.log", "ab") as handle:
+            handle.write(b"SWLE\x00\x00\x01\x00partial")
+        (victim / "checkpoints" / ".00000099.swt.tmp1").write_bytes(b"half")
+        processes["hospital-b"] = subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(victim)], stdout=subprocess.DEVNULL, stderr=open(victim / "node.log", "ab"), env=ENV)
+        for name, process in processes.items():
+            assert process.wait(120) == 0, (sites[name] / "node.log").read_text()[-2000:]
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    after = log_entries(victim)
+    assert [e.seq for e in after] == list(range(1, 11))
+    assert [e.envelope for e in after[: len(before)]] == [e.envelope for e in before], "published versions were lost or rewritten"
+    resumed = after[len(before)]
+    own_parent = [p for p in resumed.body.parents if p.author == resumed.author]
+    assert own_parent and own_parent[0].seq == before[-1].seq and own_parent[0].digest == before[-1].body.digest
+    node_log = (victim / "node.log").read_text()
+    assert "torn" in node_log and f"resuming from published version {len(before)}" in node_log
+    assert not list((victim / "checkpoints").glob(".*"))
+    verify = swarm_node("log", "verify", tmp_path / "run")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_port_in_use_is_one_line_exit_2(small_federation):
+    import socket
+
+    _, federation = small_federation(nodes=2, rounds=1)
+    site = federation.sites["hospital-a"]
+    endpoint = federation.manifest.member("hospital-a").endpoint
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    with socket.socket() as blocker:
+        blocker.bind((host, int(port)))
+        blocker.listen()
+        result = swarm_node("run", "--site", site)
+    assert result.returncode == 2
+    assert "port is in use" in result.stderr and "Traceback" not in result.stderr
