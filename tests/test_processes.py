@@ -103,3 +103,67 @@ def test_port_in_use_is_one_line_exit_2(small_federation):
         result = swarm_node("run", "--site", site)
     assert result.returncode == 2
     assert "port is in use" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_stops_a_node_cleanly_with_state_on_disk(small_federation, tmp_path):
+    _, federation = small_federation(nodes=2, rounds=200)
+    processes = [subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(site)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for site in federation.sites.values()]
+    site = federation.sites["hospital-a"]
+    try:
+        deadline = time.monotonic() + 90
+        while len(log_entries(site)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+        outputs = [process.communicate(timeout=60) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert "stopped at version" in outputs[0][0] and "Traceback" not in outputs[0][1]
+    status = json.loads((site / "status.json").read_text())
+    assert status["state"] == "stopped" and status["published_seq"] == len(log_entries(site)) >= 2
+    assert swarm_node("log", "verify", tmp_path / "run").returncode == 0
+
+
+def test_garbage_over_real_tcp_never_crashes_a_node(small_federation):
+    import zmq
+
+    _, federation = small_federation(nodes=2, rounds=4)
+    processes = [subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(site)], stdout=subprocess.DEVNULL, stderr=open(site / "node.log", "ab"), env=ENV) for site in federation.sites.values()]
+    context = zmq.Context()
+    attacker = context.socket(zmq.DEALER)
+    attacker.setsockopt(zmq.LINGER, 0)
+    attacker.setsockopt(zmq.ROUTING_ID, b"mallory")
+    attacker.connect(federation.manifest.member("hospital-a").endpoint)
+    # Until CURVE authentication (a later version), a sender can claim a neighbour's routing
+    # id; the decoder and the log checks are what stand between its bytes and the model.
+    spoofer = context.socket(zmq.DEALER)
+    spoofer.setsockopt(zmq.LINGER, 1000)
+    spoofer.setsockopt(zmq.ROUTING_ID, b"hospital-b")
+    spoofer.connect(federation.manifest.member("hospital-a").endpoint)
+    pickle_payload = b"\x80\x04\x95" + b"cos\nsystem\n(S'touch /tmp/pwned'\ntR."
+    garbage = ([b"\xc1"], [pickle_payload], [b"\xdd\xff\xff\xff\xff"], [b"x"] * 5000, [b""])
+    try:
+        deadline = time.monotonic() + 60
+        while not (federation.sites["hospital-a"] / "status.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # written once the node listens
+        for payload in garbage:
+            attacker.send_multipart(payload)
+            spoofer.send_multipart(payload)
+        spoofer.close()  # lingers until sent; the real hospital-b then reconnects and the run goes on
+        for process in processes:
+            assert process.wait(120) == 0
+    finally:
+        attacker.close()
+        context.term()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    status = json.loads((federation.sites["hospital-a"] / "status.json").read_text())
+    assert status["state"] == "finished" and status["published_seq"] == 4
+    assert status["rejected"].get("not_a_neighbour", 0) == 5
+    from_spoofer = sum(n for reason, n in status["rejected"].items() if reason != "not_a_neighbour")
+    assert from_spoofer == 5 and status["rejected"]["too_many_frames"] == 1 and status["rejected"]["bad_msgpack"] >= 2
+    assert "rejected message from mallory: not_a_neighbour" in (federation.sites["hospital-a"] / "node.log").read_text()
