@@ -197,3 +197,16 @@ def log_show(path: Path) -> None:
 
     for line in describe_log(path):
         click.echo(line)
+
+
+@main.command()
+@click.option("--size-mb", type=click.FloatRange(min=0.001, max=4096), default=100.0, show_default=True, help="Model size in MiB.")
+@click.option("--repeats", type=click.IntRange(min=1, max=100), default=5, show_default=True, help="Timed transfers per path.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (with ratio_vs_raw_zmq).")
+@user_errors
+def bench(size_mb: float, repeats: int, as_json: bool) -> None:
+    """Time the full model exchange path on loopback against raw pyzmq with the same bytes."""
+    from .bench import format_bench, run_bench
+
+    result = run_bench(size_mb=size_mb, repeats=repeats)
+    click.echo(json.dumps(result, indent=2) if as_json else format_bench(result))

@@ -2,26 +2,34 @@
 embedded default data set, "synthetic-multisite".
 
 "synthetic-multisite" is a generated, radiomics-like tabular task standing in for
-hospitals that each hold a small, differently acquired cohort of the same disease:
+hospitals that each hold a small, differently acquired cohort of the same disease
+(defaults: 6 sites, 32 features, 3 classes):
 
 * a shared, nonlinear ground truth: every patient has a few latent factors (the biology);
-  the label is a random smooth nonlinear function (a sum of sinusoids) of those factors, and the features are
-  correlated, partly nonlinear read-outs of them (like radiomics features, many of which
-  measure the same thing), so no single feature decides the class;
-* per-site domain shift: each hospital's "scanner" scales, offsets and adds noise to every
-  feature differently (then the site standardises its features with its own training
-  statistics, as a hospital would before sharing a model, which removes most but not all
-  of the shift: the noise level and the class mix still differ);
-* label skew: each site's class prior mixes the uniform prior with a random one;
-* quantity skew: site sizes are spread log-uniformly around `samples_per_site`, so some
-  hospitals hold several times more patients than others;
-* label noise: a small fraction of labels are replaced with a random class.
+  the label is a random smooth nonlinear function (a sum of sinusoids) of those factors,
+  and the features are correlated, partly nonlinear read-outs of them (like radiomics
+  features, many of which measure the same thing), so no single feature decides the class
+  and a linear model is far from enough;
+* per-site domain shift: each hospital's "scanner" adds its own amount of noise and then
+  scales and offsets every feature differently. The site standardises its features with
+  class-balanced statistics of its own training split (harmonisation a hospital can do
+  alone), which undoes the affine part but not the noise;
+* label skew: each site's class prior mixes the uniform prior with a random one
+  (`label_skew`), exactly, in both its training and its test split;
+* quantity skew: training-set sizes are spread log-uniformly around `samples_per_site`
+  (the largest site holds about exp(2 * quantity_skew) times more patients than the
+  smallest, never fewer than `min_samples`);
+* label noise: a fraction of labels is replaced with a random class.
+
+One hospital's own data is not enough: accuracy keeps rising with the number of patients
+far past what any single site holds, which is what makes the federation worth joining.
 
 Determinism and isolation: the ground truth depends only on the seed and the task shape;
-site k's data depends only on (seed, k, config), and is generated from its own random
-stream, so a node builds only its own site and building one site alone gives exactly the
-same tensors as building all of them. Each site's test split is held out from the same
-cohort (same scanner, same class prior); no patient is in two sites or in two splits.
+site k's data depends only on (seed, k, config) and comes from its own random stream, so a
+node builds only its own site, and building one site alone gives exactly the same tensors
+as building all of them. Each site's test split (`test_samples` patients, the same number
+everywhere so that every site's accuracy is measured equally well) is held out from the
+same cohort: same scanner, same class prior. No patient is in two sites or in two splits.
 """
 
 from __future__ import annotations
@@ -134,67 +142,80 @@ class DataConfig:
     features: int = 32
     classes: int = 3
     latent: int = 8                  # latent factors behind the features and the label
+    nonlinearity: float = 1.0        # frequency of the label function (near 0: almost linear)
     samples_per_site: int = 120      # mean training patients per site (before quantity skew)
     min_samples: int = 20            # no site trains on fewer patients than this
-    test_samples: int = 200          # held-out test patients per site (the same for every site)
-    quantity_skew: float = 1.0       # site sizes span exp(-q)..exp(q) around the mean
+    test_samples: int = 500          # held-out test patients per site (the same for every site)
+    quantity_skew: float = 1.5       # site sizes span a factor exp(2q) (1.5: about 20x)
     label_skew: float = 0.5          # 0: every site has the uniform class prior; 1: fully random
     shift: float = 1.0               # strength of the per-site scanner shift
     label_noise: float = 0.05        # fraction of labels replaced by a random class
     standardize: bool = True         # each site z-scores features with its own train statistics
 
+    def __post_init__(self) -> None:
+        # Direct construction is checked too (as the "data" table), and numbers normalised.
+        for key, value in _parse_data(_as_dict(self), "data").items():
+            object.__setattr__(self, key, value)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], field_prefix: str = "data") -> DataConfig:
         """Parse a TOML table; ConfigError names the field, the bad value and an example."""
-        p = field_prefix
-        _check_keys(p, d, cls)
-        defaults = cls()
+        _check_keys(field_prefix, d, cls)
+        values = {**_as_dict(cls()), **d}
+        if "site" not in d:
+            values["site"] = None
+        return cls(**_parse_data(values, field_prefix))
 
-        def get(key: str) -> Any:
-            return d.get(key, getattr(defaults, key))
 
-        source = get("source")
-        if not isinstance(source, str) or source not in DATA_SOURCES:
-            known = ", ".join(sorted(DATA_SOURCES))
-            raise ConfigError(
-                f"{p}.source: must be one of: {known}, got {source!r} "
-                f'(example: source = "synthetic-multisite")'
-            )
-        sites = _int_value(p, "sites", get("sites"), 2, 10_000, "sites = 6")
-        site = d.get("site")
-        if site is not None:
-            site = _int_value(p, "site", site, 0, sites - 1, "site = 0")
-        seed = _int_value(p, "seed", get("seed"), 0, 2**63 - 1, "seed = 0")
-        features = _int_value(p, "features", get("features"), 2, 4096, "features = 32")
-        classes = _int_value(p, "classes", get("classes"), 2, 100, "classes = 3")
-        latent = _int_value(p, "latent", get("latent"), 1, 1024, "latent = 8")
-        samples = _int_value(p, "samples_per_site", get("samples_per_site"), 1, 10_000_000,
-                             "samples_per_site = 120")
-        min_samples = _int_value(p, "min_samples", get("min_samples"), 1, 10_000_000,
-                                 "min_samples = 20")
-        if min_samples > samples:
-            raise ConfigError(
-                f"{p}.min_samples: must be <= samples_per_site ({samples}), got {min_samples!r} "
-                f"(example: min_samples = {min(20, samples)})"
-            )
-        quantity_skew = _float_value(p, "quantity_skew", get("quantity_skew"), 0.0, 5.0,
-                                     "quantity_skew = 1.0")
-        label_skew = _float_value(p, "label_skew", get("label_skew"), 0.0, 1.0,
-                                  "label_skew = 0.5")
-        shift = _float_value(p, "shift", get("shift"), 0.0, 10.0, "shift = 1.0")
-        label_noise = _float_value(p, "label_noise", get("label_noise"), 0.0, 1.0,
-                                   "label_noise = 0.05", high_open=True)
-        test_samples = _int_value(p, "test_samples", get("test_samples"), 1, 10_000_000,
-                                  "test_samples = 200")
-        standardize = get("standardize")
-        if not isinstance(standardize, bool):
-            raise _fail(p, "standardize", "true or false", standardize, "standardize = true")
-        return cls(
-            source=source, sites=sites, site=site, seed=seed, features=features,
-            classes=classes, latent=latent, samples_per_site=samples, min_samples=min_samples,
-            quantity_skew=quantity_skew, label_skew=label_skew, shift=shift,
-            label_noise=label_noise, test_samples=test_samples, standardize=standardize,
+def _as_dict(config: Any) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+def _parse_data(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+    source = v["source"]
+    if not isinstance(source, str) or source not in DATA_SOURCES:
+        known = ", ".join(sorted(DATA_SOURCES))
+        raise ConfigError(
+            f"{p}.source: must be one of: {known}, got {source!r} "
+            f'(example: source = "synthetic-multisite")'
         )
+    sites = _int_value(p, "sites", v["sites"], 2, None, "sites = 6")
+    site = v["site"]
+    if site is not None:
+        site = _int_value(p, "site", site, 0, sites - 1, "site = 0")
+    samples = _int_value(p, "samples_per_site", v["samples_per_site"], 1, None,
+                         "samples_per_site = 120")
+    min_samples = _int_value(p, "min_samples", v["min_samples"], 1, None, "min_samples = 20")
+    if min_samples > samples:
+        raise ConfigError(
+            f"{p}.min_samples: must be <= samples_per_site ({samples}), got {min_samples!r} "
+            f"(example: min_samples = {min(20, samples)})"
+        )
+    standardize = v["standardize"]
+    if not isinstance(standardize, bool):
+        raise _fail(p, "standardize", "true or false", standardize, "standardize = true")
+    return {
+        "source": source,
+        "sites": sites,
+        "site": site,
+        "seed": _int_value(p, "seed", v["seed"], 0, 2**63 - 1, "seed = 0"),
+        "features": _int_value(p, "features", v["features"], 2, None, "features = 32"),
+        "classes": _int_value(p, "classes", v["classes"], 2, None, "classes = 3"),
+        "latent": _int_value(p, "latent", v["latent"], 1, None, "latent = 8"),
+        "nonlinearity": _float_value(p, "nonlinearity", v["nonlinearity"], 0.0, 10.0,
+                                     "nonlinearity = 1.0", low_open=True),
+        "samples_per_site": samples,
+        "min_samples": min_samples,
+        "test_samples": _int_value(p, "test_samples", v["test_samples"], 1, None,
+                                   "test_samples = 500"),
+        "quantity_skew": _float_value(p, "quantity_skew", v["quantity_skew"], 0.0, 5.0,
+                                      "quantity_skew = 1.5"),
+        "label_skew": _float_value(p, "label_skew", v["label_skew"], 0.0, 1.0, "label_skew = 0.5"),
+        "shift": _float_value(p, "shift", v["shift"], 0.0, 10.0, "shift = 1.0"),
+        "label_noise": _float_value(p, "label_noise", v["label_noise"], 0.0, 1.0,
+                                    "label_noise = 0.05", high_open=True),
+        "standardize": standardize,
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -206,7 +227,6 @@ _TAG_TRUTH = 0x7472  # "tr"
 _TAG_SIZES = 0x737A  # "sz"
 _TAG_SITE = 0x7374   # "st"
 _TEACHER_WIDTH = 32
-_TEACHER_FREQUENCY = 1.0
 _CALIBRATION_SAMPLES = 20_000
 
 
@@ -229,14 +249,14 @@ class _Truth:
 
 
 @lru_cache(maxsize=16)
-def _truth(seed: int, latent: int, features: int, classes: int) -> _Truth:
+def _truth(seed: int, latent: int, features: int, classes: int, nonlinearity: float) -> _Truth:
     rng = np.random.default_rng([seed, _TAG_TRUTH, latent, features, classes])
     mix = rng.normal(size=(latent, features)) / math.sqrt(latent)
     bend = rng.normal(size=(latent, features)) * (1.5 / math.sqrt(latent))
     # A smooth but clearly nonlinear label function: a random sum of sinusoids of the latent
     # factors, at a frequency where a linear model gets ~60% and an MLP keeps improving up
     # to a few thousand patients, far more than one hospital here holds.
-    wave_w = rng.normal(size=(latent, _TEACHER_WIDTH)) * (_TEACHER_FREQUENCY / math.sqrt(latent))
+    wave_w = rng.normal(size=(latent, _TEACHER_WIDTH)) * (nonlinearity / math.sqrt(latent))
     wave_b = rng.uniform(0.0, 2.0 * math.pi, size=_TEACHER_WIDTH)
     out_w = rng.normal(size=(_TEACHER_WIDTH, classes))
     z = rng.normal(size=(_CALIBRATION_SAMPLES, latent))
@@ -292,7 +312,7 @@ def _site_params(config: DataConfig, site: int):
 
 
 def _synthetic_multisite(config: DataConfig, site: int) -> SiteData:
-    truth = _truth(config.seed, config.latent, config.features, config.classes)
+    truth = _truth(config.seed, config.latent, config.features, config.classes, config.nonlinearity)
     prior, scale, offset, noise, rng = _site_params(config, site)
     n_train = _site_sizes(config)[site]
     n_test = config.test_samples
@@ -369,8 +389,13 @@ DATA_SOURCES: dict[str, DataSource] = {
 }
 
 
-def load_site(config: DataConfig, site: int) -> SiteData:
-    """Build site `site` of the federation described by `config`, and only that site."""
+def load_site(config: DataConfig, site: int | None = None) -> SiteData:
+    """Build site `site` (default: `config.site`) of the federation described by `config`,
+    and only that site."""
+    if site is None:
+        site = config.site
+        if site is None:
+            raise ConfigError("data.site: missing; this node needs its site index (example: site = 0)")
     if isinstance(site, bool) or not isinstance(site, int) or not 0 <= site < config.sites:
         raise ConfigError(
             f"data.site: must be an integer from 0 to {config.sites - 1}, got {site!r} (example: site = 0)"

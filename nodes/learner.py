@@ -91,8 +91,7 @@ class Learner:
         test = evaluate(self.model, self.data.test_x, self.data.test_y)
         timings["evaluate"] = time.perf_counter() - started
         started = time.perf_counter()
-        snapshot = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
-        flat = flatten_state(snapshot)
+        flat = flatten_state(self.model.state_dict(), copy=True)
         digest = model_digest(flat)
         timings["snapshot"] = time.perf_counter() - started
         metrics = {

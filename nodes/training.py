@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from swarm.errors import ConfigError
 
-from .data import SiteData, _check_keys, _fail, _float_value, _int_value
+from .data import SiteData, _as_dict, _check_keys, _fail, _float_value, _int_value
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -28,36 +28,39 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 class TrainConfig:
     """The `[train]` table. The defaults are the quickstart federation's settings."""
 
-    epochs: int = 2              # local epochs per round
-    lr: float = 0.05
-    batch_size: int = 16
-    optimizer: str = "sgd"
+    epochs: int = 1              # local epochs per round
+    lr: float = 0.003
+    batch_size: int = 32
+    optimizer: str = "adam"
     momentum: float = 0.9        # sgd only
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4   # L2 penalty (decoupled for adamw)
+
+    def __post_init__(self) -> None:
+        # Direct construction is checked too (as the "train" table), and numbers normalised.
+        for key, value in _parse_train(_as_dict(self), "train").items():
+            object.__setattr__(self, key, value)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], field_prefix: str = "train") -> TrainConfig:
         """Parse a TOML table; ConfigError names the field, the bad value and an example."""
-        p = field_prefix
-        _check_keys(p, d, cls)
-        defaults = cls()
+        _check_keys(field_prefix, d, cls)
+        return cls(**_parse_train({**_as_dict(cls()), **d}, field_prefix))
 
-        def get(key: str) -> Any:
-            return d.get(key, getattr(defaults, key))
 
-        epochs = _int_value(p, "epochs", get("epochs"), 1, 100_000, "epochs = 2")
-        lr = _float_value(p, "lr", get("lr"), 0.0, 100.0, "lr = 0.05", low_open=True)
-        batch_size = _int_value(p, "batch_size", get("batch_size"), 1, 10_000_000, "batch_size = 16")
-        optimizer = get("optimizer")
-        if optimizer not in OPTIMIZERS:
-            raise _fail(p, "optimizer", "one of: " + ", ".join(OPTIMIZERS), optimizer,
-                        'optimizer = "sgd"')
-        momentum = _float_value(p, "momentum", get("momentum"), 0.0, 1.0, "momentum = 0.9",
-                                high_open=True)
-        weight_decay = _float_value(p, "weight_decay", get("weight_decay"), 0.0, 1.0,
-                                    "weight_decay = 0.0001")
-        return cls(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                   momentum=momentum, weight_decay=weight_decay)
+def _parse_train(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+    optimizer = v["optimizer"]
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
+        raise _fail(p, "optimizer", "one of: " + ", ".join(OPTIMIZERS), optimizer, 'optimizer = "adam"')
+    return {
+        "epochs": _int_value(p, "epochs", v["epochs"], 1, None, "epochs = 1"),
+        "lr": _float_value(p, "lr", v["lr"], 0.0, 100.0, "lr = 0.003", low_open=True),
+        "batch_size": _int_value(p, "batch_size", v["batch_size"], 1, None, "batch_size = 32"),
+        "optimizer": optimizer,
+        "momentum": _float_value(p, "momentum", v["momentum"], 0.0, 1.0, "momentum = 0.9",
+                                 high_open=True),
+        "weight_decay": _float_value(p, "weight_decay", v["weight_decay"], 0.0, 1.0,
+                                     "weight_decay = 0.0001"),
+    }
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -79,7 +82,7 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     raise ConfigError(
         f"train.optimizer: must be one of: {', '.join(OPTIMIZERS)}, got {config.optimizer!r} "
-        f'(example: optimizer = "sgd")'
+        f'(example: optimizer = "adam")'
     )
 
 

@@ -11,8 +11,23 @@ last round each node's model is evaluated on its own site's test split.
     python scripts/simulate_braintorrent.py --seeds 0-9 --rounds 20 --epochs 2 \\
         --data label_skew=0.7 --data samples_per_site=200 --hidden 64,64
 
-This is not a test: it is how the quickstart defaults in nodes/data.py and
-nodes/training.py (and the quickstart scenario's rounds/model) were chosen."""
+This is not a test: it is how the quickstart defaults in nodes/data.py (DataConfig) and
+nodes/training.py (TrainConfig), and the rounds and model below, were chosen. With those
+defaults (6-site ring, mlp [64, 64], 20 rounds of 1 epoch, Adam lr 0.003, batch 32), mean
+test accuracy over sites, in %, 1 torch thread:
+
+    seed   swarm   local  pooled  sw-loc pool-sw
+       0   71.80   63.93   73.13   +7.87   +1.33
+       1   71.70   65.47   70.87   +6.23   -0.83
+       2   72.37   65.77   73.23   +6.60   +0.87
+       3   74.80   64.63   77.23  +10.17   +2.43
+       4   70.20   60.33   69.80   +9.87   -0.40
+    mean   72.17   64.03   72.85   +8.15   +0.68
+    seeds 0-19: swarm 72.62, local 64.19, pooled 72.67 (gain +8.44, worst +6.23;
+    gap to pooled +0.05, worst +2.43); --sync: gain +8.43, worst gap +3.27.
+
+Training costs ~3-5 ms CPU per site per round (plus ~1 s once per process for torch's
+first optimizer step), so 20 rounds x 6 sites is well under a second of training."""
 
 from __future__ import annotations
 
@@ -35,8 +50,8 @@ from nodes.models import build_model  # noqa: E402
 from nodes.training import TrainConfig, derive_seed, evaluate, train_local  # noqa: E402
 from swarm.merge import weighted_mean  # noqa: E402
 
-# The recommended quickstart settings (see the report at the end of the module docstring
-# of nodes/data.py for the data set; these are the federation's plan).
+# The recommended quickstart plan; the data set and training defaults are DataConfig()
+# and TrainConfig().
 QUICKSTART_ROUNDS = 20
 QUICKSTART_MODEL = "mlp"
 QUICKSTART_MODEL_PARAMS = {"hidden": [64, 64]}
@@ -46,8 +61,12 @@ def ring(n: int) -> list[list[int]]:
     return [sorted({(i - 1) % n, (i + 1) % n} - {i}) for i in range(n)]
 
 
-def simulate(sites, neighbours, model_name, model_params, train_cfg, rounds, seed):
-    """BrainTorrent on the given graph; returns (per-site rows, train CPU seconds per call)."""
+def simulate(sites, neighbours, model_name, model_params, train_cfg, rounds, seed, sync=False):
+    """BrainTorrent on the given graph; returns (per-site rows, train CPU seconds per call).
+
+    sync=False: within a round nodes go one after another in a random order, so a node may
+    already see a neighbour's model from this round. sync=True: every node merges what its
+    neighbours published in the previous round (all nodes train at the same time)."""
     n = len(sites)
     models = [build_model(model_name, model_params, s.num_features, s.num_classes, seed) for s in sites]
     published = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
@@ -58,14 +77,16 @@ def simulate(sites, neighbours, model_name, model_params, train_cfg, rounds, see
     for r in range(rounds):
         order = list(range(n))
         order_rng.shuffle(order)
+        visible = ([dict(p) for p in published], list(versions)) if sync else (published, versions)
         for i in order:
-            fresh = [j for j in neighbours[i] if versions[j] > last_merged[i][j]]
+            seen_states, seen_versions = visible
+            fresh = [j for j in neighbours[i] if seen_versions[j] > last_merged[i][j]]
             if fresh:
                 states = [(sites[i].train_samples, models[i].state_dict())]
-                states += [(sites[j].train_samples, published[j]) for j in fresh]
+                states += [(sites[j].train_samples, seen_states[j]) for j in fresh]
                 models[i].load_state_dict(weighted_mean(states))
                 for j in fresh:
-                    last_merged[i][j] = versions[j]
+                    last_merged[i][j] = seen_versions[j]
             t0 = time.process_time()
             train_local(models[i], sites[i], train_cfg, derive_seed(seed, "train", i, r))
             cpu_per_call.append(time.process_time() - t0)
@@ -109,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                     help="[train] override in TOML syntax, repeatable")
     ap.add_argument("--per-site", action="store_true", help="also print per-site accuracies")
+    ap.add_argument("--sync", action="store_true",
+                    help="synchronous rounds: nodes merge what neighbours published last round")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -127,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         data_cfg = DataConfig.from_dict({**base_data, "seed": seed})
         sites = load_all_sites(data_cfg)
         swarm_rows, cpu = simulate(sites, ring(len(sites)), args.model, model_params, train_cfg,
-                                   args.rounds, seed)
+                                   args.rounds, seed, sync=args.sync)
         local_rows = local_only(data_cfg, args.model, model_params, train_cfg, args.rounds, seed, sites=sites)
         pool = pooled(data_cfg, args.model, model_params, train_cfg, args.rounds, seed, sites=sites)
         s, lo, po = mean_accuracy(swarm_rows), mean_accuracy(local_rows), pool["mean_accuracy"]

@@ -8,18 +8,18 @@ The model digest (docs/ARCHITECTURE.md) is computed over those buffers in 4 MiB 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
 import threading
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from blake3 import blake3
 
 if sys.byteorder != "little":  # the wire and checkpoint formats are raw little-endian bytes
     raise ImportError("swarm.tensors supports little-endian hosts only")
@@ -187,14 +187,21 @@ def model_digest(flat: FlatModel, *, parallel: bool | None = None) -> bytes:
 
     `parallel=None` hashes chunks on a thread pool only for models of PARALLEL_MIN_BYTES or
     more; the result is the same either way, since chunk hashes are combined in order."""
-    if parallel is None:
-        parallel = flat.total_bytes >= PARALLEL_MIN_BYTES
-    chunk_hashes = iter(_hash_chunks([chunk for buffer in flat.buffers for chunk in _chunks(buffer)], parallel))
-    digest = hashlib.sha256(DIGEST_DOMAIN)
-    for spec in flat.specs:
+    chunks = [chunk for buffer in flat.buffers for chunk in _chunks(buffer)]
+    return _combine(flat.specs, _run_chunk_jobs(_chunk_hash, chunks, _use_pool(flat, parallel)))
+
+
+def _use_pool(flat: FlatModel, parallel: bool | None) -> bool:
+    return flat.total_bytes >= PARALLEL_MIN_BYTES if parallel is None else parallel
+
+
+def _combine(specs: Sequence[TensorSpec], chunk_hashes: Sequence[bytes]) -> bytes:
+    remaining = iter(chunk_hashes)
+    digest = blake3(DIGEST_DOMAIN)
+    for spec in specs:
         digest.update(_spec_preamble(spec))
         for _ in range(_chunk_count(spec.nbytes)):
-            digest.update(next(chunk_hashes))
+            digest.update(next(remaining))
     return digest.digest()
 
 
@@ -211,16 +218,16 @@ def _chunks(buffer: memoryview) -> Iterable[memoryview]:
     return (buffer[start : start + DIGEST_CHUNK_BYTES] for start in range(0, len(buffer), DIGEST_CHUNK_BYTES))
 
 
-def _sha256(chunk: memoryview) -> bytes:
-    return hashlib.sha256(chunk).digest()
+def _chunk_hash(chunk: memoryview) -> bytes:
+    return blake3(chunk).digest()
 
 
-def _hash_chunks(chunks: Sequence[memoryview], parallel: bool) -> list[bytes]:
-    if parallel and len(chunks) > 1:
-        # hashlib releases the GIL on large inputs, so threads hash chunks concurrently;
+def _run_chunk_jobs(work: Callable[[Any], bytes], jobs: Sequence[Any], parallel: bool) -> list[bytes]:
+    if parallel and len(jobs) > 1:
+        # blake3 and numpy release the GIL on large inputs, so threads work concurrently;
         # map() returns results in input order.
-        return list(_digest_pool().map(_sha256, chunks))
-    return [_sha256(chunk) for chunk in chunks]
+        return list(_digest_pool().map(work, jobs))
+    return [work(job) for job in jobs]
 
 
 _pool: ThreadPoolExecutor | None = None

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import hashlib
+from blake3 import blake3
 import warnings
 
 import pytest
@@ -48,14 +48,14 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 
 def reference_digest(state: dict[str, torch.Tensor]) -> bytes:
     """docs/ARCHITECTURE.md's digest, written out independently of swarm.tensors."""
-    h = hashlib.sha256(b"swarm-model-digest-v1\n")
+    h = blake3(b"swarm-model-digest-v1\n")
     for name in sorted(state):
         data = raw_bytes(state[name])
         dtype = str(state[name].dtype).removeprefix("torch.")
         shape = ",".join(str(d) for d in state[name].shape)
         h.update(f"{name}\0{dtype}\0{shape}\0{len(data)}\0".encode())
         for start in range(0, len(data), 4 * 1024 * 1024):
-            h.update(hashlib.sha256(data[start : start + 4 * 1024 * 1024]).digest())
+            h.update(blake3(data[start : start + 4 * 1024 * 1024]).digest())
     return h.digest()
 
 

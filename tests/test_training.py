@@ -1,0 +1,169 @@
+"""Local training, evaluation, the [train] table and the baselines."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nodes.baselines import local_only, mean_accuracy, pool_sites, pooled
+from nodes.data import DataConfig, SiteData, load_site
+from nodes.models import build_model
+from nodes.training import TrainConfig, derive_seed, evaluate, train_local
+from swarm.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def big_site() -> SiteData:
+    config = DataConfig(seed=1, quantity_skew=0.0, samples_per_site=400, test_samples=400)
+    return load_site(config, 0)
+
+
+def test_training_improves_accuracy(big_site):
+    model = build_model("mlp", {"hidden": [64, 64]}, big_site.num_features, big_site.num_classes, seed=0)
+    before = evaluate(model, big_site.test_x, big_site.test_y)
+    first = train_local(model, big_site, TrainConfig(epochs=1), seed=0)
+    last = train_local(model, big_site, TrainConfig(epochs=15), seed=1)
+    after = evaluate(model, big_site.test_x, big_site.test_y)
+    assert after["accuracy"] > before["accuracy"] + 0.2
+    assert after["accuracy"] > 0.6
+    assert after["loss"] < before["loss"]
+    assert last["loss"] < first["loss"]
+
+
+def test_task_needs_the_nonlinear_model_and_more_data_than_a_site_has():
+    # The ground truth is nonlinear: with a federation's worth of patients an MLP clearly
+    # beats logistic regression, with one site's worth it barely can.
+    config = DataConfig(seed=1, quantity_skew=0.0, samples_per_site=2500, test_samples=1000)
+    site = load_site(config, 0)
+    scores = {}
+    for name, params in (("logreg", {}), ("mlp", {"hidden": [64, 64]})):
+        model = build_model(name, params, site.num_features, site.num_classes, seed=0)
+        train_local(model, site, TrainConfig(epochs=8), seed=0)
+        scores[name] = evaluate(model, site.test_x, site.test_y)["accuracy"]
+    assert scores["mlp"] > scores["logreg"] + 0.05
+
+
+def test_train_local_report_and_determinism(big_site):
+    config = TrainConfig(epochs=2, batch_size=64)
+    a = build_model("mlp", {"hidden": [16]}, big_site.num_features, big_site.num_classes, seed=3)
+    b = build_model("mlp", {"hidden": [16]}, big_site.num_features, big_site.num_classes, seed=3)
+    c = build_model("mlp", {"hidden": [16]}, big_site.num_features, big_site.num_classes, seed=3)
+    report = train_local(a, big_site, config, seed=10)
+    assert report["samples"] == big_site.train_samples
+    assert report["steps"] == 2 * math.ceil(big_site.train_samples / 64)
+    assert report["epochs"] == 2
+    assert math.isfinite(report["loss"])
+    assert train_local(b, big_site, config, seed=10) == report
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    train_local(c, big_site, config, seed=11)
+    assert not torch.equal(a.state_dict()["0.weight"], c.state_dict()["0.weight"])
+
+
+def test_train_local_leaves_global_rng_alone(big_site):
+    model = build_model("logreg", {}, big_site.num_features, big_site.num_classes, seed=0)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    train_local(model, big_site, TrainConfig(), seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_every_optimizer_trains(big_site, optimizer):
+    lr = 0.05 if optimizer == "sgd" else 0.003
+    model = build_model("logreg", {}, big_site.num_features, big_site.num_classes, seed=0)
+    before = evaluate(model, big_site.train_x, big_site.train_y)["loss"]
+    train_local(model, big_site, TrainConfig(optimizer=optimizer, lr=lr, epochs=3), seed=0)
+    assert evaluate(model, big_site.train_x, big_site.train_y)["loss"] < before
+
+
+def hand_model() -> nn.Module:
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+        model.bias.zero_()
+    return model
+
+
+def test_evaluate_hand_built_case():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 1, 1, 1])
+    # Predictions 0, 1, 0, 1: three of four right.
+    result = evaluate(hand_model(), x, y)
+    assert result["accuracy"] == 0.75
+    assert result["samples"] == 4
+    right = math.log(1 + math.exp(-1))      # -log softmax of the right class, margin 1
+    wrong = math.log(1 + math.exp(1))       # margin -1
+    right2 = math.log(1 + math.exp(-2))     # margin 2
+    assert result["loss"] == pytest.approx((2 * right + wrong + right2) / 4, rel=1e-6)
+
+
+def test_evaluate_restores_mode_and_handles_empty():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    model.train()
+    evaluate(model, torch.zeros(3, 2), torch.zeros(3, dtype=torch.int64))
+    assert model.training
+    empty = evaluate(model, torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64))
+    assert empty["samples"] == 0 and math.isnan(empty["accuracy"])
+
+
+def test_train_config_from_dict():
+    config = TrainConfig.from_dict({"epochs": 3, "lr": 1, "optimizer": "sgd"})
+    assert config.epochs == 3 and config.lr == 1.0 and isinstance(config.lr, float)
+    assert TrainConfig.from_dict({}) == TrainConfig()
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "bad"),
+    [
+        ({"epochs": 0}, "train.epochs", "0"),
+        ({"epochs": "2"}, "train.epochs", "'2'"),
+        ({"lr": 0}, "train.lr", "0"),
+        ({"lr": -0.1}, "train.lr", "-0.1"),
+        ({"batch_size": 2.5}, "train.batch_size", "2.5"),
+        ({"optimizer": "lbfgs"}, "train.optimizer", "'lbfgs'"),
+        ({"momentum": 1.0}, "train.momentum", "1.0"),
+        ({"weight_decay": -1}, "train.weight_decay", "-1"),
+        ({"rounds": 5}, "train.rounds", "5"),
+    ],
+)
+def test_train_config_errors(table, field, bad):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict(table)
+    message = str(info.value)
+    assert message.startswith(field + ":") and bad in message
+    if "unknown key" not in message:
+        assert "example:" in message
+
+
+def test_derive_seed_is_stable_and_spread():
+    assert derive_seed(1, "train", 2, 3) == derive_seed(1, "train", 2, 3)
+    assert derive_seed(1, "train", 2, 3) != derive_seed(1, "train", 3, 2)
+    assert 0 <= derive_seed(2**62, "x") < 2**63
+
+
+def test_baselines_shape_and_budget():
+    data = DataConfig(sites=3, seed=2, samples_per_site=40, min_samples=10, test_samples=50)
+    train = TrainConfig(epochs=1)
+    local = local_only(data, "logreg", {}, train, rounds=2, seed=0)
+    assert [row["site"] for row in local] == ["site-0", "site-1", "site-2"]
+    for row in local:
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["test_samples"] == 50
+    pool = pooled(data, "logreg", {}, train, rounds=2, seed=0)
+    assert [row["site"] for row in pool["sites"]] == ["site-0", "site-1", "site-2"]
+    assert pool["mean_accuracy"] == pytest.approx(mean_accuracy(pool["sites"]))
+    assert pool["train_samples"] == sum(row["train_samples"] for row in local)
+    # Deterministic.
+    assert local_only(data, "logreg", {}, train, rounds=2, seed=0) == local
+
+
+def test_pool_sites_concatenates():
+    data = DataConfig(sites=2, seed=0, samples_per_site=30, min_samples=10, test_samples=20)
+    a, b = load_site(data, 0), load_site(data, 1)
+    both = pool_sites([a, b])
+    assert both.train_samples == a.train_samples + b.train_samples
+    assert torch.equal(both.train_x[: a.train_samples], a.train_x)
