@@ -3,44 +3,46 @@
 `run_bench` times, in one run and with the repeats of both paths interleaved (so that load
 from other programs on a shared machine hits both alike):
 
-swarm    what a real model exchange costs, from "have a state_dict" to "rebuilt tensors
-         verified" on the receiver: `flatten_state(copy=True)` snapshot -> `model_digest` ->
-         `sign_entry` -> `encode_message(ModelReply)` -> `ZmqTransport.send` ->
-         `ZmqTransport.receive` -> `decode_message` -> `open_entry` (signature check) ->
+swarm    what a model exchange costs, from "have a state_dict" to "rebuilt tensors
+         verified" on the receiver: `flatten_state` (zero-copy serialization) ->
+         `model_digest` -> `sign_entry` -> `encode_message(ModelReply)` -> `ZmqTransport.send`
+         -> `ZmqTransport.receive` -> `decode_message` -> `open_entry` (signature check) ->
          `model_digest` of the received tensors == the signed digest -> `rebuild_state`.
+         A node also copies its weights once per published version (`flatten_state(copy=True)`,
+         so training can go on while neighbours pull); that copy is timed separately and
+         reported as `publish_snapshot`, with the ratio it would give if it were included.
 raw_zmq  plain pyzmq DEALER -> ROUTER over TCP sending the same bytes: the same number of
          frames with the same sizes (a header frame as long as the swarm header, then the
          state_dict's tensor buffers), `send_multipart(copy=False)` and `recv(copy=False)`.
 
 Both paths are timed identically: the clock starts in the sending thread just before the
-first step (snapshot, or send_multipart) and stops in the receiving thread once the last
+first step (serialize, or send_multipart) and stops in the receiving thread once the last
 step is done (rebuild, or the last frame received). Throughput is model bytes (tensor bytes,
 the header is a few hundred bytes) per second, in MiB/s.
 
 Why a sender *thread* rather than a process. Each side owns its own zmq.Context, hence its
 own libzmq I/O thread, as two nodes would; the transfer itself runs in those I/O threads and
 the kernel, outside the GIL. The Python work of the two sides does not overlap either: the
-sender's steps (clone, BLAKE3 on the digest pool, Ed25519, send) all come before the
+sender's steps (BLAKE3 on the digest pool, Ed25519, send) all come before the
 message can be delivered (ZeroMQ hands over a multipart message only once its last frame
 has arrived), and the receiver sits in `poll` (GIL released) until then. So a second
 process would not add parallelism that a thread lacks; it would add a 100 MB state copy
 and IPC to hand timestamps back, and on a 2-core machine both processes compete for the
 same cores exactly as both threads do (measured, 100 MiB, interleaved: median 148 ms with a
 thread, 157 ms with a forked sender process). A thread also keeps one clock
-(`perf_counter`) for start and end. The real deployment differs in that sender and receiver are different
-machines, so the CPU work of each side (snapshot + digest on one, digest on the other) would
+(`perf_counter`) for start and end. The real deployment differs in that sender and
+receiver are different machines, so the CPU work of each side (digest and sign on one, digest on the other) would
 not share cores with the transfer: numbers here are a pessimistic bound for the swarm path.
 
 What bounds the ratio on a small machine. Sender and receiver share two cores here, so the
 swarm path is CPU-bound: raw loopback ZeroMQ moves 100 MiB in ~40 ms using ~70 CPU-ms, and
-every extra pass over the bytes (the snapshot copy, a digest on each side) competes for the
+every extra pass over the bytes (a digest on each side, the snapshot copy) competes for the
 same cores. With SHA-256 (~1 GiB/s per core on cold memory) the two digests alone cost ~200
 CPU-ms and capped the ratio near 0.28; BLAKE3 (~5 GiB/s per core, chunks hashed on two
-threads) brings each digest to ~11 ms. Between two machines the sender's and receiver's work no longer share cores with each
-other. The `serve` figures leave out snapshot, digest and sign, which a node does once per
+threads) brings each digest to ~11 ms. The `serve` figures leave out serialize, digest and sign, which a node does once per
 published version (nodes/learner.py) rather than once per pull.
 
-Reading the stage breakdown: `snapshot`, `digest` and `sign` run on the sender;
+Reading the stage breakdown: `serialize`, `digest` and `sign` run on the sender;
 `encode_send_receive` runs from the start of `encode_message` until `ZmqTransport.receive`
 returned the whole message (the wire time); `decode`, `verify_signature`,
 `digest_on_receive`, `rebuild` run on the receiver. The stage medians add up to about the
@@ -75,7 +77,7 @@ SENDER, RECEIVER = "bench-sender", "bench-receiver"
 RECEIVE_LIMIT_S = 60.0  # a transfer that has not arrived by then is a failure, not a slow run
 
 STAGES = (
-    "snapshot",
+    "serialize",
     "digest",
     "sign",
     "encode_send_receive",
@@ -84,7 +86,7 @@ STAGES = (
     "digest_on_receive",
     "rebuild",
 )
-PUBLISH_STAGES = ("snapshot", "digest", "sign")  # once per published version in a real node
+PUBLISH_STAGES = ("serialize", "digest", "sign")  # once per published version in a real node
 
 
 class BenchError(RuntimeError):
@@ -242,7 +244,7 @@ class _SwarmPath:
     def send(self) -> dict[str, float]:
         """Sender side (runs in the sender thread)."""
         t0 = time.perf_counter()
-        flat = flatten_state(self.state, copy=True)
+        flat = flatten_state(self.state)  # zero-copy serialization, as on the wire
         t1 = time.perf_counter()
         digest = model_digest(flat)
         t2 = time.perf_counter()
@@ -253,7 +255,7 @@ class _SwarmPath:
         if not self.sender.send(RECEIVER, frames):
             raise BenchError("ZmqTransport.send refused the model (not connected or queue full)")
         self.head = entry
-        return {"start": t0, "snapshot": t1 - t0, "digest": t2 - t1, "sign": t3 - t2, "encode_start": t3}
+        return {"start": t0, "serialize": t1 - t0, "digest": t2 - t1, "sign": t3 - t2, "encode_start": t3}
 
     def receive(self, abort: threading.Event) -> tuple[float, dict[str, float], dict[str, torch.Tensor], bool]:
         """Receiver side: (end time, receiver stage times with the arrival time, state, verified)."""
@@ -349,6 +351,7 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, warmup
     model_bytes = sum(t.numel() * t.element_size() for t in state.values())
 
     swarm_seconds: list[float] = []
+    snapshot_seconds: list[float] = []
     raw_seconds: list[float] = []
     stages: dict[str, list[float]] = {name: [] for name in STAGES}
     digest_verified = True
@@ -361,6 +364,12 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, warmup
         raw = _RawPath(state, swarm.header_bytes())
         for i in range(warmup + repeats):
             timed = i >= warmup
+            # -- the node's once-per-version copy of the weights, timed on its own
+            started = time.perf_counter()
+            snapshot = flatten_state(state, copy=True)
+            if timed:
+                snapshot_seconds.append(time.perf_counter() - started)
+            del snapshot
             # -- swarm exchange
             sender.submit(swarm.send)
             try:
@@ -400,7 +409,7 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, warmup
 
     swarm_mibs, raw_mibs = throughput(swarm_seconds), throughput(raw_seconds)
     swarm_median, raw_median = statistics.median(swarm_mibs), statistics.median(raw_mibs)
-    # A node snapshots, digests and signs once per published version and then serves it to
+    # A node serializes, digests and signs once per published version and then serves it to
     # every neighbour that asks; per pull only the remaining stages recur.
     serve_seconds = [
         total - sum(stages[name][i] for name in PUBLISH_STAGES) for i, total in enumerate(swarm_seconds)
@@ -429,6 +438,10 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, warmup
             "median_mib_per_s": raw_median,
         },
         "ratio_vs_raw_zmq": swarm_median / raw_median,
+        "publish_snapshot": {
+            "median_seconds": statistics.median(snapshot_seconds),
+            "ratio_including_snapshot": model_bytes / MIB / (statistics.median(swarm_seconds) + statistics.median(snapshot_seconds)) / raw_median,
+        },
         "serve": {
             "seconds": serve_seconds,
             "median_seconds": statistics.median(serve_seconds),
@@ -463,7 +476,10 @@ def format_bench(result: dict) -> str:
         f"  {'swarm':8} {swarm['median_seconds'] * 1000:8.1f}ms {swarm['median_mib_per_s']:9.1f}   {series(swarm['mib_per_s'], '.0f')}",
         f"  {'raw zmq':8} {raw['median_seconds'] * 1000:8.1f}ms {raw['median_mib_per_s']:9.1f}   {series(raw['mib_per_s'], '.0f')}",
         f"  ratio vs raw zmq: {result['ratio_vs_raw_zmq']:.3f}",
-        f"  serving an already published model (swarm minus snapshot/digest/sign, derived): "
+        f"  a node also copies the weights once per published version (so training can go on while it serves): "
+        f"{result['publish_snapshot']['median_seconds'] * 1000:.1f}ms; ratio with that copy included: "
+        f"{result['publish_snapshot']['ratio_including_snapshot']:.3f}",
+        f"  serving an already published model (swarm minus serialize/digest/sign, derived): "
         f"{result['serve']['median_seconds'] * 1000:.1f}ms, {result['serve']['median_mib_per_s']:.1f} MiB/s, "
         f"ratio {result['serve']['ratio_vs_raw_zmq']:.3f}",
         "  swarm stages (median ms, share of median total):",
