@@ -54,7 +54,6 @@ from __future__ import annotations
 import math
 import os
 import queue
-import socket
 import statistics
 import threading
 import time
@@ -69,7 +68,7 @@ from swarm.identity import SigningKey
 from swarm.log import EntryBody, SignedEntry, link_after, open_entry, sign_entry
 from swarm.messages import ModelReply
 from swarm.tensors import DIGEST_WORKERS, flatten_state, model_digest, rebuild_state
-from swarm.transport.zeromq import ZmqTransport
+from swarm.transport.zeromq import ZmqTransport, free_tcp_ports
 
 MIB = 1024 * 1024
 HOST = "127.0.0.1"
@@ -150,21 +149,6 @@ def make_state(layout: list[tuple[str, tuple[int, ...]]], seed: int = 0) -> dict
 # --------------------------------------------------------------------------- plumbing
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports the OS says are free now (the same approach as scenarios.federation, which
-    nodes/ may not import)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 class _SenderThread:
     """Runs one callable at a time in a separate thread and hands back its result."""
 
@@ -216,7 +200,7 @@ class _SwarmPath:
         self.key = SigningKey.generate()
         self.head: SignedEntry | None = None
         self.req = 0
-        send_port, recv_port = _free_ports(2)
+        send_port, recv_port = free_tcp_ports(HOST, 2)
         send_at, recv_at = f"tcp://{HOST}:{send_port}", f"tcp://{HOST}:{recv_port}"
         # Each transport gets its own zmq.Context (and I/O thread), as separate nodes have.
         self.receiver = ZmqTransport(RECEIVER, recv_at, {SENDER: send_at}).open()
@@ -292,7 +276,7 @@ class _RawPath:
     def __init__(self, state: dict[str, torch.Tensor], header_bytes: int) -> None:
         flat = flatten_state(state)  # zero-copy views of the same tensor memory
         self.frames: list[Any] = [os.urandom(header_bytes), *flat.buffers]
-        (port,) = _free_ports(1)
+        (port,) = free_tcp_ports(HOST, 1)
         endpoint = f"tcp://{HOST}:{port}"
         self.recv_context, self.send_context = zmq.Context(), zmq.Context()
         self.router = self.recv_context.socket(zmq.ROUTER)

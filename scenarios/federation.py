@@ -5,7 +5,6 @@ manifest, every member signs it, and each site installs the signed manifest."""
 from __future__ import annotations
 
 import json
-import socket
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from nodes.launch import install_manifest
 from nodes.site import SiteDir, init_site
 from swarm.identity import load_site_keys
+from swarm.transport.zeromq import free_tcp_ports
 from swarm.manifest import Manifest, Member, SignedManifest, build_manifest, save_manifest
 
 from .config import ScenarioConfig
@@ -31,24 +31,9 @@ def site_names(count: int) -> list[str]:
     return [f"hospital-{i:03d}" for i in range(count)]
 
 
-def free_ports(host: str, count: int) -> list[int]:
-    """Ports the OS says are free now (a later bind may still race with another program;
-    the node then fails with a clear 'port in use' error)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def create_federation(config: ScenarioConfig, out: Path) -> Federation:
     names = site_names(config.nodes)
-    ports = free_ports(config.host, config.nodes)
+    ports = free_tcp_ports(config.host, config.nodes)
     sites_root = out / "sites"
     members = []
     for index, (name, port) in enumerate(zip(names, ports)):

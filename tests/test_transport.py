@@ -9,8 +9,7 @@ import zmq
 
 from swarm.errors import UsageError
 from swarm.transport import InMemoryNetwork
-from swarm.transport.zeromq import ZmqSettings, ZmqTransport
-from scenarios.federation import free_ports
+from swarm.transport.zeromq import ZmqSettings, ZmqTransport, free_tcp_ports
 
 
 class InMemoryPair:
@@ -24,7 +23,7 @@ class InMemoryPair:
 
 class ZmqPair:
     def __init__(self, settings: ZmqSettings = ZmqSettings()) -> None:
-        ports = free_ports("127.0.0.1", 3)
+        ports = free_tcp_ports("127.0.0.1", 3)
         endpoints = {name: f"tcp://127.0.0.1:{port}" for name, port in zip("abc", ports)}
         self.context = zmq.Context()
         peers = {"a": ["b"], "b": ["a"], "c": ["a"]}  # c knows a, but a does not list c
@@ -124,7 +123,7 @@ def test_zmq_drops_frames_over_the_size_limit():
 
 
 def test_zmq_port_in_use_is_a_usage_error():
-    port = free_ports("127.0.0.1", 1)[0]
+    port = free_tcp_ports("127.0.0.1", 1)[0]
     first = ZmqTransport("a", f"tcp://127.0.0.1:{port}", {}).open()
     try:
         with pytest.raises(UsageError, match="port is in use"):

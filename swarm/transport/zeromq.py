@@ -11,6 +11,7 @@ transport key is already generated and published in the manifest for it.
 from __future__ import annotations
 
 import errno
+import socket
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -133,3 +134,18 @@ class ZmqTransport:
             self.router = None
         if self._own_context:
             self.context.term()
+
+
+def free_tcp_ports(host: str, count: int) -> list[int]:
+    """Ports the OS says are free now. Another program may still take one before we bind it;
+    the node then fails with a clear 'port in use' error."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
