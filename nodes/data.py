@@ -36,74 +36,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from swarm.config import TableConfig, get_bool, get_float, get_int, get_optional_int, get_str, invalid
 from swarm.errors import ConfigError
-
-# --------------------------------------------------------------------------------------
-# Config helpers (also used by nodes.training). Every message names the field, the bad
-# value and an example of a good one.
-# --------------------------------------------------------------------------------------
-
-_MISSING = object()
-
-
-def _fail(prefix: str, key: str, requirement: str, value: Any, example: str) -> ConfigError:
-    return ConfigError(f"{prefix}.{key}: must be {requirement}, got {value!r} (example: {example})")
-
-
-def _int_value(prefix: str, key: str, value: Any, minimum: int | None, maximum: int | None,
-               example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(prefix, key, _int_requirement(minimum, maximum), value, example)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise _fail(prefix, key, _int_requirement(minimum, maximum), value, example)
-    return value
-
-
-def _int_requirement(minimum: int | None, maximum: int | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f"an integer from {minimum} to {maximum}"
-    if minimum is not None:
-        return f"an integer >= {minimum}"
-    if maximum is not None:
-        return f"an integer <= {maximum}"
-    return "an integer"
-
-
-def _float_value(prefix: str, key: str, value: Any, low: float, high: float, example: str,
-                 low_open: bool = False, high_open: bool = False) -> float:
-    left = "(" if low_open else "["
-    right = ")" if high_open else "]"
-    hi = "inf" if math.isinf(high) else f"{high:g}"
-    requirement = f"a number in {left}{low:g}, {hi}{right}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(prefix, key, requirement, value, example)
-    number = float(value)
-    if not math.isfinite(number):
-        raise _fail(prefix, key, requirement, value, example)
-    if number < low or (low_open and number == low) or number > high or (high_open and number == high):
-        raise _fail(prefix, key, requirement, value, example)
-    return number
-
-
-def _check_keys(prefix: str, d: Any, cls: type) -> None:
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{prefix}: must be a table, got {d!r} (example: [{prefix}])")
-    known = [f.name for f in fields(cls)]
-    for key in d:
-        if key not in known:
-            raise ConfigError(
-                f"{prefix}.{key}: unknown key, got {key!r} = {d[key]!r} "
-                f"(known keys: {', '.join(known)})"
-            )
-
 
 # --------------------------------------------------------------------------------------
 # Site data and config
@@ -132,8 +74,10 @@ class SiteData:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(TableConfig):
     """The `[data]` table. The defaults are the quickstart federation's data set."""
+
+    TABLE: ClassVar[str] = "data"
 
     source: str = "synthetic-multisite"
     sites: int = 6
@@ -152,70 +96,36 @@ class DataConfig:
     label_noise: float = 0.05        # fraction of labels replaced by a random class
     standardize: bool = True         # each site z-scores features with its own train statistics
 
-    def __post_init__(self) -> None:
-        # Direct construction is checked too (as the "data" table), and numbers normalised.
-        for key, value in _parse_data(_as_dict(self), "data").items():
-            object.__setattr__(self, key, value)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], field_prefix: str = "data") -> DataConfig:
-        """Parse a TOML table; ConfigError names the field, the bad value and an example."""
-        _check_keys(field_prefix, d, cls)
-        values = {**_as_dict(cls()), **d}
-        if "site" not in d:
-            values["site"] = None
-        return cls(**_parse_data(values, field_prefix))
-
-
-def _as_dict(config: Any) -> dict[str, Any]:
-    return {f.name: getattr(config, f.name) for f in fields(config)}
-
-
-def _parse_data(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-    source = v["source"]
-    if not isinstance(source, str) or source not in DATA_SOURCES:
-        known = ", ".join(sorted(DATA_SOURCES))
-        raise ConfigError(
-            f"{p}.source: must be one of: {known}, got {source!r} "
-            f'(example: source = "synthetic-multisite")'
-        )
-    sites = _int_value(p, "sites", v["sites"], 2, None, "sites = 6")
-    site = v["site"]
-    if site is not None:
-        site = _int_value(p, "site", site, 0, sites - 1, "site = 0")
-    samples = _int_value(p, "samples_per_site", v["samples_per_site"], 1, None,
-                         "samples_per_site = 120")
-    min_samples = _int_value(p, "min_samples", v["min_samples"], 1, None, "min_samples = 20")
-    if min_samples > samples:
-        raise ConfigError(
-            f"{p}.min_samples: must be <= samples_per_site ({samples}), got {min_samples!r} "
-            f"(example: min_samples = {min(20, samples)})"
-        )
-    standardize = v["standardize"]
-    if not isinstance(standardize, bool):
-        raise _fail(p, "standardize", "true or false", standardize, "standardize = true")
-    return {
-        "source": source,
-        "sites": sites,
-        "site": site,
-        "seed": _int_value(p, "seed", v["seed"], 0, 2**63 - 1, "seed = 0"),
-        "features": _int_value(p, "features", v["features"], 2, None, "features = 32"),
-        "classes": _int_value(p, "classes", v["classes"], 2, None, "classes = 3"),
-        "latent": _int_value(p, "latent", v["latent"], 1, None, "latent = 8"),
-        "nonlinearity": _float_value(p, "nonlinearity", v["nonlinearity"], 0.0, 10.0,
-                                     "nonlinearity = 1.0", low_open=True),
-        "samples_per_site": samples,
-        "min_samples": min_samples,
-        "test_samples": _int_value(p, "test_samples", v["test_samples"], 1, None,
-                                   "test_samples = 500"),
-        "quantity_skew": _float_value(p, "quantity_skew", v["quantity_skew"], 0.0, 5.0,
-                                      "quantity_skew = 1.5"),
-        "label_skew": _float_value(p, "label_skew", v["label_skew"], 0.0, 1.0, "label_skew = 0.5"),
-        "shift": _float_value(p, "shift", v["shift"], 0.0, 10.0, "shift = 1.0"),
-        "label_noise": _float_value(p, "label_noise", v["label_noise"], 0.0, 1.0,
-                                    "label_noise = 0.05", high_open=True),
-        "standardize": standardize,
-    }
+    @staticmethod
+    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        source = get_str(v, "source", p, choices=DATA_SOURCES, example="synthetic-multisite")
+        sites = get_int(v, "sites", p, minimum=2, maximum=None, example=6)
+        site = get_optional_int(v, "site", p, minimum=0, maximum=sites - 1, example=0)
+        samples = get_int(v, "samples_per_site", p, minimum=1, maximum=None, example=120)
+        min_samples = get_int(v, "min_samples", p, minimum=1, maximum=None, example=20)
+        if min_samples > samples:
+            raise invalid(p, "min_samples", f"<= samples_per_site ({samples})", min_samples, min(20, samples))
+        standardize = get_bool(v, "standardize", p, example=True)
+        return {
+            "source": source,
+            "sites": sites,
+            "site": site,
+            "seed": get_int(v, "seed", p, minimum=0, maximum=2**63 - 1, example=0),
+            "features": get_int(v, "features", p, minimum=2, maximum=None, example=32),
+            "classes": get_int(v, "classes", p, minimum=2, maximum=None, example=3),
+            "latent": get_int(v, "latent", p, minimum=1, maximum=None, example=8),
+            "nonlinearity": get_float(v, "nonlinearity", p, minimum=0.0, maximum=10.0, min_open=True,
+                                      example=1.0),
+            "samples_per_site": samples,
+            "min_samples": min_samples,
+            "test_samples": get_int(v, "test_samples", p, minimum=1, maximum=None, example=500),
+            "quantity_skew": get_float(v, "quantity_skew", p, minimum=0.0, maximum=5.0, example=1.5),
+            "label_skew": get_float(v, "label_skew", p, minimum=0.0, maximum=1.0, example=0.5),
+            "shift": get_float(v, "shift", p, minimum=0.0, maximum=10.0, example=1.0),
+            "label_noise": get_float(v, "label_noise", p, minimum=0.0, maximum=1.0, max_open=True,
+                                     example=0.05),
+            "standardize": standardize,
+        }
 
 
 # --------------------------------------------------------------------------------------
@@ -396,17 +306,10 @@ def load_site(config: DataConfig, site: int | None = None) -> SiteData:
         site = config.site
         if site is None:
             raise ConfigError("data.site: missing; this node needs its site index (example: site = 0)")
-    if isinstance(site, bool) or not isinstance(site, int) or not 0 <= site < config.sites:
-        raise ConfigError(
-            f"data.site: must be an integer from 0 to {config.sites - 1}, got {site!r} (example: site = 0)"
-        )
-    if config.source not in DATA_SOURCES:
-        known = ", ".join(sorted(DATA_SOURCES))
-        raise ConfigError(
-            f"data.source: must be one of: {known}, got {config.source!r} "
-            f'(example: source = "synthetic-multisite")'
-        )
-    return DATA_SOURCES[config.source](config, site)
+    site = get_int({"site": site}, "site", "data", minimum=0, maximum=config.sites - 1, example=0)
+    source = get_str({"source": config.source}, "source", "data", choices=DATA_SOURCES,
+                     example="synthetic-multisite")
+    return DATA_SOURCES[source](config, site)
 
 
 def load_all_sites(config: DataConfig) -> list[SiteData]:

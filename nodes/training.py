@@ -12,21 +12,24 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from swarm.config import TableConfig, get_float, get_int, get_str
 from swarm.errors import ConfigError
 
-from .data import SiteData, _as_dict, _check_keys, _fail, _float_value, _int_value
+from .data import SiteData
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(TableConfig):
     """The `[train]` table. The defaults are the quickstart federation's settings."""
+
+    TABLE: ClassVar[str] = "train"
 
     epochs: int = 1              # local epochs per round
     lr: float = 0.003
@@ -35,32 +38,17 @@ class TrainConfig:
     momentum: float = 0.9        # sgd only
     weight_decay: float = 1e-4   # L2 penalty (decoupled for adamw)
 
-    def __post_init__(self) -> None:
-        # Direct construction is checked too (as the "train" table), and numbers normalised.
-        for key, value in _parse_train(_as_dict(self), "train").items():
-            object.__setattr__(self, key, value)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], field_prefix: str = "train") -> TrainConfig:
-        """Parse a TOML table; ConfigError names the field, the bad value and an example."""
-        _check_keys(field_prefix, d, cls)
-        return cls(**_parse_train({**_as_dict(cls()), **d}, field_prefix))
-
-
-def _parse_train(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-    optimizer = v["optimizer"]
-    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
-        raise _fail(p, "optimizer", "one of: " + ", ".join(OPTIMIZERS), optimizer, 'optimizer = "adam"')
-    return {
-        "epochs": _int_value(p, "epochs", v["epochs"], 1, None, "epochs = 1"),
-        "lr": _float_value(p, "lr", v["lr"], 0.0, 100.0, "lr = 0.003", low_open=True),
-        "batch_size": _int_value(p, "batch_size", v["batch_size"], 1, None, "batch_size = 32"),
-        "optimizer": optimizer,
-        "momentum": _float_value(p, "momentum", v["momentum"], 0.0, 1.0, "momentum = 0.9",
-                                 high_open=True),
-        "weight_decay": _float_value(p, "weight_decay", v["weight_decay"], 0.0, 1.0,
-                                     "weight_decay = 0.0001"),
-    }
+    @staticmethod
+    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        optimizer = get_str(v, "optimizer", p, choices=OPTIMIZERS, example="adam")
+        return {
+            "epochs": get_int(v, "epochs", p, minimum=1, maximum=None, example=1),
+            "lr": get_float(v, "lr", p, minimum=0.0, maximum=100.0, min_open=True, example=0.003),
+            "batch_size": get_int(v, "batch_size", p, minimum=1, maximum=None, example=32),
+            "optimizer": optimizer,
+            "momentum": get_float(v, "momentum", p, minimum=0.0, maximum=1.0, max_open=True, example=0.9),
+            "weight_decay": get_float(v, "weight_decay", p, minimum=0.0, maximum=1.0, example=0.0001),
+        }
 
 
 def derive_seed(seed: int, *parts: Any) -> int:

@@ -140,6 +140,13 @@ def test_train_config_errors(table, field, bad):
         assert "example:" in message
 
 
+def test_train_config_message_under_the_plan_prefix():
+    with pytest.raises(ConfigError, match=r"^training\.lr: must be a number in \(0, 100\], got 0 \(example: lr = 0\.003\)$"):
+        TrainConfig.from_dict({"lr": 0}, "training")
+    with pytest.raises(ConfigError, match=r"^training\.optimizer: must be one of: sgd, adam, adamw, got 'lbfgs' "):
+        TrainConfig.from_dict({"optimizer": "lbfgs"}, "training")
+
+
 def test_derive_seed_is_stable_and_spread():
     assert derive_seed(1, "train", 2, 3) == derive_seed(1, "train", 2, 3)
     assert derive_seed(1, "train", 2, 3) != derive_seed(1, "train", 3, 2)
