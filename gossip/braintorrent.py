@@ -83,6 +83,7 @@ class BrainTorrent:
         self.newer: dict[str, int] = {}  # neighbour -> announced version newer than merged
         self.pulled: list[PulledVersion] = []
         self.peers_done: set[str] = set()
+        self.final_versions: dict[str, int] = {}  # neighbour -> its last version, once it is done
         self.linger_until = 0.0
         self.published_at = 0.0
 
@@ -182,13 +183,19 @@ class BrainTorrent:
     def _begin_polling(self, now: float) -> list[Action]:
         self.phase = Phase.POLLING
         self.newer = {}
-        self.pending = {peer: self._new_req() for peer in self.neighbours}
+        # A neighbour that finished and whose last version we merged has nothing more to
+        # give (and may have exited): asking it would only wait out poll_timeout.
+        exhausted = {p for p, seq in self.final_versions.items() if self.merged.get(p, 0) >= seq}
+        self.pending = {peer: self._new_req() for peer in self.neighbours if peer not in exhausted}
         self.deadline = now + self.params.poll_timeout
+        if not self.pending:
+            return self._train()  # every neighbour is done and merged: nothing left to wait for
         return [Send(peer, VersionRequest(req)) for peer, req in self.pending.items()]
 
     def _on_version_reply(self, peer: str, reply: VersionReply, now: float) -> list[Action]:
         if reply.done:
             self.peers_done.add(peer)
+            self.final_versions[peer] = reply.seq
         if self.phase is Phase.LINGERING:
             self.pending.pop(peer, None)
             return self._finish_if_neighbours_done()

@@ -2,9 +2,16 @@
 
 Each site's own log is checked strictly (records, signatures, chain, sequence numbers,
 federation id, manifest membership, and each entry's model digest against the checkpoint
-stored for it). Copies of neighbours' entries kept under `peers/` are checked the same way,
-minus checkpoints. Across sites, every copy must be byte-identical to the author's own entry
-(anything else is a fork) and every parent an entry names must exist with that digest."""
+stored for it, loaded as strictly as the node loads it on restart). Copies of neighbours'
+entries kept under `peers/` are checked the same way, minus checkpoints. Across sites, every
+copy must be byte-identical to the author's own entry (anything else is a fork), must be in
+the author's own log when that log is audited too, and every parent an entry names must
+exist with that digest.
+
+Failure reasons, besides swarm.log's: `manifest`, `wrong_author`, `bad_checkpoint` (damaged
+checkpoint file), `digest_mismatch` (checkpoint tensors differ from the stored or the logged
+digest), `missing_checkpoint`, `fork`, `missing_in_author_log`, `unknown_parent`,
+`parent_digest_mismatch`."""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from swarm.checkpoint import CheckpointError, checkpoint_digest
+from swarm.checkpoint import CheckpointError, load_checkpoint
 from swarm.errors import ConfigError, LogError, SwarmError
 from swarm.log import SignedEntry, open_entry, read_records, verify_log_file
 from swarm.manifest import Manifest, load_manifest
@@ -43,11 +50,11 @@ class AuditReport:
 
 
 def find_sites(paths: Iterable[Path]) -> list[Path]:
-    """Site roots named by PATHs: a site directory, a log file inside one, or any directory
-    holding site directories (a scenario's output)."""
+    """Site roots named by PATHs: a site directory, a log file inside one (`log/updates.log`
+    or `peers/<name>.log`), or any directory holding site directories (a scenario's output)."""
     roots: list[Path] = []
     for path in map(Path, paths):
-        if path.is_file() and path.parent.name == "log":
+        if path.is_file() and path.parent.name in ("log", "peers"):
             roots.append(path.parent.parent)
         elif (path / "site.toml").is_file():
             roots.append(path)
@@ -67,18 +74,25 @@ def _read_entries(path: Path) -> list[SignedEntry]:
 
 
 def _stored_digest(site: SiteDir, seq: int) -> bytes | None:
+    """The digest of checkpoint `seq`, checked exactly as the node checks it on restart
+    (`load_checkpoint(verify=True)`: structure, header crc, zero padding, and tensors against
+    the stored digest); None if there is no checkpoint. LogError if it is damaged."""
     path = site.checkpoint_path(seq)
     if not path.exists():
         return None
     try:
-        return checkpoint_digest(path)
-    except CheckpointError:
-        return b"unreadable checkpoint"
+        _flat, digest, _meta = load_checkpoint(path, verify=True)
+    except CheckpointError as exc:
+        raise LogError(exc.reason, str(exc)) from None
+    except OSError as exc:
+        raise LogError("bad_checkpoint", f"{path}: {exc.strerror or exc}") from None
+    return digest
 
 
 def verify_sites(paths: Iterable[Path]) -> AuditReport:
     report = AuditReport()
     own_entries: dict[tuple[bytes, int], SignedEntry] = {}
+    audited: set[bytes] = set()  # authors whose own log verified: their whole history is here
     copies: list[tuple[Path, SignedEntry]] = []
     names: dict[bytes, str] = {}
     for root in find_sites(paths):
@@ -94,13 +108,15 @@ def verify_sites(paths: Iterable[Path]) -> AuditReport:
         federation = manifest.manifest
         names.update({m.signing_key: m.name for m in federation.members})
         result = _verify_one(report, site.log_path, federation, lambda seq, s=site: _stored_digest(s, seq))
-        if result:
+        if result is not None:
             if any(e.author != me.signing_key for e in result):
                 report.failures.append(Failure(str(site.log_path), "wrong_author", f"entries not signed by {config.name}, whose site this is"))
+            else:
+                audited.add(me.signing_key)
             own_entries.update({(e.author, e.seq): e for e in result})
         for peer_log in sorted(site.peers_dir.glob("*.log")) if site.peers_dir.is_dir() else []:
             copies += [(peer_log, e) for e in _verify_one(report, peer_log, federation, None) or []]
-    _cross_check(report, own_entries, copies, names)
+    _cross_check(report, own_entries, audited, copies, names)
     return report
 
 
@@ -112,19 +128,30 @@ def _verify_one(report: AuditReport, path: Path, manifest: Manifest, digests) ->
         failure = result.failure
         report.failures.append(Failure(failure.where or str(path), failure.reason, failure.detail))
         return None
-    return _read_entries(path)
+    return result.entries
 
 
-def _cross_check(report: AuditReport, own: dict, copies: list[tuple[Path, SignedEntry]], names: dict[bytes, str]) -> None:
-    authors_present = {author for author, _seq in own}
+def _cross_check(
+    report: AuditReport,
+    own: dict[tuple[bytes, int], SignedEntry],
+    audited: set[bytes],
+    copies: list[tuple[Path, SignedEntry]],
+    names: dict[bytes, str],
+) -> None:
     for path, copy in copies:
         original = own.get((copy.author, copy.seq))
         if original is not None and original.envelope != copy.envelope:
             report.failures.append(Failure(f"{path} seq {copy.seq}", "fork", f"differs from {names.get(copy.author, '?')}'s own entry {copy.seq}"))
+        elif original is None and copy.author in audited:
+            # A neighbour holds a signed, published version that its author's log lacks: the
+            # author lost (or cut) history, and could re-publish other entries under that seq.
+            report.failures.append(
+                Failure(f"{path} seq {copy.seq}", "missing_in_author_log", f"{names.get(copy.author, '?')}'s own log has no entry {copy.seq}")
+            )
     for (author, seq), entry in own.items():
         for parent in entry.body.parents:
-            if parent.author not in authors_present:
-                continue  # that author's log was not given to us
+            if parent.author not in audited:
+                continue  # that author's log was not given to us (or failed its own audit)
             source = own.get((parent.author, parent.seq))
             who = f"{names.get(author, '?')} seq {seq}"
             if source is None:

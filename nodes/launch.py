@@ -8,15 +8,18 @@ import shutil
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from swarm.codec import Limits
 from swarm.errors import ConfigError, ManifestError
 from swarm.identity import SiteKeys, load_site_keys
 from swarm.manifest import Manifest, SignedManifest, load_manifest, signatures_path
+from swarm.tensors import FlatModel, flatten_state
 from swarm.transport.base import Transport
-from swarm.transport.zeromq import ZmqTransport
+from swarm.transport.zeromq import ZmqSettings, ZmqTransport
 
 from .learner import Learner
 from .node import Node, NodeOutcome
@@ -54,11 +57,21 @@ def install_manifest(manifest_path: Path, site_root: Path) -> SignedManifest:
     return signed
 
 
-TransportFactory = Callable[[SiteConfig, dict[str, str]], Transport]
+TransportFactory = Callable[[SiteConfig, dict[str, str], ZmqSettings], Transport]
 
 
-def zmq_transport(config: SiteConfig, peers: dict[str, str]) -> Transport:
-    return ZmqTransport(config.name, config.listen, peers).open()
+def zmq_transport(config: SiteConfig, peers: dict[str, str], settings: ZmqSettings) -> Transport:
+    return ZmqTransport(config.name, config.listen, peers, settings).open()
+
+
+def limits_for(model: FlatModel) -> tuple[Limits, ZmqSettings]:
+    """Wire limits fitted to the plan's model, which every member trains: no frame larger than
+    the header limit or the largest tensor, no more frames than tensors + 1, no model larger
+    than ours. libzmq then refuses oversized frames before they are buffered."""
+    limits = replace(Limits(), max_frames=len(model.specs) + 1, max_tensors=len(model.specs), max_model_bytes=model.total_bytes)
+    largest = max((spec.nbytes for spec in model.specs), default=0)
+    settings = ZmqSettings(max_frame_bytes=max(limits.max_header_bytes, largest), max_frames=limits.max_frames, recv_hwm=16)
+    return limits, settings
 
 
 def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport) -> tuple[Node, Transport]:
@@ -72,15 +85,21 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     signed.verify()
     manifest = signed.manifest
     check_membership(manifest, config, keys)
-    check_plan(manifest.plan)
     plan = manifest.plan
+    task = check_plan(plan)
     torch.set_num_threads(config.threads)
-    learner = Learner.for_site(check_plan(plan), config.data, config.name)
+    learner = Learner.for_site(task, config.data, config.name)
     for key, actual in (("num_features", learner.data.num_features), ("num_classes", learner.data.num_classes)):
         if plan.task.get(key) != actual:
             raise ConfigError(f"data: this site's data has {key} = {actual} but the plan's task says {plan.task.get(key)}; fix [data] in site.toml")
     neighbours = list(plan.neighbours[config.name])
-    store = VersionStore(site, manifest, keys.signing, neighbours)
+    limits, settings = limits_for(flatten_state(learner.state()))
+    transport = make_transport(config, {p: manifest.member(p).endpoint for p in neighbours}, settings)
+    try:
+        store = VersionStore(site, manifest, keys.signing, neighbours)
+    except BaseException:
+        transport.close()
+        raise
     protocol_cls, params = protocol_params(plan.protocol)
     protocol = protocol_cls(
         config.name,
@@ -93,8 +112,7 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
         merged=store.merged_versions(),
         peer_heads=store.peer_heads(),
     )
-    transport = make_transport(config, {p: manifest.member(p).endpoint for p in neighbours})
-    node = Node(manifest, config.name, protocol, store, learner, transport, site.metrics_path, site.status_path)
+    node = Node(manifest, config.name, protocol, store, learner, transport, site.metrics_path, site.status_path, limits=limits)
     return node, transport
 
 

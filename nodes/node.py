@@ -24,8 +24,8 @@ from swarm.codec import Limits, decode_message, encode_message
 from swarm.errors import LogError, RejectedMessage
 from swarm.log import ParentRef, SignedEntry
 from swarm.manifest import Manifest
-from swarm.messages import ModelReply
-from swarm.tensors import FlatModel, model_digest, rebuild_state
+from swarm.messages import ModelReply, Refusal
+from swarm.tensors import FlatModel, flatten_state, model_digest, rebuild_state
 from swarm.transport.base import Received, Transport
 
 from .learner import Learner, RoundResult
@@ -39,8 +39,9 @@ MAX_ENTRIES_PER_REPLY = 1024
 class RejectionLog:
     """Counts refused messages per reason and logs each (peer, reason) at most every 10 s."""
 
-    def __init__(self, clock: Callable[[], float], interval: float = 10.0) -> None:
+    def __init__(self, clock: Callable[[], float], known_peers: set[str], interval: float = 10.0) -> None:
         self.counts: Counter[str] = Counter()
+        self.known_peers = known_peers
         self.clock = clock
         self.interval = interval
         self._last_logged: dict[tuple[str, str], float] = {}
@@ -48,11 +49,12 @@ class RejectionLog:
 
     def reject(self, peer: str, reason: str, detail: str = "") -> None:
         self.counts[reason] += 1
-        key = (peer, reason)
+        # Senders choose their names: rate-limit all strangers together so memory stays bounded.
+        key = (peer if peer in self.known_peers else "<not a neighbour>", reason)
         now = self.clock()
         if now - self._last_logged.get(key, -1e18) >= self.interval:
             also = f" (+{self._unlogged[key]} more since last report)" if self._unlogged[key] else ""
-            log.warning("rejected message from %s: %s%s%s", peer, reason, f": {detail}" if detail else "", also)
+            log.warning("rejected message from %s: %s%s%s", peer[:64], reason, f": {detail}" if detail else "", also)
             self._last_logged[key] = now
             self._unlogged[key] = 0
         else:
@@ -97,12 +99,15 @@ class Node:
         self.clock = clock
         self.limits = limits
         self.federation = manifest.federation_id
-        self.rejections = RejectionLog(clock)
+        self.rejections = RejectionLog(clock, set(protocol.neighbours))
         self.dropped: Counter[str] = Counter()
         self.staged: dict[str, Staged] = {}
         self.job: Future[RoundResult] | None = None
         self.job_pulled: list[Staged] = []
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"train-{name}")
+        # Every member trains the plan's model: a neighbour's model must have exactly its
+        # tensor names, dtypes and shapes, or merging it would fail (or be meaningless).
+        self.expected_specs = flatten_state(learner.state()).specs
         self.started = clock()
 
     # -- main loop -------------------------------------------------------------------------------
@@ -161,6 +166,8 @@ class Node:
         try:
             if model is None:
                 raise RejectedMessage("missing_model", "a model reply without tensors")
+            if model.specs != self.expected_specs:
+                raise RejectedMessage("model_mismatch", "tensor names, dtypes or shapes differ from the plan's model")
             new_entries, last = self.store.check_peer_entries(peer, reply.entries)
             if model_digest(model) != last.body.digest:
                 raise RejectedMessage("digest_mismatch", f"tensors do not match the digest signed in {peer}'s entry {last.seq}")
@@ -198,8 +205,13 @@ class Node:
         latest = self.store.latest
         assert latest is not None, "the protocol only sends models after publishing"
         entries = self.store.entries_after(action.have, MAX_ENTRIES_PER_REPLY)
-        reply = ModelReply(action.req, tuple(entries))
-        self._send(action.peer, encode_message(self.federation, reply, latest.flat))
+        try:
+            frames = encode_message(self.federation, ModelReply(action.req, tuple(entries)), latest.flat, self.limits)
+        except ValueError as exc:  # e.g. the entries would not fit the header limit
+            log.warning("cannot send our model to %s: %s", action.peer, exc)
+            self.dropped["reply_too_large"] += 1
+            frames = encode_message(self.federation, Refusal(action.req, "reply_too_large"))
+        self._send(action.peer, frames)
 
     def _start_round(self, action: MergeAndTrain) -> None:
         self.job_pulled = [self.staged.pop(p.peer) for p in action.pulled if p.peer in self.staged]
@@ -209,7 +221,9 @@ class Node:
 
     def _finish_round(self) -> None:
         assert self.job is not None
-        result = self.job.result()  # an exception here is a bug in training: let it surface
+        # Received models were checked against the plan's specs before staging, so an
+        # exception here is a bug in merging or training: let it surface.
+        result = self.job.result()
         self.job = None
         previous = self.store.latest
         parents = [ParentRef(previous.entry.body.author, previous.entry.seq, previous.entry.body.digest)] if previous else []
@@ -246,7 +260,7 @@ class Node:
             "rounds": self.protocol.rounds,
             "rejected": dict(self.rejections.counts),
             "dropped": dict(self.dropped),
-            "bytes_sent": dict(getattr(self.transport, "bytes_sent", {})),
-            "bytes_received": dict(getattr(self.transport, "bytes_received", {})),
+            "bytes_sent": dict(self.transport.bytes_sent),
+            "bytes_received": dict(self.transport.bytes_received),
         }
         write_atomic(self.status_path, (json.dumps(status, indent=2) + "\n").encode())

@@ -39,12 +39,15 @@ class VersionStore:
         self.own_log = UpdateLog.open(site.log_path, manifest.federation_id, key.public)
         if self.own_log.repaired_bytes:
             log.warning("update log: removed a torn last record (%d bytes) left by a crash", self.own_log.repaired_bytes)
-        self._remove_orphans()
-        self.latest: Published | None = self._load_head()
-        self.peer_logs = {
-            peer: UpdateLog.open(site.peer_log_path(peer), manifest.federation_id, manifest.member(peer).signing_key)
-            for peer in neighbours
-        }
+        self.peer_logs: dict[str, UpdateLog] = {}
+        try:
+            self._remove_orphans()
+            self.latest: Published | None = self._load_head()
+            for peer in neighbours:
+                self.peer_logs[peer] = UpdateLog.open(site.peer_log_path(peer), manifest.federation_id, manifest.member(peer).signing_key)
+        except BaseException:
+            self.close()  # release the logs' locks for whoever handles the error
+            raise
 
     # -- own versions --------------------------------------------------------------------------
 

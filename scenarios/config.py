@@ -8,7 +8,7 @@ from typing import Any
 
 from nodes.data import DataConfig
 from nodes.plan import build_plan
-from swarm.config import check_keys, get_float, get_int, get_str, read_toml, table
+from swarm.config import check_keys, get_bool, get_float, get_int, get_str, read_toml, table
 from swarm.errors import ConfigError
 
 SECTIONS = {"scenario", "plan", "topology", "protocol", "model", "training", "data", "baselines"}
@@ -41,9 +41,6 @@ class ScenarioConfig:
         check_keys(plan, {"rounds"}, "plan")
         baselines = table(values, "baselines", where)
         check_keys(baselines, {"local_only", "pooled"}, "baselines")
-        for key in ("local_only", "pooled"):
-            if not isinstance(baselines.get(key, True), bool):
-                raise ConfigError(f"baselines.{key}: must be true or false, got {baselines[key]!r}")
         nodes = get_int(scenario, "nodes", "scenario", default=6, minimum=2, maximum=64)
         data = table(values, "data", where)
         if "site" in data or "sites" in data:
@@ -59,8 +56,8 @@ class ScenarioConfig:
             model=table(values, "model", where),
             training=table(values, "training", where),
             data=data,
-            local_only=baselines.get("local_only", True),
-            pooled=baselines.get("pooled", True),
+            local_only=get_bool(baselines, "local_only", "baselines", default=True),
+            pooled=get_bool(baselines, "pooled", "baselines", default=True),
             source=Path(path).read_text(),
         )
         config.plan_for([f"site-{i}" for i in range(nodes)])  # fail now, not in six processes

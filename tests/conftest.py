@@ -2,10 +2,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import threading
+
 import pytest
 
 from scenarios.config import ScenarioConfig
+from nodes.launch import open_node
+from nodes.node import Node
 from scenarios.federation import Federation, create_federation
+from swarm.transport import InMemoryNetwork
 
 SMALL_SCENARIO = """
 [scenario]
@@ -53,3 +58,19 @@ def small_federation(tmp_path: Path):
         return config, create_federation(config, tmp_path / "run")
 
     return make
+
+
+def start_nodes(federation, network: InMemoryNetwork) -> tuple[dict[str, Node], list[threading.Thread], threading.Event]:
+    nodes = {name: open_node(site, lambda config, peers, settings: network.endpoint(config.name))[0] for name, site in federation.sites.items()}
+    stop = threading.Event()
+    threads = [threading.Thread(target=node.run, args=(stop,), daemon=True) for node in nodes.values()]
+    for thread in threads:
+        thread.start()
+    return nodes, threads, stop
+
+
+def join(threads, stop, limit=90.0) -> None:
+    for thread in threads:
+        thread.join(limit)
+    stop.set()
+    assert not any(t.is_alive() for t in threads), "a node did not finish"

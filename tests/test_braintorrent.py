@@ -166,3 +166,17 @@ def test_a_dead_node_never_blocks_the_others():
     for node in sim.nodes.values():
         assert node.protocol.finished and node.protocol.published_seq == 4
         assert all(p.peer != "n2" for action in node.history for p in action.pulled)
+
+
+def test_finished_neighbours_whose_last_version_was_merged_are_not_polled_again():
+    bt = machine(rounds=5, published_seq=1, merged={"b": 3})
+    bt.published_at = 0.0
+    assert bt.receive("b", VersionReply(ANNOUNCEMENT, 3, 80, True), 0.0) == []  # b is done at version 3
+    polls = start_polling(bt)
+    assert polls == [Send("c", VersionRequest(1))]
+    # With every neighbour done and merged, nothing new can come: train alone, no waiting.
+    bt = machine(rounds=5, published_seq=1, merged={"b": 3, "c": 2})
+    bt.receive("b", VersionReply(ANNOUNCEMENT, 3, 80, True), 0.0)
+    bt.receive("c", VersionReply(ANNOUNCEMENT, 2, 20, True), 0.0)
+    bt.start(0.0)
+    assert bt.tick(bt.next_deadline()) == [MergeAndTrain(2, ())]

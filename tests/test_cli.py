@@ -148,8 +148,8 @@ def test_scenario_config_errors_exit_2(tmp_path):
 
 
 def test_log_verify_and_show_on_a_finished_federation(small_federation, tmp_path):
-    from tests.test_node_inmemory import join, start_nodes
     from swarm.transport import InMemoryNetwork
+    from tests.conftest import join, start_nodes
 
     _, federation = small_federation(nodes=3, rounds=2)
     nodes, threads, stop = start_nodes(federation, InMemoryNetwork())

@@ -3,33 +3,11 @@ each in its own thread: the whole node runtime without sockets."""
 
 from __future__ import annotations
 
-import threading
-
 from nodes.audit import verify_sites
-from nodes.launch import open_node
-from nodes.node import Node
 from swarm.codec import encode_message
-from swarm.identity import SigningKey
-from swarm.log import EntryBody, sign_entry
-from swarm.messages import ModelReply, VersionRequest
-from swarm.tensors import flatten_state, model_digest
+from swarm.messages import VersionRequest
 from swarm.transport import InMemoryNetwork
-
-
-def start_nodes(federation, network: InMemoryNetwork) -> tuple[dict[str, Node], list[threading.Thread], threading.Event]:
-    nodes = {name: open_node(site, lambda config, peers: network.endpoint(config.name))[0] for name, site in federation.sites.items()}
-    stop = threading.Event()
-    threads = [threading.Thread(target=node.run, args=(stop,), daemon=True) for node in nodes.values()]
-    for thread in threads:
-        thread.start()
-    return nodes, threads, stop
-
-
-def join(threads, stop, limit=90.0) -> None:
-    for thread in threads:
-        thread.join(limit)
-    stop.set()
-    assert not any(t.is_alive() for t in threads), "a node did not finish"
+from tests.conftest import join, start_nodes
 
 
 def test_nodes_train_exchange_and_log_verifiable_history(small_federation):
@@ -51,7 +29,7 @@ def test_nodes_train_exchange_and_log_verifiable_history(small_federation):
     assert merged_from_neighbours, "no node ever merged a neighbour's model"
 
 
-def test_garbage_and_forged_models_are_rejected_counted_and_never_merged(small_federation):
+def test_garbage_is_rejected_counted_and_the_node_carries_on(small_federation):
     config, federation = small_federation(nodes=3, rounds=2)
     network = InMemoryNetwork()
     nodes, threads, stop = start_nodes(federation, network)
@@ -61,19 +39,11 @@ def test_garbage_and_forged_models_are_rejected_counted_and_never_merged(small_f
     attacker.send("hospital-a", [b"\xc1 not msgpack"])
     attacker.send("hospital-a", [b"\x93" * 100_000])
     attacker.send("hospital-a", encode_message(b"\x00" * 32, VersionRequest(1)))
-    # A model reply with a well-formed entry signed by a key outside the manifest.
-    intruder = SigningKey.generate()
-    flat = flatten_state(target.learner.state())
-    body = EntryBody(fed, intruder.public, 1, bytes(32), "update", model_digest(flat), 10**6, (), 1, {}, 0.0)
-    forged = sign_entry(body, intruder)
-    attacker.send("hospital-a", encode_message(fed, ModelReply(1, (forged.envelope,)), flat))
     join(threads, stop)
     counts = target.rejections.counts
     assert counts["bad_msgpack"] >= 1 and counts["wrong_federation"] == 1
     assert sum(counts.values()) >= 3
     assert target.protocol.finished and target.store.head.seq == 2
-    intruders = [p for e in target.store.own_log.entries for p in e.body.parents if p.author == intruder.public]
-    assert intruders == []
     for node in nodes.values():
         node.store.close()
     assert verify_sites(federation.sites.values()).ok

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 Buffer = bytes | bytearray | memoryview
+NOT_A_NEIGHBOUR = "<not a neighbour>"
 
 
 @dataclass
@@ -19,6 +21,8 @@ class Received:
 
 class Transport(Protocol):
     name: str
+    bytes_sent: Counter[str]  # per neighbour, frames' bytes
+    bytes_received: Counter[str]  # per neighbour; everyone else under NOT_A_NEIGHBOUR
 
     def send(self, peer: str, frames: Sequence[Buffer]) -> bool:
         """Queue a message for `peer` without blocking; False when it cannot be queued now

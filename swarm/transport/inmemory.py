@@ -6,7 +6,7 @@ sender's later in-place changes. Links can be cut to simulate dead or partitione
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 
 from .base import Buffer, Received
@@ -51,12 +51,20 @@ class InMemoryTransport:
     def __init__(self, network: InMemoryNetwork, name: str) -> None:
         self.network = network
         self.name = name
+        self.bytes_sent: Counter[str] = Counter()
+        self.bytes_received: Counter[str] = Counter()
 
     def send(self, peer: str, frames: Sequence[Buffer]) -> bool:
-        return self.network._deliver(self.name, peer, frames)
+        delivered = self.network._deliver(self.name, peer, frames)
+        if delivered:
+            self.bytes_sent[peer] += sum(memoryview(f).nbytes for f in frames)
+        return delivered
 
     def receive(self, timeout: float) -> Received | None:
-        return self.network._take(self.name, timeout)
+        received = self.network._take(self.name, timeout)
+        if received is not None:
+            self.bytes_received[received.peer] += sum(len(f) for f in received.frames)
+        return received
 
     def close(self) -> None:
         pass

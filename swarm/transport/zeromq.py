@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import zmq
 
 from ..errors import UsageError
-from .base import Buffer, Received
+from .base import NOT_A_NEIGHBOUR, Buffer, Received
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,12 @@ class ZmqTransport:
         try:
             peer = identity.decode()
         except UnicodeDecodeError:
-            return Received(identity.hex(), [], rejected="bad_sender_id")
-        self.bytes_received[peer] += sum(len(f) for f in frames) + len(identity)
+            return Received(identity[:32].hex(), [], rejected="bad_sender_id")
+        size = sum(len(f) for f in frames) + len(identity)
         if peer not in self.peers:
+            self.bytes_received[NOT_A_NEIGHBOUR] += size  # strangers pick their names: one bucket
             return Received(peer, [], rejected="not_a_neighbour")
+        self.bytes_received[peer] += size
         if too_many:
             return Received(peer, [], rejected="too_many_frames")
         return Received(peer, frames)

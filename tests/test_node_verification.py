@@ -1,0 +1,121 @@
+"""What a node does with a model reply from a neighbour it is pulling from: merge only what
+verifies (signature by that member, federation, chain position, digest, the plan's tensor
+layout); refuse, count and never stage anything else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodes.launch import open_node
+from swarm.codec import encode_message
+from swarm.identity import SigningKey, load_site_keys
+from swarm.log import EntryBody, sign_entry
+from swarm.messages import ModelReply, VersionReply
+from swarm.tensors import flatten_state, model_digest
+from swarm.transport import InMemoryNetwork, Received
+
+
+@pytest.fixture
+def puller(small_federation):
+    """hospital-a's node, driven by hand into pulling hospital-b's version 1."""
+    _, federation = small_federation(nodes=3, rounds=5)
+    network = InMemoryNetwork()
+    node, _ = open_node(federation.sites["hospital-a"], lambda config, peers, settings: network.endpoint(config.name))
+    node.protocol.start(0.0)
+    fed = federation.manifest.federation_id
+
+    def pull_from_b(b_seq: int) -> int:
+        node._execute(node.protocol.tick(node.protocol.next_deadline()))
+        polls = dict(node.protocol.pending)
+        node._on_received(Received("hospital-b", encode_message(fed, VersionReply(polls["hospital-b"], b_seq, 100, False))))
+        node._on_received(Received("hospital-c", encode_message(fed, VersionReply(polls["hospital-c"], 0, 100, False))))
+        return node.protocol.pending["hospital-b"]
+
+    b_key = load_site_keys(federation.sites["hospital-b"] / "keys").signing
+    c_key = load_site_keys(federation.sites["hospital-c"] / "keys").signing
+    yield node, pull_from_b, fed, b_key, c_key
+    node.executor.shutdown(wait=True)
+    node.store.close()
+
+
+def entry(fed: bytes, key: SigningKey, flat, seq: int = 1, prev: bytes = bytes(32), samples: int = 100):
+    return sign_entry(EntryBody(fed, key.public, seq, prev, "update", model_digest(flat), samples, (), seq, {}, 0.0), key)
+
+
+def reply(fed: bytes, req: int, entries, flat) -> Received:
+    return Received("hospital-b", encode_message(fed, ModelReply(req, tuple(e.envelope for e in entries)), flat))
+
+
+def b_model(node, shift: float = 1.0):
+    return flatten_state({k: v + shift for k, v in node.learner.state().items()}, copy=True)
+
+
+def test_a_valid_model_is_staged_and_its_entry_kept(puller):
+    node, pull_from_b, fed, b_key, _ = puller
+    req = pull_from_b(1)
+    flat = b_model(node)
+    node._on_received(reply(fed, req, [entry(fed, b_key, flat)], flat))
+    assert sum(node.rejections.counts.values()) == 0
+    assert node.store.peer_logs["hospital-b"].head.seq == 1
+    assert node.job is not None  # the round goes on to merge and train with b's model
+    [pulled] = node.job_pulled
+    assert pulled.entry.author == b_key.public
+
+
+def forged_cases(node, fed, b_key, c_key):
+    flat = b_model(node)
+    other = b_model(node, shift=2.0)
+    intruder = SigningKey.generate()
+    state = dict(node.learner.state())
+    last = sorted(state)[-1]
+    reshaped = flatten_state(state | {last: torch.zeros(3)}, copy=True)  # same count, other shape
+    extra = flatten_state(state | {"extra": torch.zeros(3)}, copy=True)
+    wrong_fed = bytes(32)
+    return {
+        "intruder key": ([entry(fed, intruder, flat)], flat, "author_mismatch"),
+        "another member's key": ([entry(fed, c_key, flat)], flat, "author_mismatch"),
+        "other tensors than signed": ([entry(fed, b_key, flat)], other, "digest_mismatch"),
+        "not the plan's model": ([entry(fed, b_key, reshaped)], reshaped, "model_mismatch"),
+        "more tensors than the plan's model": ([entry(fed, b_key, extra)], extra, "too_many_frames"),
+        "another federation": ([entry(wrong_fed, b_key, flat)], flat, "wrong_federation"),
+        "skips the chain start": ([entry(fed, b_key, flat, seq=2, prev=b"\x01" * 32)], flat, "bad_seq"),
+    }
+
+
+@pytest.mark.parametrize("case", ["intruder key", "another member's key", "other tensors than signed", "not the plan's model", "more tensors than the plan's model", "another federation", "skips the chain start"])
+def test_forged_models_are_refused_counted_and_not_merged(puller, case):
+    node, pull_from_b, fed, b_key, c_key = puller
+    req = pull_from_b(1)
+    entries, flat, reason = forged_cases(node, fed, b_key, c_key)[case]
+    node._on_received(reply(fed, req, entries, flat))
+    assert node.rejections.counts == {reason: 1}
+    assert node.store.peer_logs["hospital-b"].head is None and node.staged == {}
+    if node.job is None:
+        # Refused by the decoder, before the reply could be matched to our request: the
+        # pull times out instead of failing at once.
+        assert reason == "too_many_frames"
+        node._execute(node.protocol.tick(node.protocol.next_deadline()))
+    # The round goes on and trains without b's model.
+    assert node.job is not None and node.job_pulled == []
+
+
+def test_a_second_different_entry_for_a_held_seq_is_a_fork(puller):
+    node, pull_from_b, fed, b_key, _ = puller
+    flat = b_model(node)
+    first = entry(fed, b_key, flat)
+    node._on_received(reply(fed, pull_from_b(1), [first], flat))
+    node.job.result()
+    node._finish_round()
+    other = b_model(node, shift=3.0)
+    forked = entry(fed, b_key, other)  # same (author, seq 1), different content
+    node._on_received(reply(fed, pull_from_b(2), [forked], other))
+    assert node.rejections.counts == {"fork": 1}
+    assert node.store.peer_logs["hospital-b"].head.envelope == first.envelope
+
+
+def test_replies_nobody_asked_for_are_dropped_before_verification(puller):
+    node, pull_from_b, fed, b_key, _ = puller
+    flat = b_model(node)
+    node._on_received(reply(fed, 999, [entry(fed, SigningKey.generate(), flat)], flat))
+    assert node.dropped["stale_model_reply"] == 1 and sum(node.rejections.counts.values()) == 0
