@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 
 from .errors import RejectedMessage
+from .log import refuse_ext
 from .messages import MAX_ENTRIES, MESSAGE_TYPES, Message, from_body, to_body
 from .tensors import FlatModel, TensorSpec, byte_view, validate_spec
 
@@ -25,7 +26,9 @@ HEADER_KEYS = frozenset({"v", "fed", "kind", "body", "tensors"})
 
 @dataclass(frozen=True)
 class Limits:
-    max_header_bytes: int = 1024 * 1024
+    # A ModelReply carries up to MAX_ENTRIES log entries of a few KB each (an entry lists up
+    # to degree + 1 parents), which overflowed 1 MiB on dense graphs.
+    max_header_bytes: int = 16 * 1024 * 1024
     max_frames: int = 4097  # the header and up to max_tensors tensors
     max_frame_bytes: int = 1024**3
     max_model_bytes: int = 4 * 1024**3
@@ -109,10 +112,6 @@ def _check_frame_sizes(header_bytes: int, tensor_bytes: list[int], limits: Limit
         raise RejectedMessage("model_too_large", f"{sum(tensor_bytes)} > {limits.max_model_bytes}")
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"msgpack ext type {code} is not allowed")
-
-
 def _unpack_header(raw: memoryview, limits: Limits) -> Any:
     try:
         return msgpack.unpackb(
@@ -120,7 +119,7 @@ def _unpack_header(raw: memoryview, limits: Limits) -> Any:
             raw=False,
             strict_map_key=True,
             use_list=True,
-            ext_hook=_refuse_ext,
+            ext_hook=refuse_ext,
             max_str_len=limits.max_header_bytes,
             max_bin_len=limits.max_header_bytes,
             max_array_len=max(limits.max_tensors, MAX_ENTRIES, limits.max_ndim),

@@ -47,7 +47,7 @@ ENTRY_TYPE = "swarm.log.entry/1"
 SIGNING_DOMAIN = ENTRY_TYPE.encode() + b"\0"
 ZERO_HASH = bytes(32)
 KINDS = ("update", "merge", "checkpoint", "key_rotation")
-MAX_ENTRY_BYTES = 256 * 1024
+MAX_ENTRY_BYTES = 256 * 1024  # one envelope; swarm.messages uses this limit too
 MAX_PARENTS = 1024
 MAX_METRICS = 256
 MAX_METRIC_NAME = 128
@@ -247,20 +247,21 @@ def sign_entry(body: EntryBody, key: SigningKey) -> SignedEntry:
     return SignedEntry(envelope, body)
 
 
+def refuse_ext(code: int, data: bytes) -> Any:
+    """msgpack `ext_hook` for untrusted input (shared with swarm.codec): no extension types."""
+    raise ValueError(f"msgpack ext type {code} is not allowed")
+
+
 def _unpack(data: bytes, max_bin: int, max_str: int, max_array: int, max_map: int) -> Any:
     """Strict msgpack decoding of untrusted bytes; every failure becomes ValueError."""
     try:
         return msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True, timestamp=0,
-            ext_hook=_refuse_ext, max_bin_len=max_bin, max_str_len=max_str,
+            ext_hook=refuse_ext, max_bin_len=max_bin, max_str_len=max_str,
             max_array_len=max_array, max_map_len=max_map, max_ext_len=0,
         )
     except Exception as exc:  # noqa: BLE001 -- msgpack raises many types on bad input
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise ValueError("msgpack extension types are not allowed")
 
 
 def open_entry(envelope: bytes) -> SignedEntry:
@@ -412,6 +413,13 @@ def _scan(data: bytes, name: str) -> _Scan:
         problem = _record_problem(data, pos, size)
         if problem is not None:
             torn, reason, detail = problem
+            later = _find_valid_record(data, pos + 1) if torn else None
+            if later is not None:
+                # A crash can only tear the last record: a sound record after this one means
+                # this is damage inside the file (say, to a length field), never to be cut.
+                torn, reason = False, "bad_record"
+                detail = (f"{detail}, but a valid record starts at byte {later}: damage "
+                          "inside the file, not a torn last write")
             error = LogError(reason, detail, where)
             if torn:
                 scan.torn = error
@@ -453,6 +461,34 @@ def _record_problem(data: bytes, pos: int, size: int) -> tuple[bool, str, str] |
     return None
 
 
+def _find_valid_record(data: bytes, start: int) -> int | None:
+    """The offset of the first sound record (magic, plausible length, matching crc32, an
+    envelope that opens) at or after `start`, at any byte offset; None if there is none."""
+    pos = data.find(RECORD_MAGIC, start)
+    while pos != -1:
+        if _is_valid_record(data, pos):
+            return pos
+        pos = data.find(RECORD_MAGIC, pos + 1)
+    return None
+
+
+def _is_valid_record(data: bytes, pos: int) -> bool:
+    if pos + RECORD_HEADER_BYTES > len(data):
+        return False
+    _magic, length, crc = _HEADER.unpack_from(data, pos)
+    start, end = pos + RECORD_HEADER_BYTES, pos + RECORD_HEADER_BYTES + length
+    if not 0 < length <= MAX_ENTRY_BYTES or end > len(data):
+        return False
+    envelope = data[start:end]
+    if zlib.crc32(envelope) != crc:
+        return False
+    try:
+        open_entry(envelope)
+    except LogError:
+        return False
+    return True
+
+
 def read_records(path: Path) -> tuple[list[bytes], str | None]:
     """The envelopes in a log file and a description of a torn last record (None if there is
     none). Any other damage raises LogError naming the file and record. OSError passes."""
@@ -468,9 +504,10 @@ def read_records(path: Path) -> tuple[list[bytes], str | None]:
 class UpdateLog:
     """One site's own log file, open for appending.
 
-    Opening verifies the whole file. A torn last record (a crash mid-append) is cut off;
-    any other damage is refused and the file is left exactly as it was, for a human to look
-    at. The file is locked so that two processes cannot append to one chain and fork it."""
+    Opening verifies the whole file. A torn last record (a crash mid-append) is cut off,
+    but only when no sound record can be found at any later byte offset; any other damage
+    (a damaged length field inside the file included) is refused and the file is left
+    exactly as it was, for a human to look at. The file is locked so that two processes cannot append to one chain and fork it."""
 
     def __init__(self, path: Path, fd: int, federation: bytes, author: bytes,
                  entries: list[SignedEntry], size: int, repaired_bytes: int,
@@ -658,9 +695,13 @@ def _verify_own(data: bytes, name: str, federation: bytes,
 
 @dataclass
 class VerifyResult:
+    """`entries` are the opened entries that passed every check, in file order (all of them
+    when `ok`), so an auditor need not read and parse the file again."""
+
     ok: bool
     entries_checked: int
     failure: LogError | None = None
+    entries: list[SignedEntry] = field(default_factory=list)
 
 
 def verify_log_file(path: Path, *, federation: bytes | None, is_member: Callable[[bytes], bool],
@@ -668,14 +709,17 @@ def verify_log_file(path: Path, *, federation: bytes | None, is_member: Callable
                     ) -> VerifyResult:
     """Audit a log file strictly: every record, signature and link, the federation (when
     given; otherwise all entries must agree), the author's membership and, when
-    `checkpoint_digest` is given, that each entry's model checkpoint exists and matches.
-    Any damage, a torn last record included, is a failure. Never modifies the file."""
+    `checkpoint_digest` is given, that each entry's model checkpoint exists and matches
+    (`checkpoint_digest(seq)` returns the checkpoint's digest, None when there is none, or
+    raises LogError, e.g. "bad_checkpoint", for a damaged one). Any damage, a torn last
+    record included, is a failure. Never modifies the file."""
     name = str(path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         return VerifyResult(False, 0, LogError("unreadable", exc.strerror or str(exc), name))
     scan = _scan(data, name)
+    entries: list[SignedEntry] = []
     prev: SignedEntry | None = None
     for i, envelope in enumerate(scan.envelopes, 1):
         where = f"{name} entry {i}"
@@ -684,14 +728,15 @@ def verify_log_file(path: Path, *, federation: bytes | None, is_member: Callable
             where = f"{name} entry {i} (seq {entry.seq})"
             _audit_entry(prev, entry, federation, is_member, checkpoint_digest)
         except LogError as exc:
-            return VerifyResult(False, i - 1, _located(exc, where))
+            return VerifyResult(False, i - 1, _located(exc, where), entries)
+        entries.append(entry)
         prev = entry
     checked = len(scan.envelopes)
     if scan.damage is not None:
-        return VerifyResult(False, checked, scan.damage)
+        return VerifyResult(False, checked, scan.damage, entries)
     if scan.torn is not None:
-        return VerifyResult(False, checked, scan.torn)
-    return VerifyResult(True, checked, None)
+        return VerifyResult(False, checked, scan.torn, entries)
+    return VerifyResult(True, checked, None, entries)
 
 
 def _audit_entry(prev: SignedEntry | None, entry: SignedEntry, federation: bytes | None,

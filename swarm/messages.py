@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from .errors import RejectedMessage
+from .log import MAX_ENTRY_BYTES  # one limit for an entry, on disk and on the wire
 
 MAX_UINT = 2**63 - 1  # everything counted on the wire fits a signed 64-bit int
 MAX_ENTRIES = 1024
-MAX_ENTRY_BYTES = 256 * 1024
 MAX_REASON_CHARS = 200
 
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import zlib
 from pathlib import Path
 
 import msgpack
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from swarm.checkpoint import ALIGN, MAGIC, CheckpointError, checkpoint_digest, load_checkpoint, save_checkpoint
 from swarm.tensors import FlatModel, flatten_state, model_digest, rebuild_state
@@ -39,9 +42,10 @@ def saved(tmp_path: Path) -> tuple[Path, FlatModel, bytes]:
 def tensor_offsets(path: Path) -> list[int]:
     """Where each tensor's bytes start, parsed independently of swarm.checkpoint."""
     data = path.read_bytes()
-    (length,) = struct.unpack(">I", data[8:12])
-    specs = msgpack.unpackb(data[12 : 12 + length])["specs"]
-    offset, offsets = -(-(12 + length) // ALIGN) * ALIGN, []
+    length, crc = struct.unpack(">II", data[8:16])
+    assert zlib.crc32(data[16 : 16 + length]) == crc
+    specs = msgpack.unpackb(data[16 : 16 + length])["specs"]
+    offset, offsets = -(-(16 + length) // ALIGN) * ALIGN, []
     flat = flatten_state(sample_state())
     for spec in flat.specs:
         offsets.append(offset)
@@ -119,7 +123,7 @@ def test_trailing_bytes_are_detected(saved: tuple[Path, FlatModel, bytes]) -> No
 
 
 def header_file(path: Path, header: bytes, tail: bytes = b"") -> Path:
-    path.write_bytes(MAGIC + struct.pack(">I", len(header)) + header + tail)
+    path.write_bytes(MAGIC + struct.pack(">II", len(header), zlib.crc32(header)) + header + tail)
     return path
 
 
@@ -127,10 +131,11 @@ def header_file(path: Path, header: bytes, tail: bytes = b"") -> Path:
     "content",
     [
         b"",
-        b"SWCKPT1",
+        b"SWCKPT2",
         b"PK\x03\x04" + bytes(60),  # a torch.save zip file
         b"\x80\x04\x95" + bytes(60),  # a pickle
-        MAGIC + struct.pack(">I", 1000) + b"\x80",  # header length past the end
+        MAGIC + struct.pack(">II", 1000, 0) + b"\x80",  # header length past the end
+        MAGIC[:-1] + struct.pack(">II", 1, zlib.crc32(b"\x80")) + b"\x80",  # truncated prefix
     ],
 )
 def test_bad_magic_or_prefix(tmp_path: Path, content: bytes) -> None:
@@ -205,3 +210,83 @@ def test_empty_model_round_trips(tmp_path: Path) -> None:
     flat = FlatModel((), ())
     save_checkpoint(tmp_path / "e", flat, model_digest(flat), {})
     assert load_checkpoint(tmp_path / "e") == (flat, model_digest(flat), {})
+
+
+def test_version_1_files_are_not_read(saved: tuple[Path, FlatModel, bytes]) -> None:
+    # Version 1 had no header checksum, so a damaged `meta` went unnoticed.
+    path = saved[0]
+    data = path.read_bytes()
+    length = struct.unpack(">I", data[8:12])[0]
+    path.write_bytes(b"SWCKPT1\n" + data[8:12] + data[16 : 16 + length])
+    with pytest.raises(CheckpointError, match="magic"):
+        load_checkpoint(path, verify=False)
+
+
+def test_damaged_meta_is_detected(saved: tuple[Path, FlatModel, bytes]) -> None:
+    path = saved[0]
+    data = path.read_bytes()
+    at = data.index(b"hospital-a")
+    path.write_bytes(data[:at] + b"hospital-b" + data[at + 10 :])
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(path, verify=False)
+
+
+def test_non_zero_padding_is_detected(saved: tuple[Path, FlatModel, bytes]) -> None:
+    path, flat, _ = saved
+    data = bytearray(path.read_bytes())
+    odd = [s.name for s in flat.specs].index("odd")
+    data[tensor_offsets(path)[odd] + 5] = 1  # the byte after the 5-byte tensor is padding
+    path.write_bytes(bytes(data))
+    for verify in (True, False):
+        with pytest.raises(CheckpointError, match="padding") as err:
+            load_checkpoint(path, verify=verify)
+        assert err.value.reason == "bad_checkpoint"
+    with pytest.raises(CheckpointError, match="padding"):
+        checkpoint_digest(path)
+
+
+def test_digest_mismatch_has_its_own_reason(saved: tuple[Path, FlatModel, bytes]) -> None:
+    path = saved[0]
+    data = bytearray(path.read_bytes())
+    data[tensor_offsets(path)[0]] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert err.value.reason == "digest_mismatch"
+
+
+def small_checkpoint(path: Path) -> bytes:
+    flat = flatten_state({"b": torch.tensor([1.5, -2.0]), "a": torch.arange(3, dtype=torch.int8)})
+    save_checkpoint(path, flat, model_digest(flat), {"seq": 2, "round": 7})
+    return path.read_bytes()
+
+
+def test_flipping_any_single_byte_is_detected(tmp_path: Path) -> None:
+    """Exhaustive: every byte of a small checkpoint (magic, length, crc, header and its meta,
+    padding, tensors), flipped low bit and high bit, makes a verified load fail."""
+    path = tmp_path / "small.swck"
+    good = small_checkpoint(path)
+    assert load_checkpoint(path)[2] == {"seq": 2, "round": 7}
+    assert any(b == 0 for b in good[-ALIGN:])  # the file does have padding to flip
+    for position in range(len(good)):
+        for xor in (0x01, 0x80, 0xFF):
+            data = bytearray(good)
+            data[position] ^= xor
+            path.write_bytes(bytes(data))
+            with pytest.raises(CheckpointError):
+                load_checkpoint(path, verify=True)
+                pytest.fail(f"byte {position} ^ {xor:#x} was not detected")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_flipping_any_byte_any_way_is_detected(tmp_path: Path, data: st.DataObject) -> None:
+    path = tmp_path / "small.swck"
+    good = small_checkpoint(path)
+    position = data.draw(st.integers(0, len(good) - 1))
+    xor = data.draw(st.integers(1, 255))
+    damaged = bytearray(good)
+    damaged[position] ^= xor
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path, verify=True)

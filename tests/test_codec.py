@@ -236,7 +236,7 @@ HOSTILE: list[tuple[str, Any, str]] = [
     ("no_frames", lambda: [], "no_frames"),
     ("too_many_frames", lambda: [pack(header())] + [b""] * 4097, "too_many_frames"),
     # Content that would be bad msgpack shows that size is checked before parsing.
-    ("header_over_limit", lambda: [b"\xc1" * (1024 * 1024 + 1)], "header_too_large"),
+    ("header_over_limit", lambda: [b"\xc1" * (Limits().max_header_bytes + 1)], "header_too_large"),
     ("truncated_header", lambda: [pack(header())[:-1]], "bad_msgpack"),
     ("empty_header", lambda: [b""], "bad_msgpack"),
     ("trailing_bytes", lambda: [pack(header()) + b"\x00"], "bad_msgpack"),
@@ -350,5 +350,41 @@ def test_wrong_federation_on_a_model_reply() -> None:
 
 def test_limits_default_values() -> None:
     limits = Limits()
-    assert (limits.max_header_bytes, limits.max_frames, limits.max_tensors) == (2**20, 4097, 4096)
+    assert (limits.max_header_bytes, limits.max_frames, limits.max_tensors) == (16 * 2**20, 4097, 4096)
     assert (limits.max_frame_bytes, limits.max_model_bytes) == (2**30, 4 * 2**30)
+
+
+def test_a_full_model_reply_of_dense_graph_entries_fits_the_default_limits() -> None:
+    # MAX_ENTRIES log entries of a few KB each (an entry on a dense graph lists many parents)
+    # once overflowed the 1 MiB header limit, so a node could not answer a far-behind peer.
+    from swarm.messages import MAX_ENTRIES
+
+    big = ModelReply(3, tuple(bytes([i % 251]) * 6000 for i in range(MAX_ENTRIES)))
+    frames = encode_message(FED, big, sample_model())
+    assert len(frames[0]) > 2**20
+    decoded = decode_message(as_network(frames), FED)
+    assert decoded.msg == big
+    # Past the limit, the encoder still refuses (the node catches the ValueError).
+    with pytest.raises(ValueError, match="header_too_large"):
+        encode_message(FED, big, sample_model(), limits=Limits(max_header_bytes=2**20))
+
+
+def test_one_definition_of_shared_limits_and_hooks() -> None:
+    import inspect
+
+    import swarm.codec
+    import swarm.log
+    import swarm.messages
+
+    assert swarm.messages.MAX_ENTRY_BYTES is swarm.log.MAX_ENTRY_BYTES
+    assert "MAX_ENTRY_BYTES =" not in inspect.getsource(swarm.messages)
+    assert not hasattr(swarm.codec, "_refuse_ext") and not hasattr(swarm.log, "_refuse_ext")
+    assert swarm.codec.refuse_ext is swarm.log.refuse_ext
+
+
+def test_zero_length_ext_type_is_refused() -> None:
+    header = msgpack.packb(
+        {"v": 1, "fed": FED, "kind": "version_req", "body": {"req": msgpack.ExtType(5, b"")}, "tensors": []},
+        use_bin_type=True,
+    )
+    assert_rejected([header], "bad_msgpack")

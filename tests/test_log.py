@@ -19,6 +19,7 @@ from swarm.identity import SigningKey
 from swarm.log import (
     MAX_ENTRY_BYTES,
     MAX_PARENTS,
+    RECORD_HEADER_BYTES,
     SIGNING_DOMAIN,
     ZERO_HASH,
     EntryBody,
@@ -438,6 +439,70 @@ def test_other_damage_is_refused_and_left_alone(tmp_path: Path, label: str, data
     assert audit(path).ok is False
 
 
+SECOND_START = len(encode_record(TORN_ENTRIES[0].envelope))
+
+
+@pytest.mark.parametrize("bit", range(32))
+def test_damaged_length_of_the_second_to_last_record_is_not_cut(tmp_path: Path,
+                                                                bit: int) -> None:
+    """A flipped length bit in a record that is not the last is damage inside the file, even
+    when the declared length runs past the end: cutting would drop two published entries,
+    and the node would then re-publish different ones under their seqs (a fork)."""
+    path = tmp_path / "updates.log"
+    data = bytearray(TORN_FILE)
+    length_at = SECOND_START + 4 + (3 - bit // 8)  # big-endian u32
+    data[length_at] ^= 1 << (bit % 8)
+    data = bytes(data)
+    path.write_bytes(data)
+    with pytest.raises(LogError) as err:
+        UpdateLog.open(path, FED, ALICE.public)
+    assert err.value.reason in ("bad_record", "bad_checksum", "too_large"), err.value
+    assert f"entry 2 at byte {SECOND_START}" in err.value.where
+    assert path.read_bytes() == data
+    assert audit(path).ok is False
+    with pytest.raises(LogError):
+        read_records(path)
+
+
+def test_length_past_the_end_with_a_record_after_it_is_damage(tmp_path: Path) -> None:
+    path = tmp_path / "updates.log"
+    e2_length = len(TORN_ENTRIES[1].envelope)
+    for declared in (e2_length + 1000, len(TORN_FILE) - SECOND_START - RECORD_HEADER_BYTES):
+        data = TORN_FILE[:SECOND_START + 4] + struct.pack(">I", declared) \
+            + TORN_FILE[SECOND_START + 8:]
+        path.write_bytes(data)
+        with pytest.raises(LogError) as err:
+            UpdateLog.open(path, FED, ALICE.public)
+        assert err.value.reason == "bad_record" and "valid record starts" in err.value.detail
+        assert path.read_bytes() == data
+        result = audit(path)
+        assert not result.ok and result.failure is not None
+        assert result.failure.reason == "bad_record"
+
+
+def test_flipping_any_byte_before_the_last_record_is_never_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "updates.log"
+    for position in range(LAST_START):
+        for xor in (0x01, 0x80):
+            data = bytearray(TORN_FILE)
+            data[position] ^= xor
+            path.write_bytes(bytes(data))
+            with pytest.raises(LogError):
+                UpdateLog.open(path, FED, ALICE.public).close()
+                pytest.fail(f"byte {position} ^ {xor:#x} was repaired, not refused")
+            assert path.read_bytes() == bytes(data)
+
+
+def test_a_torn_tail_that_contains_no_valid_record_is_still_repaired(tmp_path: Path) -> None:
+    # The last record's length runs past the end and the bytes after it hold "SWLE" magic
+    # that is not a sound record: nothing valid follows, so it is a torn tail.
+    path = tmp_path / "updates.log"
+    data = TORN_FILE[:LAST_START] + b"SWLE" + struct.pack(">II", 500, 0) + b"SWLE" * 20
+    path.write_bytes(data)
+    with UpdateLog.open(path, FED, ALICE.public) as log:
+        assert log.entries == TORN_ENTRIES[:2] and log.repaired_bytes == len(data) - LAST_START
+
+
 # --------------------------------------------------------------------------- auditing
 
 AUDIT_ENTRIES = chain(ALICE, 3)
@@ -540,3 +605,12 @@ def test_records_carry_length_and_crc() -> None:
     assert record[:4] == b"SWLE"
     assert struct.unpack(">II", record[4:12]) == (len(envelope), zlib.crc32(envelope))
     assert record[12:] == envelope
+
+
+def test_verify_returns_the_opened_entries(log_path: Path) -> None:
+    write(log_path, AUDIT_FILE)
+    result = audit(log_path)
+    assert result.ok and result.entries == AUDIT_ENTRIES
+    assert [e.body for e in result.entries] == [e.body for e in AUDIT_ENTRIES]
+    result = audit(write(log_path, AUDIT_FILE[:-3]))
+    assert not result.ok and result.entries == AUDIT_ENTRIES[:2]
