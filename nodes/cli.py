@@ -38,6 +38,24 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def run_cli(group: click.Group) -> None:
+    """Run a click group so that every usage mistake is one line on stderr and exit 2."""
+    try:
+        code = group.main(standalone_mode=False)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else group.name
+        click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def entry() -> None:
+    run_cli(main)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Run a hospital's node in a serverless federated-learning swarm."""
@@ -70,7 +88,7 @@ def federation() -> None:
 @federation.command("create")
 @click.option("--name", required=True, help="Federation name, e.g. brain-mri-2026.")
 @click.option("--member", "cards", multiple=True, required=True, type=click.Path(path_type=Path), help="A site's member.json (repeat per site).")
-@click.option("--plan", "plan_path", required=True, type=click.Path(path_type=Path), help="Plan TOML: [plan] rounds, [topology], [protocol], [model], [training], [task].")
+@click.option("--plan", "plan_path", required=True, type=click.Path(path_type=Path), help="Plan TOML: [plan] rounds, [topology] (or name = \"explicit\" and a [neighbours] table), [protocol], [model], [training], [task].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the manifest.")
 @user_errors
 def federation_create(name: str, cards: tuple[Path, ...], plan_path: Path, out: Path) -> None:
@@ -88,6 +106,7 @@ def federation_create(name: str, cards: tuple[Path, ...], plan_path: Path, out: 
         table(values, "model", str(plan_path)),
         table(values, "training", str(plan_path)),
         table(values, "task", str(plan_path)),
+        table(values, "neighbours", str(plan_path)),
     )
     manifest = build_manifest(name, members, plan)
     save_manifest(out, SignedManifest(manifest, {}))

@@ -12,11 +12,12 @@ from gossip import PROTOCOLS
 from swarm.config import check_keys, get_int, get_str
 from swarm.errors import ConfigError
 from swarm.manifest import Plan
-from swarm.topology import build_topology, neighbour_lists
+from swarm.topology import build_topology, check_neighbour_lists, neighbour_lists
 
 from .learner import Task
 from .models import build_model
 
+EXPLICIT = "explicit"  # topology name for neighbour lists written out in the plan
 MAX_ROUNDS = 1000  # a model reply carries at most 1024 log entries; see nodes.node
 
 
@@ -38,18 +39,25 @@ def build_plan(
     model: Mapping[str, Any],
     training: Mapping[str, Any],
     task: Mapping[str, Any],
+    neighbours: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A plan document (JSON-ready) with the topology resolved into neighbour lists."""
+    """A plan document (JSON-ready) with the topology resolved into neighbour lists, or with
+    the explicit `neighbours` lists when the topology is named "explicit"."""
     get_int({"rounds": rounds}, "rounds", "plan", minimum=1, maximum=MAX_ROUNDS)
     topology = dict(topology)
     check_keys(topology, {"name", "degree", "seed"}, "topology")
     name = get_str(topology, "name", "topology", default="ring")
-    seed = get_int(topology, "seed", "topology", default=0)
-    graph = build_topology(name, len(member_names), topology, seed)
+    if name == EXPLICIT:
+        resolved = _explicit_neighbours(neighbours, member_names)
+    elif neighbours:
+        raise ConfigError(f'neighbours: given, but topology.name is {name!r}; set name = "{EXPLICIT}" to use your own lists')
+    else:
+        seed = get_int(topology, "seed", "topology", default=0)
+        resolved = neighbour_lists(build_topology(name, len(member_names), topology, seed), member_names)
     plan = {
         "rounds": rounds,
         "topology": topology | {"name": name},
-        "neighbours": neighbour_lists(graph, member_names),
+        "neighbours": resolved,
         "protocol": dict(protocol) | {"name": dict(protocol).get("name", "braintorrent")},
         "model": dict(model),
         "training": dict(training),
@@ -57,6 +65,17 @@ def build_plan(
     }
     check_plan_sections(plan["protocol"], plan["model"], plan["training"], plan["task"])
     return plan
+
+
+def _explicit_neighbours(neighbours: Mapping[str, Any] | None, member_names: list[str]) -> dict[str, list[str]]:
+    if not neighbours or set(neighbours) != set(member_names):
+        raise ConfigError(f'neighbours: with topology.name = "{EXPLICIT}", list every member\'s neighbours, e.g. {member_names[0]} = ["{member_names[-1]}"]')
+    for member, peers in neighbours.items():
+        if not isinstance(peers, list) or not peers or not all(isinstance(p, str) for p in peers):
+            raise ConfigError(f"neighbours.{member}: must be a non-empty list of member names, got {peers!r}")
+    resolved = {member: sorted(peers) for member, peers in neighbours.items()}
+    check_neighbour_lists(resolved)
+    return resolved
 
 
 def check_plan_sections(protocol: Mapping, model: Mapping, training: Mapping, task: Mapping) -> Task:

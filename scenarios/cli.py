@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from nodes.cli import user_errors
+from nodes.cli import run_cli, user_errors
 from swarm.atomic import write_atomic
 from swarm.errors import ConfigError
 
@@ -64,3 +64,7 @@ def _prepare_out(out: Path, force: bool) -> None:
         shutil.rmtree(out / "sites", ignore_errors=True)
         (out / "summary.json").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def entry() -> None:
+    run_cli(main)

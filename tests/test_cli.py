@@ -176,3 +176,26 @@ def test_log_verify_and_show_on_a_finished_federation(small_federation, tmp_path
     checkpoint.write_bytes(bytes(blob))
     bad = invoke(node_cli, ["log", "verify", run_dir])
     assert bad.exit_code == 1 and "digest_mismatch" in bad.output and "hospital-a" in bad.output
+
+
+def test_click_usage_mistakes_are_one_line_too():
+    import subprocess
+    import sys
+
+    for module, args, fragment in (("nodes", ["run"], "Missing option '--site'"), ("nodes", ["bogus"], "No such command"), ("scenarios", ["run"], "SCENARIO_PATH")):
+        result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and fragment in result.stderr
+
+
+def test_a_plan_can_list_neighbours_explicitly(three_sites):
+    root, sites = three_sites
+    (root / "plan.toml").write_text(PLAN.replace('name = "ring"', 'name = "explicit"') + '[neighbours]\nh0 = ["h1"]\nh1 = ["h0", "h2"]\nh2 = ["h1"]\n')
+    manifest = create_manifest(root, sites)
+    plan = json.loads(manifest.read_text())["plan"]
+    assert plan["neighbours"] == {"h0": ["h1"], "h1": ["h0", "h2"], "h2": ["h1"]} and plan["topology"]["name"] == "explicit"
+    (root / "plan.toml").write_text(PLAN.replace('name = "ring"', 'name = "explicit"') + '[neighbours]\nh0 = ["h1"]\nh1 = ["h2"]\nh2 = ["h1"]\n')
+    args = ["federation", "create", "--name", "f", "--plan", root / "plan.toml", "--out", root / "m2.json"]
+    for site in sites:
+        args += ["--member", site / "member.json"]
+    assert_user_error(invoke(node_cli, args), "symmetric")
