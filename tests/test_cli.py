@@ -199,3 +199,11 @@ def test_a_plan_can_list_neighbours_explicitly(three_sites):
     for site in sites:
         args += ["--member", site / "member.json"]
     assert_user_error(invoke(node_cli, args), "symmetric")
+
+
+def test_the_documented_example_plan_makes_a_valid_manifest(three_sites):
+    root, sites = three_sites
+    (root / "plan.toml").write_text((Path(__file__).parent.parent / "docs" / "plan-example.toml").read_text())
+    manifest = create_manifest(root, sites)
+    plan = json.loads(manifest.read_text())["plan"]
+    assert plan["rounds"] == 30 and plan["protocol"]["poll_timeout"] == 10.0
