@@ -43,19 +43,20 @@ def _seq_problem(prev: SignedEntry, entry: SignedEntry) -> str:
 
 
 def verify_extension(head: SignedEntry | None, envelopes: Sequence[bytes],
-                     federation: bytes, author: bytes) -> list[SignedEntry]:
-    """Open and check entries a peer sent to extend `author`'s chain after `head` (None: from
-    the start). Returns the opened entries; raises LogError at the first bad one."""
+                     federation: bytes, author: bytes, location: str | None = None) -> list[SignedEntry]:
+    """Open and check entries that extend `author`'s chain after `head` (None: from the
+    start), sent by a peer or read from a file named `location`. Returns the opened entries;
+    raises LogError at the first bad one."""
     if head is not None and (head.author != author or head.federation != federation):
         raise LogError("author_mismatch", "the head is not this author's in this federation")
     out: list[SignedEntry] = []
     prev = head
     for i, envelope in enumerate(envelopes):
-        where = f"extension entry {i + 1} of {len(envelopes)}"
+        where = f"{location} entry {i + 1}" if location else f"extension entry {i + 1} of {len(envelopes)}"
         try:
             entry = open_entry(envelope)
             if entry.author != author:
-                raise LogError("author_mismatch", "entry is signed by a different author")
+                raise LogError("author_mismatch", "entry is not signed by the expected author")
             if entry.federation != federation:
                 raise LogError("wrong_federation", "entry is for a different federation")
             check_successor(prev, entry)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..atomic import fsync_dir
 from ..errors import LogError
-from .chain import _located, check_successor
+from .chain import _located, check_successor, verify_extension
 from .entry import SignedEntry, _is_hash, _is_int, open_entry
 from .records import _Scan, _scan, encode_record
 
@@ -189,18 +189,4 @@ def _verify_own(data: bytes, name: str, federation: bytes,
     scan = _scan(data, name)
     if scan.damage is not None:
         raise scan.damage
-    entries: list[SignedEntry] = []
-    prev = None
-    for i, envelope in enumerate(scan.envelopes, 1):
-        try:
-            entry = open_entry(envelope)
-            if entry.author != author:
-                raise LogError("author_mismatch", "entry is not by this site's signing key")
-            if entry.federation != federation:
-                raise LogError("wrong_federation", "entry is for a different federation")
-            check_successor(prev, entry)
-        except LogError as exc:
-            raise _located(exc, f"{name} entry {i}") from None
-        entries.append(entry)
-        prev = entry
-    return entries, scan
+    return verify_extension(None, scan.envelopes, federation, author, location=name), scan
