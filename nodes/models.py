@@ -3,21 +3,39 @@ node builds the identical initial model from the plan's seed.
 
 `build_model` seeds PyTorch's default initialisation inside `torch.random.fork_rng`, so the
 same (name, params, shape, seed) gives bit-identical weights in every process, and the
-caller's global random state is left exactly as it was."""
+caller's global random state is left exactly as it was.
+
+Input shapes: an int (or a 1-tuple) is a count of tabular features; a 3-tuple is an image,
+(channels, height, width). A builder in `MODELS` is `builder(params, input_shape,
+num_classes)` and always receives the shape as a tuple: (num_features,) or (C, H, W).
+
+- `logreg`, `mlp`: tabular. Given an image they start with an explicit `nn.Flatten` layer
+  (so pixel logistic regression works); for tabular input the layers are unchanged.
+- `cnn`: image classification, output [n, num_classes].
+- `unet`: segmentation, output [n, num_classes, H, W] (scores per pixel).
+
+`norm_layer_names` lists the state_dict entries of normalization layers, the tensors FedBN
+keeps local."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from swarm.config import get_int, get_str
 from swarm.errors import ConfigError
 
-Builder = Callable[[Mapping[str, Any], int, int], nn.Module]
+InputShape = tuple[int, ...]
+Builder = Callable[[Mapping[str, Any], InputShape, int], nn.Module]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+NORMS = ("batch", "group", "none")
+_WHERE = "model.params"
 
 
 def _check_params(name: str, params: Mapping[str, Any], known: dict[str, str]) -> None:
@@ -32,60 +50,241 @@ def _check_params(name: str, params: Mapping[str, Any], known: dict[str, str]) -
             )
 
 
-def _mlp(params: Mapping[str, Any], num_features: int, num_classes: int) -> nn.Module:
-    _check_params("mlp", params, {"hidden": "hidden = [64, 64]", "activation": 'activation = "relu"'})
-    hidden = params.get("hidden", [64, 64])
+def _widths(params: Mapping[str, Any], key: str, default: list[int], *, allow_empty: bool = False) -> list[int]:
+    """A list of layer widths from 1 to 65536 (empty only where allowed)."""
+    widths = params.get(key, default)
     if (
-        not isinstance(hidden, (list, tuple))
-        or not hidden
-        or any(isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= 65536 for h in hidden)
+        not isinstance(widths, (list, tuple))
+        or (not widths and not allow_empty)
+        or any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 65536 for w in widths)
     ):
+        kind = "a list" if allow_empty else "a non-empty list"
         raise ConfigError(
-            f"model.params.hidden: must be a non-empty list of layer widths from 1 to 65536, "
-            f"got {hidden!r} (example: hidden = [64, 64])"
+            f"{_WHERE}.{key}: must be {kind} of layer widths from 1 to 65536, "
+            f"got {widths!r} (example: {key} = {list(default)!r})"
         )
+    return list(widths)
+
+
+def _activation(params: Mapping[str, Any]) -> type[nn.Module]:
     activation = params.get("activation", "relu")
     if activation not in _ACTIVATIONS:
         raise ConfigError(
-            f"model.params.activation: must be one of: {', '.join(_ACTIVATIONS)}, got "
+            f"{_WHERE}.activation: must be one of: {', '.join(_ACTIVATIONS)}, got "
             f"{activation!r} (example: activation = \"relu\")"
         )
-    layers: list[nn.Module] = []
-    width = num_features
+    return _ACTIVATIONS[activation]
+
+
+def _describe(shape: InputShape) -> str:
+    if len(shape) == 1:
+        return f"{shape[0]} tabular features"
+    return "image input (channels, height, width) = " + repr(shape)
+
+
+def _image_shape(name: str, shape: InputShape) -> InputShape:
+    if len(shape) != 3:
+        raise ConfigError(
+            f"model.name: {name} needs image input (channels, height, width), got "
+            f"{_describe(shape)}; use mlp or logreg for tabular data"
+        )
+    return shape
+
+
+def _flat_input(shape: InputShape) -> tuple[list[nn.Module], int]:
+    """Tabular input as is; an image flattened by an explicit first layer."""
+    if len(shape) == 1:
+        return [], shape[0]
+    return [nn.Flatten()], math.prod(shape)
+
+
+# -- tabular ----------------------------------------------------------------------------
+
+def _mlp(params: Mapping[str, Any], input_shape: InputShape, num_classes: int) -> nn.Module:
+    _check_params("mlp", params, {"hidden": "hidden = [64, 64]", "activation": 'activation = "relu"'})
+    hidden = _widths(params, "hidden", [64, 64])
+    activation = _activation(params)
+    layers, width = _flat_input(input_shape)
     for h in hidden:
-        layers += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
+        layers += [nn.Linear(width, h), activation()]
         width = h
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
 
 
-def _logreg(params: Mapping[str, Any], num_features: int, num_classes: int) -> nn.Module:
+def _logreg(params: Mapping[str, Any], input_shape: InputShape, num_classes: int) -> nn.Module:
     _check_params("logreg", params, {})
-    return nn.Sequential(nn.Linear(num_features, num_classes))
+    layers, width = _flat_input(input_shape)
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+
+# -- images -----------------------------------------------------------------------------
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        # Up to 8 groups, always a divisor of the width (1 group: layer norm over C, H, W).
+        return nn.GroupNorm(math.gcd(channels, 8), channels)
+    return nn.Identity()
+
+
+def _conv_block(in_channels: int, out_channels: int, norm: str, activation: type[nn.Module]) -> nn.Sequential:
+    """3x3 convolution (same size) -> normalization -> activation; keys conv.*, norm.*.
+    The convolution has no bias where a normalization layer follows (it would cancel)."""
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm == "none"),
+        norm=_norm(norm, out_channels),
+        act=activation(),
+    ))
+
+
+def _image_params(name: str, params: Mapping[str, Any], extra: dict[str, str]) -> tuple[str, type[nn.Module]]:
+    _check_params(name, params, {**extra, "norm": 'norm = "batch" (or "group", "none")',
+                                 "activation": 'activation = "relu"'})
+    return get_str(params, "norm", _WHERE, default="batch", choices=NORMS), _activation(params)
+
+
+def _cnn(params: Mapping[str, Any], input_shape: InputShape, num_classes: int) -> nn.Module:
+    """Conv blocks, each halving the image (max-pool 2), then fully connected layers.
+
+    Keys: block1.conv.weight, block1.norm.*, ..., fc1.*, ..., head.* (the classifier)."""
+    norm, activation = _image_params("cnn", params, {"channels": "channels = [16, 32]", "hidden": "hidden = [64]"})
+    channels = _widths(params, "channels", [16, 32])
+    hidden = _widths(params, "hidden", [64], allow_empty=True)
+    in_channels, height, width = _image_shape("cnn", input_shape)
+    if min(height, width) >> len(channels) < 1:
+        most = min(height, width).bit_length() - 1
+        raise ConfigError(
+            f"{_WHERE}.channels: each entry halves the image, and {len(channels)} of them shrink a "
+            f"{height}x{width} image below one pixel, got {channels!r}; use at most {most} "
+            f"(example: channels = [16, 32])"
+        )
+    layers: list[tuple[str, nn.Module]] = []
+    for i, c in enumerate(channels, 1):
+        layers += [(f"block{i}", _conv_block(in_channels, c, norm, activation)), (f"pool{i}", nn.MaxPool2d(2))]
+        in_channels, height, width = c, height // 2, width // 2
+    layers.append(("flatten", nn.Flatten()))
+    features = in_channels * height * width
+    for i, h in enumerate(hidden, 1):
+        layers += [(f"fc{i}", nn.Linear(features, h)), (f"act{i}", activation())]
+        features = h
+    layers.append(("head", nn.Linear(features, num_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+class UNet(nn.Module):
+    """A small 2-D U-Net (Ronneberger et al. 2015): `depth` max-pool steps down, transposed
+    convolutions back up with skip connections, two conv blocks per level, width `base`
+    doubling per level; a 1x1 convolution `head` gives [n, num_classes, H, W]. Any H, W of at
+    least 2**depth works: an odd size is padded back to its skip connection's size."""
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int, base: int, norm: str,
+                 activation: type[nn.Module]) -> None:
+        super().__init__()
+        widths = [base * 2**level for level in range(depth + 1)]
+
+        def double(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(_conv_block(cin, cout, norm, activation), _conv_block(cout, cout, norm, activation))
+
+        self.down = nn.ModuleList([double(in_channels, widths[0])]
+                                  + [double(widths[i - 1], widths[i]) for i in range(1, depth + 1)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i], widths[i - 1], 2, stride=2)
+                                 for i in range(depth, 0, -1)])
+        self.dec = nn.ModuleList([double(2 * widths[i - 1], widths[i - 1]) for i in range(depth, 0, -1)])
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        skips = []
+        for level, block in enumerate(self.down):
+            if level:
+                x = self.pool(x)
+            x = block(x)
+            skips.append(x)
+        skips.pop()  # the bottleneck itself
+        for up, dec in zip(self.up, self.dec):
+            skip = skips.pop()
+            x = up(x)
+            x = nn.functional.pad(x, (0, skip.shape[-1] - x.shape[-1], 0, skip.shape[-2] - x.shape[-2]))
+            x = dec(torch.cat([skip, x], dim=1))
+        return self.head(x)
+
+
+def _unet(params: Mapping[str, Any], input_shape: InputShape, num_classes: int) -> nn.Module:
+    norm, activation = _image_params("unet", params, {"depth": "depth = 2", "base": "base = 16"})
+    depth = get_int(params, "depth", _WHERE, default=2, minimum=1, maximum=5)
+    base = get_int(params, "base", _WHERE, default=16, minimum=1, maximum=256)
+    in_channels, height, width = _image_shape("unet", input_shape)
+    if min(height, width) >> depth < 1:
+        most = min(height, width).bit_length() - 1
+        raise ConfigError(
+            f"{_WHERE}.depth: each level halves the image, and {depth} levels shrink a "
+            f"{height}x{width} image below one pixel, got {depth}; use at most {most} (example: depth = 2)"
+        )
+    return UNet(in_channels, num_classes, depth, base, norm, activation)
 
 
 MODELS: dict[str, Builder] = {
     "mlp": _mlp,
     "logreg": _logreg,
+    "cnn": _cnn,
+    "unet": _unet,
 }
 
 
-def build_model(name: str, params: Mapping[str, Any] | None, num_features: int, num_classes: int,
-                seed: int) -> nn.Module:
+def _input_shape(value: int | Sequence[int]) -> InputShape:
+    shape = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) not in (1, 3)
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)
+    ):
+        raise ConfigError(
+            f"model.input_shape: must be a number of features >= 1 or (channels, height, width), "
+            f"got {value!r} (example: 32 or (1, 28, 28))"
+        )
+    return tuple(shape)
+
+
+def build_model(name: str, params: Mapping[str, Any] | None, input_shape: int | Sequence[int],
+                num_classes: int, seed: int) -> nn.Module:
     """The model `name` with deterministic initial weights from `seed` (float32, train mode).
 
-    ConfigError for an unknown name or a bad parameter."""
+    `input_shape`: an int (tabular features) or (channels, height, width) for images.
+    ConfigError for an unknown name, a bad parameter, or a model that cannot take the input
+    (e.g. cnn given tabular features)."""
     if not isinstance(name, str) or name not in MODELS:
         raise ConfigError(
             f"model.name: must be one of: {', '.join(sorted(MODELS))}, got {name!r} "
             f'(example: name = "mlp")'
         )
-    for label, value in (("num_features", num_features), ("num_classes", num_classes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"model.{label}: must be an integer >= 1, got {value!r} (example: 32)")
+    shape = _input_shape(input_shape)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"model.num_classes: must be an integer >= 1, got {num_classes!r} (example: 2)")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"model.seed: must be an integer, got {seed!r} (example: seed = 0)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed % 2**63)
-        model = MODELS[name](params or {}, num_features, num_classes)
+        model = MODELS[name](params or {}, shape, num_classes)
     return model.float().train()
+
+
+_NORM_LAYERS: tuple[type[nn.Module], ...] = tuple(
+    cls for cls in (
+        nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+        nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+        nn.GroupNorm, nn.LayerNorm, getattr(nn, "RMSNorm", None),
+    ) if cls is not None
+)
+
+
+def norm_layer_names(model: nn.Module) -> list[str]:
+    """The state_dict keys of the model's normalization layers (BatchNorm, InstanceNorm,
+    GroupNorm, LayerNorm, RMSNorm: weights, biases, running statistics and
+    num_batches_tracked), in state_dict order. FedBN keeps exactly these local."""
+    found: set[str] = set()
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, _NORM_LAYERS):
+            found.update((f"{prefix}.{key}" if prefix else key) for key in module.state_dict())
+    return [key for key in model.state_dict() if key in found]
