@@ -93,7 +93,7 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
         if plan.task.get(key) != actual:
             raise ConfigError(f"data: this site's data has {key} = {actual} but the plan's task says {plan.task.get(key)}; fix [data] in site.toml")
     neighbours = list(plan.neighbours[config.name])
-    limits, settings = limits_for(flatten_state(learner.state()))
+    limits, settings = limits_for(flatten_state(learner.shared_state()))
     transport = make_transport(config, {p: manifest.member(p).endpoint for p in neighbours}, settings)
     try:
         store = VersionStore(site, manifest, keys.signing, neighbours)

@@ -20,6 +20,7 @@ from swarm.tensors import FlatModel, flatten_state, model_digest
 
 from .data import DataConfig, SiteData, load_site
 from .models import build_model
+from .sharing import SharingPolicy, split_state
 from .training import TrainConfig, derive_seed, evaluate, train_local
 
 
@@ -31,6 +32,7 @@ class Task:
     model_params: dict
     init_seed: int
     training: TrainConfig
+    sharing: SharingPolicy = SharingPolicy()
 
     @classmethod
     def from_plan(cls, model: Mapping, training: Mapping) -> Task:
@@ -39,14 +41,16 @@ class Task:
         init_seed = get_int(params, "init_seed", "model", default=0)
         params.pop("name", None)
         params.pop("init_seed", None)
-        return cls(name, params, init_seed, TrainConfig.from_dict(training, "training"))
+        sharing = SharingPolicy.pop_from(params)
+        return cls(name, params, init_seed, TrainConfig.from_dict(training, "training"), sharing)
 
 
 @dataclass(frozen=True)
 class RoundResult:
     round: int
-    flat: FlatModel  # the published weights (an owned copy)
+    flat: FlatModel  # the published (shared) weights, an owned copy
     digest: bytes
+    local_flat: FlatModel | None  # the tensors that stay at this site, if any
     metrics: dict[str, float]
     timings: dict[str, float]  # seconds spent merging, training, evaluating, hashing
 
@@ -57,6 +61,7 @@ class Learner:
         self.data = data
         self.name = name
         self.model = build_model(task.model_name, task.model_params, data.num_features, data.num_classes, task.init_seed)
+        self.local_names = task.sharing.local_names(self.model)
 
     @classmethod
     def for_site(cls, task: Task, data_table: Mapping, name: str) -> Learner:
@@ -72,6 +77,10 @@ class Learner:
     def state(self) -> dict[str, Tensor]:
         return self.model.state_dict()
 
+    def shared_state(self) -> dict[str, Tensor]:
+        """What this site publishes and merges: everything but the local tensors."""
+        return split_state(self.model.state_dict(), self.local_names)[0]
+
     def load(self, state: Mapping[str, Tensor]) -> None:
         self.model.load_state_dict(state)
 
@@ -81,8 +90,8 @@ class Learner:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         if pulled:
-            merged = weighted_mean([(float(self.samples), self.model.state_dict()), *pulled])
-            self.model.load_state_dict(merged)
+            merged = weighted_mean([(float(self.samples), self.shared_state()), *pulled])
+            self.model.load_state_dict(merged, strict=not self.local_names)
         timings["merge"] = time.perf_counter() - started
         started = time.perf_counter()
         train_stats = train_local(self.model, self.data, self.task.training, derive_seed(self.task.init_seed, "train", self.name, round_no))
@@ -91,13 +100,15 @@ class Learner:
         test = evaluate(self.model, self.data.test_x, self.data.test_y)
         timings["evaluate"] = time.perf_counter() - started
         started = time.perf_counter()
-        flat = flatten_state(self.model.state_dict(), copy=True)
+        shared, local = split_state(self.model.state_dict(), self.local_names)
+        flat = flatten_state(shared, copy=True)
         digest = model_digest(flat)
+        local_flat = flatten_state(local, copy=True) if local else None
         timings["snapshot"] = time.perf_counter() - started
         metrics = {
             "accuracy": float(test["accuracy"]),
             "loss": float(test["loss"]),
             "train_loss": float(train_stats["loss"]),
         }
-        return RoundResult(round_no, flat, digest, metrics, timings)
+        return RoundResult(round_no, flat, digest, local_flat, metrics, timings)
 

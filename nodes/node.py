@@ -107,14 +107,18 @@ class Node:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"train-{name}")
         # Every member trains the plan's model: a neighbour's model must have exactly its
         # tensor names, dtypes and shapes, or merging it would fail (or be meaningless).
-        self.expected_specs = flatten_state(learner.state()).specs
+        self.expected_specs = flatten_state(learner.shared_state()).specs
         self.started = clock()
 
     # -- main loop -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> NodeOutcome:
-        if self.store.latest is not None:
-            self.learner.load(rebuild_state(self.store.latest.flat, copy=True))
+        latest = self.store.latest
+        if latest is not None:
+            state = rebuild_state(latest.flat, copy=True)
+            if latest.local_flat is not None:
+                state |= rebuild_state(latest.local_flat, copy=True)
+            self.learner.load(state)
             log.info("resuming from published version %d", self.store.latest.entry.seq)
         self._write_status("running")
         self._execute(self.protocol.start(self.clock()))
@@ -228,7 +232,7 @@ class Node:
         previous = self.store.latest
         parents = [ParentRef(previous.entry.body.author, previous.entry.seq, previous.entry.body.digest)] if previous else []
         parents += [ParentRef(s.entry.body.author, s.entry.seq, s.entry.body.digest) for s in self.job_pulled]
-        published = self.store.publish(result.round, result.flat, result.digest, self.learner.samples, parents, result.metrics)
+        published = self.store.publish(result.round, result.flat, result.digest, self.learner.samples, parents, result.metrics, result.local_flat)
         merged = {self.manifest.member_by_signing_key(s.entry.body.author).name: s.entry.seq for s in self.job_pulled}
         self._append_metrics(result, published.entry.seq, merged)
         self.job_pulled = []

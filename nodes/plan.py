@@ -84,7 +84,8 @@ def check_plan_sections(protocol: Mapping, model: Mapping, training: Mapping, ta
     for key in ("num_features", "num_classes"):
         get_int(task, key, "plan.task", minimum=1 if key == "num_features" else 2)
     parsed = Task.from_plan(model, training)
-    build_model(parsed.model_name, parsed.model_params, task["num_features"], task["num_classes"], parsed.init_seed)
+    model = build_model(parsed.model_name, parsed.model_params, task["num_features"], task["num_classes"], parsed.init_seed)
+    parsed.sharing.local_names(model)
     return parsed
 
 

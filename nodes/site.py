@@ -94,6 +94,7 @@ class SiteDir:
     """Paths inside a site directory; creating or checking them is explicit."""
 
     CHECKPOINT_PATTERN = re.compile(r"^(\d{8})\.swt$")
+    LOCAL_CHECKPOINT_PATTERN = re.compile(r"^(\d{8})\.local\.swt$")
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -111,10 +112,15 @@ class SiteDir:
     def checkpoint_path(self, seq: int) -> Path:
         return self.checkpoints_dir / f"{seq:08d}.swt"
 
-    def checkpoint_seqs(self) -> list[int]:
+    def local_checkpoint_path(self, seq: int) -> Path:
+        """The tensors that stay at this site (partial sharing, FedBN) for version `seq`."""
+        return self.checkpoints_dir / f"{seq:08d}.local.swt"
+
+    def checkpoint_seqs(self, local: bool = False) -> list[int]:
         if not self.checkpoints_dir.is_dir():
             return []
-        found = (self.CHECKPOINT_PATTERN.match(p.name) for p in self.checkpoints_dir.iterdir())
+        pattern = self.LOCAL_CHECKPOINT_PATTERN if local else self.CHECKPOINT_PATTERN
+        found = (pattern.match(p.name) for p in self.checkpoints_dir.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
     def peer_log_path(self, peer: str) -> Path:

@@ -18,7 +18,7 @@ from swarm.errors import LogError
 from swarm.identity import SigningKey
 from swarm.log import EntryBody, ParentRef, SignedEntry, UpdateLog, open_entry, sign_entry, verify_extension
 from swarm.manifest import Manifest
-from swarm.tensors import FlatModel
+from swarm.tensors import FlatModel, model_digest
 
 from .site import SiteDir
 
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Published:
     entry: SignedEntry
-    flat: FlatModel
+    flat: FlatModel  # the shared tensors, as signed and sent
+    local_flat: FlatModel | None = None  # tensors that never leave the site
 
 
 class VersionStore:
@@ -62,10 +63,11 @@ class VersionStore:
         for path in directory.iterdir():
             if path.name.startswith("."):  # a temporary file of an interrupted atomic write
                 path.unlink()
-        for seq in self.site.checkpoint_seqs():
-            if seq > head_seq:
-                log.warning("checkpoint %d was written but never logged (crash while publishing); removing it", seq)
-                self.site.checkpoint_path(seq).unlink()
+        for local in (False, True):
+            for seq in self.site.checkpoint_seqs(local):
+                if seq > head_seq:
+                    log.warning("checkpoint %d was written but never logged (crash while publishing); removing it", seq)
+                    (self.site.local_checkpoint_path(seq) if local else self.site.checkpoint_path(seq)).unlink()
 
     def _load_head(self) -> Published | None:
         head = self.head
@@ -77,11 +79,24 @@ class VersionStore:
         flat, digest, _meta = load_checkpoint(path, verify=True)
         if digest != head.body.digest:
             raise LogError("digest_mismatch", f"{path} does not hold the model of the last log entry", where=str(self.site.log_path))
-        return Published(head, flat)
+        local_path = self.site.local_checkpoint_path(head.seq)
+        local_flat = load_checkpoint(local_path, verify=True)[0] if local_path.exists() else None
+        return Published(head, flat, local_flat)
 
-    def publish(self, round_no: int, flat: FlatModel, digest: bytes, samples: int, parents: Sequence[ParentRef], metrics: dict[str, float]) -> Published:
+    def publish(
+        self,
+        round_no: int,
+        flat: FlatModel,
+        digest: bytes,
+        samples: int,
+        parents: Sequence[ParentRef],
+        metrics: dict[str, float],
+        local_flat: FlatModel | None = None,
+    ) -> Published:
         head = self.head
         seq = head.seq + 1 if head else 1
+        if local_flat is not None:
+            save_checkpoint(self.site.local_checkpoint_path(seq), local_flat, model_digest(local_flat), {"seq": seq, "local": True})
         save_checkpoint(self.site.checkpoint_path(seq), flat, digest, {"seq": seq, "round": round_no})
         body = EntryBody(
             federation=self.manifest.federation_id,
@@ -98,7 +113,7 @@ class VersionStore:
         )
         entry = sign_entry(body, self.key)
         self.own_log.append(entry)
-        self.latest = Published(entry, flat)
+        self.latest = Published(entry, flat, local_flat)
         return self.latest
 
     def merged_versions(self) -> dict[str, int]:

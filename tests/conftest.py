@@ -45,16 +45,17 @@ samples_per_site = 80
 """
 
 
-def write_scenario(directory: Path, nodes: int = 3, rounds: int = 3, topology: str = "ring", name: str = "test") -> Path:
+def write_scenario(directory: Path, nodes: int = 3, rounds: int = 3, topology: str = "ring", name: str = "test", model_extra: str = "") -> Path:
     path = directory / f"{name}.toml"
-    path.write_text(SMALL_SCENARIO.format(nodes=nodes, rounds=rounds, topology=topology, name=name))
+    text = SMALL_SCENARIO.format(nodes=nodes, rounds=rounds, topology=topology, name=name)
+    path.write_text(text.replace('[model]\nname = "mlp"\n', '[model]\nname = "mlp"\n' + model_extra))
     return path
 
 
 @pytest.fixture
 def small_federation(tmp_path: Path):
-    def make(nodes: int = 3, rounds: int = 3, topology: str = "ring") -> tuple[ScenarioConfig, Federation]:
-        config = ScenarioConfig.load(write_scenario(tmp_path, nodes, rounds, topology))
+    def make(nodes: int = 3, rounds: int = 3, topology: str = "ring", model_extra: str = "") -> tuple[ScenarioConfig, Federation]:
+        config = ScenarioConfig.load(write_scenario(tmp_path, nodes, rounds, topology, model_extra=model_extra))
         return config, create_federation(config, tmp_path / "run")
 
     return make
