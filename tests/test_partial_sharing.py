@@ -4,7 +4,6 @@ never signed -- and survive a restart."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from nodes.audit import verify_sites
 from nodes.models import build_model, norm_layer_names
