@@ -22,20 +22,15 @@ from .training import TrainConfig, derive_seed, evaluate, train_local
 
 
 def _site_row(site: SiteData, metrics: dict) -> dict:
-    return {
-        "site": site.name,
-        "accuracy": metrics["accuracy"],
-        "loss": metrics["loss"],
-        "train_samples": site.train_samples,
-        "test_samples": site.test_samples,
-    }
+    scores = {key: value for key, value in metrics.items() if key != "samples"}
+    return {"site": site.name, **scores, "train_samples": site.train_samples, "test_samples": site.test_samples}
 
 
 def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values) if values else math.nan
 
 
-def local_only(data_cfg: DataConfig, model_name: str, model_params: Mapping[str, Any] | None,
+def local_only(data_cfg: DataConfig | None, model_name: str, model_params: Mapping[str, Any] | None,
                train_cfg: TrainConfig, rounds: int, seed: int,
                sites: Sequence[SiteData] | None = None) -> list[dict]:
     """Per site: a model trained on its own data only, for rounds x epochs epochs, evaluated
@@ -45,7 +40,7 @@ def local_only(data_cfg: DataConfig, model_name: str, model_params: Mapping[str,
     sites = list(sites) if sites is not None else load_all_sites(data_cfg)
     rows = []
     for index, site in enumerate(sites):
-        model = build_model(model_name, model_params, site.num_features, site.num_classes, seed)
+        model = build_model(model_name, model_params, site.input_shape, site.num_classes, seed)
         for r in range(rounds):
             train_local(model, site, train_cfg, derive_seed(seed, "local-only", index, r))
         rows.append(_site_row(site, evaluate(model, site.test_x, site.test_y)))
@@ -66,7 +61,7 @@ def pool_sites(sites: Sequence[SiteData]) -> SiteData:
     )
 
 
-def pooled(data_cfg: DataConfig, model_name: str, model_params: Mapping[str, Any] | None,
+def pooled(data_cfg: DataConfig | None, model_name: str, model_params: Mapping[str, Any] | None,
            train_cfg: TrainConfig, rounds: int, seed: int,
            sites: Sequence[SiteData] | None = None) -> dict:
     """One model trained on every site's training data together for rounds x epochs epochs,
@@ -76,7 +71,7 @@ def pooled(data_cfg: DataConfig, model_name: str, model_params: Mapping[str, Any
     "train_samples"}."""
     sites = list(sites) if sites is not None else load_all_sites(data_cfg)
     everything = pool_sites(sites)
-    model = build_model(model_name, model_params, everything.num_features, everything.num_classes, seed)
+    model = build_model(model_name, model_params, everything.input_shape, everything.num_classes, seed)
     for r in range(rounds):
         train_local(model, everything, train_cfg, derive_seed(seed, "pooled", r))
     rows = [_site_row(site, evaluate(model, site.test_x, site.test_y)) for site in sites]

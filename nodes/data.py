@@ -72,6 +72,11 @@ class SiteData:
     def test_samples(self) -> int:
         return int(self.test_y.shape[0])
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape: (features,) for tables, (channels, height, width) for images."""
+        return tuple(self.train_x.shape[1:])
+
 
 @dataclass(frozen=True)
 class DataConfig(TableConfig):

@@ -23,7 +23,7 @@ from swarm.transport.zeromq import ZmqSettings, ZmqTransport
 
 from .learner import Learner
 from .node import Node, NodeOutcome
-from .plan import check_plan, protocol_params
+from .plan import check_plan, protocol_params, task_input_shape
 from .site import SiteConfig, SiteDir
 from .store import VersionStore
 
@@ -89,9 +89,12 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     task = check_plan(plan)
     torch.set_num_threads(config.threads)
     learner = Learner.for_site(task, config.data, config.name)
-    for key, actual in (("num_features", learner.data.num_features), ("num_classes", learner.data.num_classes)):
-        if plan.task.get(key) != actual:
-            raise ConfigError(f"data: this site's data has {key} = {actual} but the plan's task says {plan.task.get(key)}; fix [data] in site.toml")
+    for key, actual, planned in (
+        ("input shape", learner.data.input_shape, task_input_shape(plan.task)),
+        ("number of classes", learner.data.num_classes, plan.task.get("num_classes")),
+    ):
+        if actual != planned:
+            raise ConfigError(f"data: this site's data has {key} {actual} but the plan's task says {planned}; fix [data] in site.toml")
     neighbours = list(plan.neighbours[config.name])
     limits, settings = limits_for(flatten_state(learner.shared_state()))
     transport = make_transport(config, {p: manifest.member(p).endpoint for p in neighbours}, settings)

@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 
 from swarm.config import get_int, get_str
-from swarm.errors import ConfigError
 from swarm.merge import weighted_mean
 from swarm.tensors import FlatModel, flatten_state, model_digest
 
-from .data import DataConfig, SiteData, load_site
+from .data import SiteData
 from .models import build_model
 from .sharing import SharingPolicy, split_state
+from .sources import load_own_site
 from .training import TrainConfig, derive_seed, evaluate, train_local
 
 
@@ -60,15 +60,12 @@ class Learner:
         self.task = task
         self.data = data
         self.name = name
-        self.model = build_model(task.model_name, task.model_params, data.num_features, data.num_classes, task.init_seed)
+        self.model = build_model(task.model_name, task.model_params, data.input_shape, data.num_classes, task.init_seed)
         self.local_names = task.sharing.local_names(self.model)
 
     @classmethod
     def for_site(cls, task: Task, data_table: Mapping, name: str) -> Learner:
-        config = DataConfig.from_dict(data_table, "data")
-        if config.site is None:
-            raise ConfigError("data.site: missing; set the index of this site's data in site.toml [data] (example: site = 0)")
-        return cls(task, load_site(config, config.site), name)
+        return cls(task, load_own_site(data_table), name)
 
     @property
     def samples(self) -> int:
@@ -105,10 +102,7 @@ class Learner:
         digest = model_digest(flat)
         local_flat = flatten_state(local, copy=True) if local else None
         timings["snapshot"] = time.perf_counter() - started
-        metrics = {
-            "accuracy": float(test["accuracy"]),
-            "loss": float(test["loss"]),
-            "train_loss": float(train_stats["loss"]),
-        }
+        metrics = {key: float(value) for key, value in test.items() if key != "samples"}
+        metrics["train_loss"] = float(train_stats["loss"])
         return RoundResult(round_no, flat, digest, local_flat, metrics, timings)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from gossip import PROTOCOLS
 from swarm.config import check_keys, get_int, get_str
 from swarm.errors import ConfigError
@@ -78,15 +80,42 @@ def _explicit_neighbours(neighbours: Mapping[str, Any] | None, member_names: lis
     return resolved
 
 
+def task_input_shape(task: Mapping[str, Any]) -> tuple[int, ...]:
+    """The plan's input shape: `input_shape` (e.g. [1, 28, 28]) or, for tables, `num_features`."""
+    check_keys(task, {"input_shape", "num_features", "num_classes", "kind"}, "plan.task")
+    if "input_shape" in task:
+        shape = task["input_shape"]
+        if not isinstance(shape, list) or not 1 <= len(shape) <= 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+            raise ConfigError(f"plan.task.input_shape: must be [features] or [channels, height, width], got {shape!r} (example: input_shape = [1, 28, 28])")
+        return tuple(shape)
+    return (get_int(task, "num_features", "plan.task", minimum=1, example=32),)
+
+
 def check_plan_sections(protocol: Mapping, model: Mapping, training: Mapping, task: Mapping) -> Task:
     protocol_params(protocol)
-    check_keys(task, {"num_features", "num_classes"}, "plan.task")
-    for key in ("num_features", "num_classes"):
-        get_int(task, key, "plan.task", minimum=1 if key == "num_features" else 2)
+    shape = task_input_shape(task)
+    num_classes = get_int(task, "num_classes", "plan.task", minimum=2, example=3)
+    kind = get_str(task, "kind", "plan.task", default="classification", choices=("classification", "segmentation"))
     parsed = Task.from_plan(model, training)
-    model = build_model(parsed.model_name, parsed.model_params, task["num_features"], task["num_classes"], parsed.init_seed)
-    parsed.sharing.local_names(model)
+    built = build_model(parsed.model_name, parsed.model_params, shape, num_classes, parsed.init_seed)
+    _check_output_shape(built, parsed.model_name, shape, num_classes, kind)
+    parsed.sharing.local_names(built)
     return parsed
+
+
+def _check_output_shape(model: torch.nn.Module, name: str, shape: tuple[int, ...], num_classes: int, kind: str) -> None:
+    """One dummy forward pass: the model must answer the task (class scores, or per-pixel
+    scores of the input's size for segmentation)."""
+    expected = (2, num_classes, *shape[1:]) if kind == "segmentation" else (2, num_classes)
+    model.eval()
+    with torch.no_grad():
+        try:
+            got = tuple(model(torch.zeros(2, *shape)).shape)
+        except RuntimeError as exc:
+            raise ConfigError(f"model.name: {name} cannot take inputs of shape {list(shape)} ({str(exc).splitlines()[0]})") from None
+    if got != expected:
+        hint = "use a segmentation model such as unet" if kind == "segmentation" else "use a classifier such as mlp, logreg or cnn"
+        raise ConfigError(f"model.name: {name} outputs {list(got)} for this {kind} task, which needs {list(expected)}; {hint}")
 
 
 def check_plan(plan: Plan) -> Task:

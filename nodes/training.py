@@ -27,6 +27,7 @@ from swarm.config import TableConfig, get_float, get_int, get_str
 from swarm.errors import ConfigError
 
 from .data import SiteData
+from .metrics import classification_metrics, segmentation_metrics
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -154,8 +155,10 @@ def train_local(model: nn.Module, data: SiteData, config: TrainConfig, seed: int
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> dict:
     """{"accuracy": fraction correct, "loss": mean cross-entropy, "samples": n} of `model`
-    on (x, y), in eval mode (the model's mode is restored afterwards). For segmentation,
-    accuracy and loss are over all pixels; samples still counts images."""
+    on (x, y), in eval mode (the model's mode is restored afterwards), plus sensitivity,
+    specificity and AUC (nodes.metrics; macro one-vs-rest for more than two classes). For
+    segmentation, accuracy and loss are over all pixels, "dice" is the mean foreground Dice,
+    and samples still counts images."""
     n = int(y.shape[0])
     if n == 0:
         return {"accuracy": math.nan, "loss": math.nan, "samples": 0}
@@ -168,4 +171,9 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> dict:
     check_output(logits, y)
     loss = nn.functional.cross_entropy(logits, y, reduction="mean")
     right = logits.argmax(dim=1) == y
-    return {"accuracy": int(right.sum()) / right.numel(), "loss": float(loss), "samples": n}
+    result = {"accuracy": int(right.sum()) / right.numel(), "loss": float(loss), "samples": n}
+    if logits.ndim == 4:
+        result["dice"] = segmentation_metrics(logits, y)["dice"]
+    else:
+        result |= {k: v for k, v in classification_metrics(logits, y).items() if k != "accuracy"}
+    return result

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nodes.data import DataConfig
+from nodes.sources import DataSource, data_source
 from nodes.plan import build_plan
 from swarm.config import check_keys, get_bool, get_float, get_int, get_str, read_toml, table
 from swarm.errors import ConfigError
@@ -65,12 +65,12 @@ class ScenarioConfig:
 
     def plan_for(self, names: list[str]) -> dict[str, Any]:
         """The manifest's plan for members `names`; validates every section."""
-        data = self.data_config()
-        task = {"num_features": data.features, "num_classes": data.classes}
+        task = self.data_source().task_shape().plan_table()
         return build_plan(names, self.rounds, self.topology, self.protocol, self.model, self.training, task)
 
-    def data_config(self, site: int | None = None) -> DataConfig:
-        values = self.data | {"sites": self.nodes}
-        if site is not None:
-            values["site"] = site
-        return DataConfig.from_dict(values, "data")
+    def data_table(self, site: int | None = None) -> dict[str, Any]:
+        """The [data] table of one site (or of the whole federation when `site` is None)."""
+        return self.data | {"sites": self.nodes} | ({} if site is None else {"site": site})
+
+    def data_source(self) -> DataSource:
+        return data_source(self.data_table())

@@ -95,7 +95,8 @@ class MethodResult:
              (Cross: keyed by TRAINING site, the mean over the other sites' test splits).
     overall: {metric: unweighted mean over `sites`}.
     history: one entry per round, {"round": 1..rounds, metric: mean over sites after that
-             round, ..., "train_loss": mean training loss over sites in that round}.
+             round, ..., "train_loss": mean training loss over sites in that round}
+             (only the last round when run with history=False).
     details: method-specific extras, JSON-friendly (Cross: the full "matrix"
              {train site: {test site: metrics}}; FedSGD: "steps", "server_lr"; ...).
     states:  the final weights, {"global": state} for the federated methods, {"pooled":
@@ -424,13 +425,14 @@ def _fedsgd(run: _Run, server_lr: float = _DEFAULT_SERVER_LR, batch_size: int | 
                 if int(site.train_y.shape[0]) == 0:
                     continue
                 worker.load_state_dict(global_state)
-                grads, loss, n = _site_gradient(worker, worker_trainable, site,
+                grads, loss, _ = _site_gradient(worker, worker_trainable, site,
                                                 _train_seed(run.seed, i, step), batch_size, chunk_size)
                 weighted.append((float(int(site.train_y.shape[0])), grads))
                 step_losses.append(loss)
                 if buffer_names:
                     state = worker.state_dict()
-                    buffers.append((float(int(site.train_y.shape[0])), {b: state[b].detach().clone() for b in buffer_names}))
+                    own = {b: state[b].detach().clone() for b in buffer_names}
+                    buffers.append((float(int(site.train_y.shape[0])), own))
             if weighted:  # the server: sample-weighted mean gradient, one descent step
                 total = math.fsum(w for w, _ in weighted)
                 with torch.no_grad():
@@ -525,7 +527,7 @@ def run_method(name: str, sites: Sequence[SiteLike], model_name: str,
     input_shape: features (int) or (C, H, W); num_classes: model outputs. `train`: the
     local training settings (epochs per round, optimizer, ...); `rounds`: rounds, so the
     budget is rounds x train.epochs passes over the data. `history=False` evaluates only
-    after the last round (history stays empty). `progress`, if given, is called after
+    after the last round (history holds that round only). `progress`, if given, is called after
     every round with {"method", "rounds", "round", metric means..., "train_loss"} (metrics
     only where that round was evaluated).
 

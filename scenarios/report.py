@@ -13,7 +13,7 @@ import torch
 
 from nodes.audit import verify_sites
 from nodes.baselines import local_only, mean_accuracy, pooled
-from nodes.data import load_all_sites
+from nodes.sources import load_every_site
 from nodes.learner import Task
 from swarm import __version__
 from swarm.atomic import write_atomic
@@ -40,14 +40,14 @@ def _node_status(site: Path) -> dict[str, Any]:
 
 def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOutcome, progress) -> dict[str, Any]:
     task = Task.from_plan(config.model, config.training)
-    sites = load_all_sites(config.data_config())
+    sites = load_every_site(config.data_table())
     local_rows = pooled_result = None
     if config.local_only:
         progress("training the local-only baseline (each site alone, same budget)")
-        local_rows = local_only(config.data_config(), task.model_name, task.model_params, task.training, config.rounds, task.init_seed, sites)
+        local_rows = local_only(None, task.model_name, task.model_params, task.training, config.rounds, task.init_seed, sites)
     if config.pooled:
         progress("training the pooled baseline (all data in one place, same budget)")
-        pooled_result = pooled(config.data_config(), task.model_name, task.model_params, task.training, config.rounds, task.init_seed, sites)
+        pooled_result = pooled(None, task.model_name, task.model_params, task.training, config.rounds, task.init_seed, sites)
     progress("verifying every update log")
     audit = verify_sites([p for p in federation.sites.values()])
     nodes = []
@@ -59,9 +59,9 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
             rejected[reason] = rejected.get(reason, 0) + count
         nodes.append({
             "name": node.name,
-            "metrics": {k: final[k] for k in ("accuracy", "loss", "train_loss") if k in final},
-            "local_only": {k: local_rows[index][k] for k in ("accuracy", "loss")} if local_rows else None,
-            "pooled": {k: pooled_result["sites"][index][k] for k in ("accuracy", "loss")} if pooled_result else None,
+            "metrics": _scores(final),
+            "local_only": _scores(local_rows[index]) if local_rows else None,
+            "pooled": _scores(pooled_result["sites"][index]) if pooled_result else None,
             "rounds_completed": len(node.metrics),
             "state": status.get("state", "unknown"),
             "exit_code": node.process.returncode,
@@ -72,6 +72,7 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
             "rejected": status.get("rejected", {}),
         })
     swarm_mean = _mean([n["metrics"].get("accuracy", math.nan) for n in nodes])
+    primary = "dice" if config.data_source().task_shape().kind == "segmentation" else "accuracy"
     return {
         "scenario": config.name,
         "federation_id": federation.manifest.federation_id.hex(),
@@ -80,6 +81,11 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
         "rounds": config.rounds,
         "nodes": nodes,
         "pooled": {"accuracy": pooled_result["mean_accuracy"], "loss": pooled_result["mean_loss"], "sites": pooled_result["sites"]} if pooled_result else None,
+        "primary_metric": primary,
+        "means": {  # of the primary metric: "metrics" is the swarm's own
+            key: _mean([n[key].get(primary, math.nan) for n in nodes]) if all(n[key] is not None for n in nodes) else None
+            for key in ("metrics", "local_only", "pooled")
+        },
         "accuracy": {
             "swarm_mean": swarm_mean,
             "local_only_mean": mean_accuracy(local_rows) if local_rows else None,
@@ -99,6 +105,13 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
     }
 
 
+METRICS = ("accuracy", "sensitivity", "specificity", "auc", "dice", "loss", "train_loss")
+
+
+def _scores(row: dict[str, Any]) -> dict[str, float]:
+    return {key: row[key] for key in METRICS if key in row}
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -113,19 +126,20 @@ def format_table(summary: dict[str, Any]) -> str:
     def pct(value: float | None) -> str:
         return "   -  " if value is None or math.isnan(value) else f"{100 * value:6.2f}"
 
+    metric = summary["primary_metric"]
     lines = [f"{'site':<14} {'samples':>7} {'swarm':>7} {'local':>7} {'pooled':>7} {'rounds':>6}  state"]
     for node in summary["nodes"]:
-        local = (node["local_only"] or {}).get("accuracy")
-        pooled = (node["pooled"] or {}).get("accuracy")
+        local = (node["local_only"] or {}).get(metric)
+        pooled = (node["pooled"] or {}).get(metric)
         lines.append(
-            f"{node['name']:<14} {node['train_samples']:>7} {pct(node['metrics'].get('accuracy')):>7} {pct(local):>7} "
+            f"{node['name']:<14} {node['train_samples']:>7} {pct(node['metrics'].get(metric)):>7} {pct(local):>7} "
             f"{pct(pooled):>7} {node['rounds_completed']:>6}  {node['state']}"
         )
-    acc = summary["accuracy"]
-    lines.append(f"{'mean':<14} {'':>7} {pct(acc['swarm_mean']):>7} {pct(acc['local_only_mean']):>7} {pct(acc['pooled_mean']):>7}")
+    means = summary["means"]
+    lines.append(f"{'mean':<14} {'':>7} {pct(means['metrics']):>7} {pct(means['local_only']):>7} {pct(means['pooled']):>7}")
     audit = summary["log_verification"]
     lines.append(
-        f"test accuracy (%) on each site's held-out split; logs: {'verified' if audit['ok'] else 'FAILED'} "
+        f"test {'Dice' if metric == 'dice' else 'accuracy'} (%) on each site's held-out split; logs: {'verified' if audit['ok'] else 'FAILED'} "
         f"({audit['entries']} entries in {audit['logs']} logs); rejected messages: {summary['rejected_messages']['total']}; "
         f"wall time {summary['wall_seconds']:.1f} s"
     )

@@ -1,0 +1,256 @@
+"""The `[data]` table: which data source a site reads, and what it looks like.
+
+Every source gives one site's `SiteData` (train and held-out test split) from the table and
+the site index, builds only that site's data, and is deterministic from its seed. The plan's
+task (input shape, number of classes) comes from the source without loading anything big.
+
+- `synthetic-multisite`: the generated tabular default (nodes/data.py).
+- `synthetic-imaging`: generated multi-site images with scanner effects, classification.
+- `phantom`: generated 2-D phantoms with organ and lesion masks, segmentation (Dice).
+- `medmnist`: a MedMNIST `.npz` file on this disk, partitioned across sites.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from swarm.config import TableConfig, get_float, get_int, get_optional_int, get_str
+from swarm.errors import ConfigError
+
+from .data import DataConfig, SiteData
+from .datasets import Samples, concat
+from .datasets.imaging import generate_imaging_site
+from .datasets.medmnist import load_medmnist
+from .datasets.partition import PartitionConfig, partition, split_site
+from .datasets.phantom import generate_phantom_site
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    input_shape: tuple[int, ...]
+    num_classes: int
+    kind: str  # "classification" or "segmentation"
+
+    def plan_table(self) -> dict[str, Any]:
+        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes, "kind": self.kind}
+
+
+class DataSource(Protocol):
+    sites: int
+    site: int | None
+
+    def task_shape(self) -> TaskShape: ...
+
+    def load_site(self, site: int) -> SiteData: ...
+
+
+def _site_data(name: str, train: Samples, test: Samples) -> SiteData:
+    return SiteData(name, train.x, train.y, test.x, test.y, math.prod(train.x.shape[1:]), train.num_classes)
+
+
+def _split(samples: Samples, test_samples: int, seed: int, site: int) -> SiteData:
+    """A generated site's own held-out test split (stratified for classification)."""
+    n = len(samples)
+    labels = samples.y if samples.task == "classification" else None
+    split = split_site(np.arange(n), 0.0, test_samples / n, (seed, site), labels=labels, name=f"site {site}")
+    return _site_data(f"site-{site}", samples.subset(split.train), samples.subset(split.test))
+
+
+def _site_size(seed: int, site: int, mean: int, quantity_skew: float) -> int:
+    """Training-set size of a generated site: log-uniform around `mean` (quantity skew)."""
+    rng = np.random.default_rng([seed, 0x717A, site])
+    return max(8, int(round(mean * math.exp(rng.uniform(-quantity_skew, quantity_skew)))))
+
+
+def _common(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+    sites = get_int(v, "sites", p, minimum=2, maximum=10_000, example=6)
+    return {
+        "sites": sites,
+        "site": get_optional_int(v, "site", p, minimum=0, maximum=sites - 1, example=0),
+        "seed": get_int(v, "seed", p, maximum=2**63 - 1, example=0),
+    }
+
+
+def _generated(v: Mapping[str, Any], p: str, default_size: int) -> dict[str, Any]:
+    return _common(v, p) | {
+        "samples_per_site": get_int(v, "samples_per_site", p, minimum=8, maximum=1_000_000, example=200),
+        "quantity_skew": get_float(v, "quantity_skew", p, maximum=5.0, example=1.0),
+        "test_samples": get_int(v, "test_samples", p, minimum=1, maximum=1_000_000, example=200),
+        "size": get_int(v, "size", p, minimum=16, maximum=256, example=default_size),
+        "shift": get_float(v, "shift", p, maximum=10.0, example=1.0),
+        "noise": get_float(v, "noise", p, maximum=1.0, example=0.04),
+        "lesion_contrast": get_float(v, "lesion_contrast", p, maximum=5.0, min_open=True, example=1.0),
+    }
+
+
+@dataclass(frozen=True)
+class ImagingConfig(TableConfig):
+    """`source = "synthetic-imaging"`: grayscale images, lesion classes, scanner shift per site."""
+
+    TABLE: ClassVar[str] = "data"
+    source: str = "synthetic-imaging"
+    sites: int = 6
+    site: int | None = None
+    seed: int = 0
+    samples_per_site: int = 200  # mean training images per site (before quantity skew)
+    quantity_skew: float = 1.0
+    test_samples: int = 200
+    size: int = 28
+    classes: int = 2
+    shift: float = 1.0
+    noise: float = 0.04
+    lesion_contrast: float = 1.0
+    label_skew: float = 0.5
+
+    @staticmethod
+    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        return {"source": "synthetic-imaging"} | _generated(v, p, 28) | {
+            "classes": get_int(v, "classes", p, minimum=2, maximum=10, example=2),
+            "label_skew": get_float(v, "label_skew", p, maximum=1.0, example=0.5),
+        }
+
+    def task_shape(self) -> TaskShape:
+        return TaskShape((1, self.size, self.size), self.classes, "classification")
+
+    def load_site(self, site: int) -> SiteData:
+        n = _site_size(self.seed, site, self.samples_per_site, self.quantity_skew) + self.test_samples
+        samples = generate_imaging_site(
+            self.seed, site, n, self.classes, size=self.size, shift=self.shift, noise=self.noise,
+            lesion_contrast=self.lesion_contrast, label_skew=self.label_skew,
+        )
+        return _split(samples, self.test_samples, self.seed, site)
+
+
+@dataclass(frozen=True)
+class PhantomConfig(TableConfig):
+    """`source = "phantom"`: organ (1) and lesion (2) masks on a 2-D phantom, scanner shift."""
+
+    TABLE: ClassVar[str] = "data"
+    source: str = "phantom"
+    sites: int = 4
+    site: int | None = None
+    seed: int = 0
+    samples_per_site: int = 120
+    quantity_skew: float = 0.5
+    test_samples: int = 60
+    size: int = 32
+    shift: float = 1.0
+    noise: float = 0.04
+    lesion_contrast: float = 1.0
+
+    @staticmethod
+    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        return {"source": "phantom"} | _generated(v, p, 32)
+
+    def task_shape(self) -> TaskShape:
+        return TaskShape((1, self.size, self.size), 3, "segmentation")
+
+    def load_site(self, site: int) -> SiteData:
+        n = _site_size(self.seed, site, self.samples_per_site, self.quantity_skew) + self.test_samples
+        samples = generate_phantom_site(
+            self.seed, site, n, self.size, shift=self.shift, noise=self.noise, lesion_contrast=self.lesion_contrast
+        )
+        return _split(samples, self.test_samples, self.seed, site)
+
+
+@dataclass(frozen=True)
+class MedMNISTConfig(TableConfig):
+    """`source = "medmnist"`: a MedMNIST .npz file (all its splits pooled), partitioned across
+    sites with `partition` ("iid", "dirichlet" with `alpha`, "quantity" with `skew`); each
+    site keeps its own test split (`test_fraction`)."""
+
+    TABLE: ClassVar[str] = "data"
+    source: str = "medmnist"
+    path: str = ""
+    sites: int = 4
+    site: int | None = None
+    seed: int = 0
+    partition: str = "iid"
+    alpha: float = 0.5
+    skew: float = 1.0
+    test_fraction: float = 0.2
+    min_samples: int = 10
+
+    @staticmethod
+    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        path = v["path"]
+        if not isinstance(path, str) or (path and not Path(path).is_file()):
+            raise ConfigError(f"{p}.path: {path!r} is not a file; point it at a MedMNIST .npz on this disk (nothing is downloaded)")
+        values = _common(v, p) | {"source": "medmnist", "path": path}
+        values |= {
+            "partition": get_str(v, "partition", p, default="iid", choices=("iid", "dirichlet", "quantity"), example="dirichlet"),
+            "alpha": get_float(v, "alpha", p, minimum=0.0, min_open=True, example=0.5),
+            "skew": get_float(v, "skew", p, maximum=5.0, example=1.0),
+            "test_fraction": get_float(v, "test_fraction", p, minimum=0.0, maximum=1.0, min_open=True, max_open=True, example=0.2),
+            "min_samples": get_int(v, "min_samples", p, minimum=2, maximum=1_000_000, example=10),
+        }
+        return values
+
+    def _pooled(self) -> Samples:
+        if not self.path:
+            raise ConfigError('data.path: missing; set the MedMNIST .npz file (example: path = "/data/medmnist/pneumoniamnist.npz")')
+        splits = load_medmnist(self.path)
+        return concat([splits[name] for name in ("train", "val", "test")])
+
+    def task_shape(self) -> TaskShape:
+        pooled = self._pooled()
+        return TaskShape(tuple(pooled.x.shape[1:]), pooled.num_classes, "classification")
+
+    def load_site(self, site: int) -> SiteData:
+        pooled = self._pooled()
+        config = PartitionConfig.from_dict({
+            "method": self.partition, "sites": self.sites, "alpha": self.alpha, "skew": self.skew, "seed": self.seed,
+            "min_samples": self.min_samples, "val_fraction": 0.0, "test_fraction": self.test_fraction,
+        })
+        split = partition(pooled, config)[site]
+        return _site_data(f"site-{site}", pooled.subset(split.train), pooled.subset(split.test))
+
+
+class _TabularSource:
+    """Adapts the tabular default (nodes.data.DataConfig) to the DataSource shape."""
+
+    def __init__(self, config: DataConfig) -> None:
+        self.config = config
+        self.sites = config.sites
+        self.site = config.site
+
+    def task_shape(self) -> TaskShape:
+        return TaskShape((self.config.features,), self.config.classes, "classification")
+
+    def load_site(self, site: int) -> SiteData:
+        from .data import load_site
+
+        return load_site(self.config, site)
+
+
+SOURCES: dict[str, type] = {"synthetic-imaging": ImagingConfig, "phantom": PhantomConfig, "medmnist": MedMNISTConfig}
+TABULAR = "synthetic-multisite"
+
+
+def data_source(table: Mapping[str, Any], where: str = "data") -> DataSource:
+    """The source a [data] table names; ConfigError for unknown names or bad settings."""
+    name = table.get("source", TABULAR)
+    if name == TABULAR:
+        return _TabularSource(DataConfig.from_dict(table, where))
+    if name not in SOURCES:
+        known = ", ".join(sorted([TABULAR, *SOURCES]))
+        raise ConfigError(f"{where}.source: unknown data source {name!r}; choose one of: {known}")
+    return SOURCES[name].from_dict(table, where)
+
+
+def load_own_site(table: Mapping[str, Any], where: str = "data") -> SiteData:
+    source = data_source(table, where)
+    if source.site is None:
+        raise ConfigError(f"{where}.site: missing; set the index of this site's data in site.toml [data] (example: site = 0)")
+    return source.load_site(source.site)
+
+
+def load_every_site(table: Mapping[str, Any], where: str = "data") -> list[SiteData]:
+    source = data_source(table, where)
+    return [source.load_site(i) for i in range(source.sites)]

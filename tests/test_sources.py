@@ -1,0 +1,82 @@
+"""The [data] sources a site can read, and a federation on image data end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nodes.audit import verify_sites
+from nodes.sources import data_source, load_every_site, load_own_site
+from scenarios.config import ScenarioConfig
+from swarm.errors import ConfigError
+from swarm.transport import InMemoryNetwork
+from tests.conftest import SMALL_SCENARIO, join, start_nodes
+
+
+def write_npz(path, n=60, classes=3, rgb=False):
+    rng = np.random.default_rng(0)
+    shape = (28, 28, 3) if rgb else (28, 28)
+    arrays = {}
+    for split, count in (("train", n), ("val", n // 3), ("test", n // 3)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, classes, (count, 1)).astype(np.int64)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_each_source_gives_its_task_shape_and_own_site_only():
+    imaging = data_source({"source": "synthetic-imaging", "sites": 3, "classes": 3, "size": 20})
+    assert imaging.task_shape().plan_table() == {"input_shape": [1, 20, 20], "num_classes": 3, "kind": "classification"}
+    site = load_own_site({"source": "synthetic-imaging", "sites": 3, "site": 1, "samples_per_site": 40, "test_samples": 30})
+    assert site.train_x.shape[1:] == (1, 28, 28) and site.test_samples == 30 and site.input_shape == (1, 28, 28)
+    again = load_every_site({"source": "synthetic-imaging", "sites": 3, "samples_per_site": 40, "test_samples": 30})[1]
+    assert (again.train_x == site.train_x).all()  # a site's data depends only on (seed, site)
+    phantom = data_source({"source": "phantom", "sites": 2})
+    assert phantom.task_shape().kind == "segmentation" and phantom.task_shape().num_classes == 3
+    tabular = data_source({"sites": 4})
+    assert tabular.task_shape().input_shape == (32,)
+
+
+def test_medmnist_is_partitioned_across_sites_without_overlap(tmp_path):
+    path = write_npz(tmp_path / "tiny.npz", rgb=True)
+    table = {"source": "medmnist", "path": str(path), "sites": 3, "partition": "iid", "min_samples": 5}
+    assert data_source(table).task_shape().input_shape == (3, 28, 28)
+    sites = load_every_site(table)
+    seen = [tuple(x.flatten()[:64].tolist()) for s in sites for x in (*s.train_x, *s.test_x)]
+    assert len(seen) == len(set(seen)) == 60 + 20 + 20
+
+
+def test_bad_data_tables_name_the_field(tmp_path):
+    for table, field in (
+        ({"source": "mnist"}, "data.source"),
+        ({"source": "medmnist", "sites": 2, "path": str(tmp_path / "none.npz")}, "data.path"),
+        ({"source": "synthetic-imaging", "sites": 2, "classes": 40}, "data.classes"),
+        ({"source": "phantom", "sites": 2, "bogus": 1}, "data.bogus"),
+    ):
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            data_source(table)
+
+
+def test_a_model_that_does_not_fit_the_data_is_refused_at_load(tmp_path):
+    text = SMALL_SCENARIO.format(name="t", nodes=2, rounds=1, topology="ring").replace("seed = 3\nsamples_per_site = 80", 'source = "phantom"')
+    path = tmp_path / "bad.toml"
+    path.write_text(text)  # an mlp's class scores cannot be compared with masks
+    with pytest.raises(ConfigError, match="model.name: mlp outputs .* segmentation task.*unet"):
+        ScenarioConfig.load(path)
+
+
+def test_a_segmentation_federation_trains_and_logs_dice(tmp_path):
+    text = SMALL_SCENARIO.format(name="seg", nodes=2, rounds=2, topology="ring")
+    text = text.replace('[model]\nname = "mlp"', '[model]\nname = "unet"\ndepth = 1\nbase = 4\nnorm = "group"')
+    text = text.replace("seed = 3\nsamples_per_site = 80", 'source = "phantom"\nsamples_per_site = 16\ntest_samples = 8\nsize = 16')
+    path = tmp_path / "seg.toml"
+    path.write_text(text)
+    from scenarios.federation import create_federation
+
+    federation = create_federation(ScenarioConfig.load(path), tmp_path / "run")
+    nodes, threads, stop = start_nodes(federation, InMemoryNetwork())
+    join(threads, stop)
+    for node in nodes.values():
+        assert node.store.head.seq == 2 and 0.0 <= node.store.head.body.metrics["dice"] <= 1.0
+        node.store.close()
+    assert verify_sites(federation.sites.values()).ok
