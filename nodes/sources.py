@@ -8,13 +8,14 @@ task (input shape, number of classes) comes from the source without loading anyt
 - `synthetic-imaging`: generated multi-site images with scanner effects, classification.
 - `phantom`: generated 2-D phantoms with organ and lesion masks, segmentation (Dice).
 - `medmnist`: a MedMNIST `.npz` file on this disk, partitioned across sites.
+- `breast-cancer`: the Wisconsin table from scikit-learn (optional extra), with site shift.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -29,6 +30,7 @@ from .datasets.imaging import generate_imaging_site
 from .datasets.medmnist import load_medmnist
 from .datasets.partition import PartitionConfig, partition, split_site
 from .datasets.phantom import generate_phantom_site
+from .datasets.tabular import load_breast_cancer_table, with_site_shift
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,53 @@ class MedMNISTConfig(TableConfig):
         return _site_data(f"site-{site}", pooled.subset(split.train), pooled.subset(split.test))
 
 
+@dataclass(frozen=True)
+class BreastCancerConfig(TableConfig):
+    """`source = "breast-cancer"`: the Wisconsin table bundled with scikit-learn (optional
+    extra), split across sites by a partitioner, each site with its own measurement shift
+    (`shift`), its own 80/20 train/test split (`test_fraction`), and features z-scored with
+    its own training statistics, as the survey's ROI-feature logistic-regression study."""
+
+    TABLE: ClassVar[str] = "data"
+    source: str = "breast-cancer"
+    sites: int = 3
+    site: int | None = None
+    seed: int = 0
+    partition: str = "iid"
+    alpha: float = 0.5
+    skew: float = 1.0
+    shift: float = 1.0
+    test_fraction: float = 0.2
+    min_samples: int = 20
+
+    @staticmethod
+    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        return _common(v, p) | {
+            "source": "breast-cancer",
+            "partition": get_str(v, "partition", p, default="iid", choices=("iid", "dirichlet", "quantity"), example="iid"),
+            "alpha": get_float(v, "alpha", p, minimum=0.0, min_open=True, example=0.5),
+            "skew": get_float(v, "skew", p, maximum=5.0, example=1.0),
+            "shift": get_float(v, "shift", p, maximum=10.0, example=1.0),
+            "test_fraction": get_float(v, "test_fraction", p, minimum=0.0, maximum=1.0, min_open=True, max_open=True, example=0.2),
+            "min_samples": get_int(v, "min_samples", p, minimum=2, maximum=100_000, example=20),
+        }
+
+    def task_shape(self) -> TaskShape:
+        return TaskShape((30,), 2, "classification")
+
+    def load_site(self, site: int) -> SiteData:
+        table = load_breast_cancer_table()
+        config = PartitionConfig.from_dict({
+            "method": self.partition, "sites": self.sites, "alpha": self.alpha, "skew": self.skew, "seed": self.seed,
+            "min_samples": self.min_samples, "val_fraction": 0.0, "test_fraction": self.test_fraction,
+        })
+        splits = partition(table, config)
+        shifted = with_site_shift(table, [split.indices for split in splits], self.seed, self.shift)
+        train, test = shifted.subset(splits[site].train), shifted.subset(splits[site].test)
+        mean, std = train.x.mean(0), train.x.std(0).clamp_min(1e-6)  # the site's own statistics
+        return _site_data(f"site-{site}", replace(train, x=(train.x - mean) / std), replace(test, x=(test.x - mean) / std))
+
+
 class _TabularSource:
     """Adapts the tabular default (nodes.data.DataConfig) to the DataSource shape."""
 
@@ -229,7 +278,12 @@ class _TabularSource:
         return load_site(self.config, site)
 
 
-SOURCES: dict[str, type] = {"synthetic-imaging": ImagingConfig, "phantom": PhantomConfig, "medmnist": MedMNISTConfig}
+SOURCES: dict[str, type] = {
+    "synthetic-imaging": ImagingConfig,
+    "phantom": PhantomConfig,
+    "medmnist": MedMNISTConfig,
+    "breast-cancer": BreastCancerConfig,
+}
 TABULAR = "synthetic-multisite"
 
 

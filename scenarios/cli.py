@@ -57,6 +57,37 @@ def run(scenario_path: Path, out: Path | None, force: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.argument("scenario_path", type=click.Path(path_type=Path))
+@click.option("--repeats", type=click.IntRange(min=1, max=100), default=3, show_default=True, help="Repeats with different data seeds (mean +- std).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/NAME-compare-TIME).")
+@click.option("--force", is_flag=True, help="Replace an existing comparison in --out.")
+@user_errors
+def compare(scenario_path: Path, repeats: int, out: Path | None, force: bool) -> None:
+    """Compare Cross, Single, Mix, FedAvg, FedSGD, FedProx and BrainTorrent on SCENARIO_PATH."""
+    import json
+
+    from .compare import compare_settings, run_compare
+    from .compare_report import markdown_table, write_report
+    from .config import ScenarioConfig
+
+    config = ScenarioConfig.load(scenario_path)
+    compare_settings(config)  # refuse bad [compare] settings before any work
+    out = out or Path("runs") / f"{config.name}-compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "compare.json").exists() and not force:
+        raise ConfigError(f"--out {out}: already holds a comparison; choose another directory or pass --force")
+    if force:
+        for child in out.glob("repeat-*"):
+            shutil.rmtree(child)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "scenario.toml", config.source.encode())
+    results = run_compare(config, repeats, out, _progress)
+    write_atomic(out / "compare.json", (json.dumps(results, indent=2) + "\n").encode())
+    paths = write_report(results, out)
+    _progress(markdown_table(results))
+    _progress("wrote " + ", ".join(str(p) for p in [out / "compare.json", *paths.values()]))
+
+
 def _prepare_out(out: Path, force: bool) -> None:
     if (out / "sites").exists() or (out / "summary.json").exists():
         if not force:

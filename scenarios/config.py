@@ -11,7 +11,7 @@ from nodes.plan import build_plan
 from swarm.config import check_keys, get_bool, get_float, get_int, get_str, read_toml, table
 from swarm.errors import ConfigError
 
-SECTIONS = {"scenario", "plan", "topology", "protocol", "model", "training", "data", "baselines"}
+SECTIONS = {"scenario", "plan", "topology", "protocol", "model", "training", "data", "baselines", "compare"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class ScenarioConfig:
     local_only: bool
     pooled: bool
     source: str  # the TOML text, saved beside the results
+    compare: dict[str, Any]  # settings of `swarm-scenario compare`, checked by scenarios.compare
 
     @classmethod
     def load(cls, path: Path) -> ScenarioConfig:
@@ -59,6 +60,7 @@ class ScenarioConfig:
             local_only=get_bool(baselines, "local_only", "baselines", default=True),
             pooled=get_bool(baselines, "pooled", "baselines", default=True),
             source=Path(path).read_text(),
+            compare=table(values, "compare", where),
         )
         config.plan_for([f"site-{i}" for i in range(nodes)])  # fail now, not in six processes
         return config

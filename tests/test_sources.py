@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from nodes.audit import verify_sites
@@ -80,3 +81,12 @@ def test_a_segmentation_federation_trains_and_logs_dice(tmp_path):
         assert node.store.head.seq == 2 and 0.0 <= node.store.head.body.metrics["dice"] <= 1.0
         node.store.close()
     assert verify_sites(federation.sites.values()).ok
+
+
+def test_breast_cancer_sites_get_their_own_shift_split_and_scaling():
+    pytest.importorskip("sklearn", reason='optional extra: pip install "swarm-hospitals[sklearn]"')
+    sites = load_every_site({"source": "breast-cancer", "sites": 3, "shift": 1.0})
+    assert sum(s.train_samples + s.test_samples for s in sites) == 569
+    for site in sites:
+        assert site.input_shape == (30,) and abs(site.test_samples / (site.train_samples + site.test_samples) - 0.2) < 0.02
+        assert torch.allclose(site.train_x.mean(0), torch.zeros(30), atol=1e-4)  # z-scored with its own statistics
