@@ -19,6 +19,7 @@ from swarm.tensors import FlatModel, flatten_state, model_digest
 
 from .data import SiteData
 from .models import build_model
+from .privacy import PrivacyBudget
 from .sharing import SharingPolicy, split_state
 from .sources import load_own_site
 from .training import TrainConfig, derive_seed, evaluate, train_local
@@ -62,6 +63,7 @@ class Learner:
         self.name = name
         self.model = build_model(task.model_name, task.model_params, data.input_shape, data.num_classes, task.init_seed)
         self.local_names = task.sharing.local_names(self.model)
+        self.privacy = PrivacyBudget()  # epsilon accumulates over every round this site trains
 
     @classmethod
     def for_site(cls, task: Task, data_table: Mapping, name: str) -> Learner:
@@ -91,7 +93,7 @@ class Learner:
             self.model.load_state_dict(merged, strict=not self.local_names)
         timings["merge"] = time.perf_counter() - started
         started = time.perf_counter()
-        train_stats = train_local(self.model, self.data, self.task.training, derive_seed(self.task.init_seed, "train", self.name, round_no))
+        train_stats = train_local(self.model, self.data, self.task.training, derive_seed(self.task.init_seed, "train", self.name, round_no), privacy=self.privacy)
         timings["train"] = time.perf_counter() - started
         started = time.perf_counter()
         test = evaluate(self.model, self.data.test_x, self.data.test_y)
@@ -104,5 +106,7 @@ class Learner:
         timings["snapshot"] = time.perf_counter() - started
         metrics = {key: float(value) for key, value in test.items() if key != "samples"}
         metrics["train_loss"] = float(train_stats["loss"])
+        if "epsilon" in train_stats:
+            metrics["epsilon"] = float(train_stats["epsilon"])
         return RoundResult(round_no, flat, digest, local_flat, metrics, timings)
 

@@ -18,6 +18,7 @@ from swarm.topology import build_topology, check_neighbour_lists, neighbour_list
 
 from .learner import Task
 from .models import build_model
+from .privacy import check_private_model
 
 EXPLICIT = "explicit"  # topology name for neighbour lists written out in the plan
 MAX_ROUNDS = 1000  # a model reply carries at most 1024 log entries; see nodes.node
@@ -100,6 +101,8 @@ def check_plan_sections(protocol: Mapping, model: Mapping, training: Mapping, ta
     built = build_model(parsed.model_name, parsed.model_params, shape, num_classes, parsed.init_seed)
     _check_output_shape(built, parsed.model_name, shape, num_classes, kind)
     parsed.sharing.local_names(built)
+    if parsed.training.dp_noise_multiplier > 0:
+        check_private_model(built)
     return parsed
 
 
@@ -113,6 +116,8 @@ def _check_output_shape(model: torch.nn.Module, name: str, shape: tuple[int, ...
             got = tuple(model(torch.zeros(2, *shape)).shape)
         except RuntimeError as exc:
             raise ConfigError(f"model.name: {name} cannot take inputs of shape {list(shape)} ({str(exc).splitlines()[0]})") from None
+        finally:
+            model.train()
     if got != expected:
         hint = "use a segmentation model such as unet" if kind == "segmentation" else "use a classifier such as mlp, logreg or cnn"
         raise ConfigError(f"model.name: {name} outputs {list(got)} for this {kind} task, which needs {list(expected)}; {hint}")

@@ -6,16 +6,21 @@ The task follows from the shapes: scores [n, C] with labels [n] is classificatio
 over pixels). `prox_mu` > 0 adds the FedProx proximal term (Li et al. 2020, "Federated
 Optimization in Heterogeneous Networks"): (mu/2) * ||w - w_start||^2 over the trainable
 parameters, w_start being the weights at the start of the round's `train_local` call.
+`dp_noise_multiplier` > 0 trains with differential privacy (DP-SGD through Opacus, an
+optional extra): see nodes.privacy for what it guarantees, its limits and the models it
+works with.
 
 Training is deterministic given its seed: mini-batch order comes from a private
 `torch.Generator`, and anything else random in a model (dropout, say) runs on the global
 generator seeded inside `fork_rng`, so the caller's random state is untouched. How many
-threads torch uses is the caller's business."""
+threads torch uses is the caller's business. DP training is not reproducible (its noise
+must be secret) unless its `PrivacyBudget` is given a seed, for simulations."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -28,6 +33,7 @@ from swarm.errors import ConfigError
 
 from .data import SiteData
 from .metrics import classification_metrics, segmentation_metrics
+from .privacy import PrivacyBudget, check_private_model, require_opacus
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -46,10 +52,16 @@ class TrainConfig(TableConfig):
     weight_decay: float = 1e-4   # L2 penalty (decoupled for adamw)
     prox_mu: float = 0.0         # FedProx proximal weight; 0 = plain local training
                                  # (with sgd keep lr * prox_mu well below 2, or it diverges)
+    dp_noise_multiplier: float = 0.0  # DP-SGD noise std / clipping norm; 0 = no differential privacy
+    dp_max_grad_norm: float = 1.0     # DP-SGD per-sample gradient clipping norm (L2)
+    dp_delta: float = 1e-5            # the delta at which epsilon is reported (keep << 1 / samples)
 
     @staticmethod
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
         optimizer = get_str(v, "optimizer", p, choices=OPTIMIZERS, example="adam")
+        noise = get_float(v, "dp_noise_multiplier", p, minimum=0.0, maximum=math.inf, max_open=True, example=1.0)
+        if noise > 0:
+            require_opacus(p)
         return {
             "epochs": get_int(v, "epochs", p, minimum=1, maximum=None, example=1),
             "lr": get_float(v, "lr", p, minimum=0.0, maximum=100.0, min_open=True, example=0.003),
@@ -58,6 +70,11 @@ class TrainConfig(TableConfig):
             "momentum": get_float(v, "momentum", p, minimum=0.0, maximum=1.0, max_open=True, example=0.9),
             "weight_decay": get_float(v, "weight_decay", p, minimum=0.0, maximum=1.0, example=0.0001),
             "prox_mu": get_float(v, "prox_mu", p, minimum=0.0, maximum=math.inf, max_open=True, example=0.01),
+            "dp_noise_multiplier": noise,
+            "dp_max_grad_norm": get_float(v, "dp_max_grad_norm", p, minimum=0.0, maximum=math.inf,
+                                          min_open=True, max_open=True, example=1.0),
+            "dp_delta": get_float(v, "dp_delta", p, minimum=0.0, maximum=1.0, min_open=True,
+                                  max_open=True, example=1e-5),
         }
 
 
@@ -111,45 +128,148 @@ def _proximal_term(params: list[nn.Parameter], mu: float) -> Callable[[], Tensor
     return term
 
 
-def train_local(model: nn.Module, data: SiteData, config: TrainConfig, seed: int) -> dict:
+def train_local(model: nn.Module, data: SiteData, config: TrainConfig, seed: int,
+                privacy: PrivacyBudget | None = None) -> dict:
     """Train `model` in place for `config.epochs` epochs on the site's training split.
 
     A fresh optimizer each call (one call per round); with `config.prox_mu` > 0 the FedProx
     term pulls towards the weights the call started from. Returns {"loss": mean training
     loss over the last epoch (the task's cross-entropy, without the proximal term),
-    "samples": training samples, "steps": optimizer steps, "epochs": epochs}."""
+    "samples": training samples, "steps": optimizer steps, "epochs": epochs}.
+
+    With `config.dp_noise_multiplier` > 0 it trains with DP-SGD (nodes.privacy): `privacy`
+    is the site's ledger, the same object every round (None: a fresh one, so epsilon covers
+    this call only), and the result adds "epsilon", the site's total at `config.dp_delta`
+    over every round recorded in `privacy`. The model object, its parameters and its
+    state_dict keys stay the caller's; its loss is then over the records the Poisson
+    sampling drew in the last epoch. ConfigError if Opacus is missing or the model has
+    BatchNorm."""
+    private = config.dp_noise_multiplier > 0
+    if private:
+        privacy = PrivacyBudget() if privacy is None else privacy
+        check_private_model(model)
     x, y = data.train_x, data.train_y
     n = int(y.shape[0])
     if n == 0:
-        return {"loss": math.nan, "samples": 0, "steps": 0, "epochs": config.epochs}
+        stats = {"loss": math.nan, "samples": 0, "steps": 0, "epochs": config.epochs}
+        return stats | ({"epsilon": privacy.epsilon(config.dp_delta)} if private else {})
+    was_training = model.training
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "model-randomness"))
+            if private:
+                steps, epoch_loss = _train_private(model, x, y, config, seed, privacy)
+            else:
+                steps, epoch_loss = _train_plain(model, x, y, config, seed)
+    finally:
+        model.train(was_training)
+    stats = {"loss": epoch_loss, "samples": n, "steps": steps, "epochs": config.epochs}
+    return stats | ({"epsilon": privacy.epsilon(config.dp_delta)} if private else {})
+
+
+def _train_plain(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig, seed: int) -> tuple[int, float]:
+    n = int(y.shape[0])
     optimizer = _optimizer(model, config)
     proximal = _proximal_term([p for p in model.parameters() if p.requires_grad], config.prox_mu)
     loss_fn = nn.CrossEntropyLoss()
     order = torch.Generator().manual_seed(derive_seed(seed, "batches"))
-    was_training = model.training
-    model.train()
     steps = 0
     epoch_loss = math.nan
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "model-randomness"))
+    for _ in range(config.epochs):
+        perm = torch.randperm(n, generator=order)
+        total = 0.0
+        for start in range(0, n, config.batch_size):
+            idx = perm[start:start + config.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            scores = model(x[idx])
+            if steps == 0:
+                check_output(scores, y[idx])
+            loss = loss_fn(scores, y[idx])
+            objective = loss if proximal is None else loss + proximal()
+            objective.backward()
+            optimizer.step()
+            total += float(loss.detach()) * int(idx.shape[0])
+            steps += 1
+        epoch_loss = total / n
+    return steps, epoch_loss
+
+
+# Opacus' hooks see a first layer whose input needs no gradient (the data); harmless.
+_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
+
+
+def _train_private(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig, seed: int,
+                   privacy: PrivacyBudget) -> tuple[int, float]:
+    """DP-SGD: Poisson sampling at rate q = 1 / ceil(n / batch_size), ceil(n / batch_size)
+    steps per epoch, per-sample clipping and Gaussian noise (Opacus' GradSampleModule and
+    DPOptimizer), each step recorded in `privacy`. The FedProx gradient is added after the
+    noise (it does not depend on the data). Hooks and attributes Opacus puts on the model
+    are removed afterwards."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    warnings.filterwarnings("ignore", message=_HOOK_WARNING, category=UserWarning)
+    n = int(y.shape[0])
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    rate = 1.0 / steps_per_epoch
+    noise = torch.Generator().manual_seed(privacy.noise_seed(seed))
+    params = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params] if config.prox_mu > 0 else None
+    before = _attribute_names(model)
+    loss_fn = nn.CrossEntropyLoss()
+    hooked = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
+    steps = 0
+    epoch_loss = math.nan
+    try:
+        optimizer = DPOptimizer(
+            _optimizer(model, config), noise_multiplier=config.dp_noise_multiplier,
+            max_grad_norm=config.dp_max_grad_norm, expected_batch_size=n * rate,
+            loss_reduction="mean", generator=noise,
+        )
         for _ in range(config.epochs):
-            perm = torch.randperm(n, generator=order)
-            total = 0.0
-            for start in range(0, n, config.batch_size):
-                idx = perm[start:start + config.batch_size]
+            total, seen = 0.0, 0
+            for _ in range(steps_per_epoch):
+                idx = torch.nonzero(torch.rand(n, generator=noise) < rate).squeeze(1)
                 optimizer.zero_grad(set_to_none=True)
-                scores = model(x[idx])
-                if steps == 0:
-                    check_output(scores, y[idx])
-                loss = loss_fn(scores, y[idx])
-                objective = loss if proximal is None else loss + proximal()
-                objective.backward()
-                optimizer.step()
-                total += float(loss.detach()) * int(idx.shape[0])
+                if idx.numel() == 0:  # an empty Poisson sample: a noise-only step
+                    for p in params:
+                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+                else:
+                    scores = hooked(x[idx])
+                    if steps == 0:
+                        check_output(scores, y[idx])
+                    loss = loss_fn(scores, y[idx])
+                    loss.backward()
+                    total += float(loss.detach()) * int(idx.numel())
+                    seen += int(idx.numel())
+                if optimizer.pre_step():  # clip, add noise, scale
+                    if start is not None:
+                        for p, s in zip(params, start):
+                            p.grad.add_(p.detach() - s, alpha=config.prox_mu)
+                    optimizer.original_optimizer.step()
+                    privacy.record(config.dp_noise_multiplier, rate)
                 steps += 1
-            epoch_loss = total / n
-    model.train(was_training)
-    return {"loss": epoch_loss, "samples": n, "steps": steps, "epochs": config.epochs}
+            epoch_loss = total / seen if seen else math.nan
+        optimizer.zero_grad(set_to_none=True)
+        privacy.rounds += 1
+    finally:
+        hooked.remove_hooks()
+        hooked._close()
+        _remove_new_attributes(model, before)
+    return steps, epoch_loss
+
+
+def _attribute_names(model: nn.Module) -> list[tuple[Any, set[str]]]:
+    return [(obj, set(vars(obj))) for obj in (*model.modules(), *model.parameters())]
+
+
+def _remove_new_attributes(model: nn.Module, before: list[tuple[Any, set[str]]]) -> None:
+    """Delete what Opacus attached to modules and parameters (grad_sample, summed_grad,
+    activations, ...), so the caller's model is left as a plain module."""
+    for obj, names in before:
+        for name in set(vars(obj)) - names:
+            delattr(obj, name)
 
 
 @torch.no_grad()
