@@ -63,6 +63,8 @@ class SiteData:
     test_y: Tensor
     num_features: int
     num_classes: int
+    val_x: Tensor | None = None  # the site's own validation split, where the source makes one
+    val_y: Tensor | None = None
 
     @property
     def train_samples(self) -> int:

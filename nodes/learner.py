@@ -105,6 +105,9 @@ class Learner:
         local_flat = flatten_state(local, copy=True) if local else None
         timings["snapshot"] = time.perf_counter() - started
         metrics = {key: float(value) for key, value in test.items() if key != "samples"}
+        if self.data.val_y is not None and len(self.data.val_y):  # for model selection, not reporting
+            val = evaluate(self.model, self.data.val_x, self.data.val_y)
+            metrics |= {f"val_{key}": float(val[key]) for key in ("accuracy", "dice", "loss") if key in val}
         metrics["train_loss"] = float(train_stats["loss"])
         if "epsilon" in train_stats:
             metrics["epsilon"] = float(train_stats["epsilon"])

@@ -52,16 +52,18 @@ class DataSource(Protocol):
     def load_site(self, site: int) -> SiteData: ...
 
 
-def _site_data(name: str, train: Samples, test: Samples) -> SiteData:
-    return SiteData(name, train.x, train.y, test.x, test.y, math.prod(train.x.shape[1:]), train.num_classes)
+def _site_data(name: str, train: Samples, test: Samples, val: Samples) -> SiteData:
+    return SiteData(name, train.x, train.y, test.x, test.y, math.prod(train.x.shape[1:]), train.num_classes, val.x, val.y)
 
 
-def _split(samples: Samples, test_samples: int, seed: int, site: int) -> SiteData:
-    """A generated site's own held-out test split (stratified for classification)."""
+def _split(samples: Samples, test_samples: int, val_fraction: float, seed: int, site: int) -> SiteData:
+    """A generated site's own validation and held-out test splits (stratified for
+    classification); `val_fraction` of the training part becomes the validation split."""
     n = len(samples)
     labels = samples.y if samples.task == "classification" else None
-    split = split_site(np.arange(n), 0.0, test_samples / n, (seed, site), labels=labels, name=f"site {site}")
-    return _site_data(f"site-{site}", samples.subset(split.train), samples.subset(split.test))
+    val = val_fraction * (n - test_samples) / n
+    split = split_site(np.arange(n), val, test_samples / n, (seed, site), labels=labels, name=f"site {site}")
+    return _site_data(f"site-{site}", samples.subset(split.train), samples.subset(split.test), samples.subset(split.val))
 
 
 def _site_size(seed: int, site: int, mean: int, quantity_skew: float) -> int:
@@ -88,6 +90,7 @@ def _generated(v: Mapping[str, Any], p: str, default_size: int) -> dict[str, Any
         "shift": get_float(v, "shift", p, maximum=10.0, example=1.0),
         "noise": get_float(v, "noise", p, maximum=1.0, example=0.04),
         "lesion_contrast": get_float(v, "lesion_contrast", p, maximum=5.0, min_open=True, example=1.0),
+        "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
     }
 
 
@@ -108,6 +111,7 @@ class ImagingConfig(TableConfig):
     shift: float = 1.0
     noise: float = 0.04
     lesion_contrast: float = 1.0
+    val_fraction: float = 0.1  # of the training part, kept as this site's validation split
     label_skew: float = 0.5
 
     @staticmethod
@@ -126,7 +130,7 @@ class ImagingConfig(TableConfig):
             self.seed, site, n, self.classes, size=self.size, shift=self.shift, noise=self.noise,
             lesion_contrast=self.lesion_contrast, label_skew=self.label_skew,
         )
-        return _split(samples, self.test_samples, self.seed, site)
+        return _split(samples, self.test_samples, self.val_fraction, self.seed, site)
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ class PhantomConfig(TableConfig):
     shift: float = 1.0
     noise: float = 0.04
     lesion_contrast: float = 1.0
+    val_fraction: float = 0.1
 
     @staticmethod
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
@@ -158,7 +163,7 @@ class PhantomConfig(TableConfig):
         samples = generate_phantom_site(
             self.seed, site, n, self.size, shift=self.shift, noise=self.noise, lesion_contrast=self.lesion_contrast
         )
-        return _split(samples, self.test_samples, self.seed, site)
+        return _split(samples, self.test_samples, self.val_fraction, self.seed, site)
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,7 @@ class MedMNISTConfig(TableConfig):
     alpha: float = 0.5
     skew: float = 1.0
     test_fraction: float = 0.2
+    val_fraction: float = 0.1
     min_samples: int = 10
 
     @staticmethod
@@ -190,6 +196,7 @@ class MedMNISTConfig(TableConfig):
             "alpha": get_float(v, "alpha", p, minimum=0.0, min_open=True, example=0.5),
             "skew": get_float(v, "skew", p, maximum=5.0, example=1.0),
             "test_fraction": get_float(v, "test_fraction", p, minimum=0.0, maximum=1.0, min_open=True, max_open=True, example=0.2),
+            "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
             "min_samples": get_int(v, "min_samples", p, minimum=2, maximum=1_000_000, example=10),
         }
         return values
@@ -208,10 +215,10 @@ class MedMNISTConfig(TableConfig):
         pooled = self._pooled()
         config = PartitionConfig.from_dict({
             "method": self.partition, "sites": self.sites, "alpha": self.alpha, "skew": self.skew, "seed": self.seed,
-            "min_samples": self.min_samples, "val_fraction": 0.0, "test_fraction": self.test_fraction,
+            "min_samples": self.min_samples, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
         })
         split = partition(pooled, config)[site]
-        return _site_data(f"site-{site}", pooled.subset(split.train), pooled.subset(split.test))
+        return _site_data(f"site-{site}", pooled.subset(split.train), pooled.subset(split.test), pooled.subset(split.val))
 
 
 @dataclass(frozen=True)
@@ -231,6 +238,7 @@ class BreastCancerConfig(TableConfig):
     skew: float = 1.0
     shift: float = 1.0
     test_fraction: float = 0.2
+    val_fraction: float = 0.1
     min_samples: int = 20
 
     @staticmethod
@@ -242,6 +250,7 @@ class BreastCancerConfig(TableConfig):
             "skew": get_float(v, "skew", p, maximum=5.0, example=1.0),
             "shift": get_float(v, "shift", p, maximum=10.0, example=1.0),
             "test_fraction": get_float(v, "test_fraction", p, minimum=0.0, maximum=1.0, min_open=True, max_open=True, example=0.2),
+            "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
             "min_samples": get_int(v, "min_samples", p, minimum=2, maximum=100_000, example=20),
         }
 
@@ -252,13 +261,15 @@ class BreastCancerConfig(TableConfig):
         table = load_breast_cancer_table()
         config = PartitionConfig.from_dict({
             "method": self.partition, "sites": self.sites, "alpha": self.alpha, "skew": self.skew, "seed": self.seed,
-            "min_samples": self.min_samples, "val_fraction": 0.0, "test_fraction": self.test_fraction,
+            "min_samples": self.min_samples, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
         })
         splits = partition(table, config)
         shifted = with_site_shift(table, [split.indices for split in splits], self.seed, self.shift)
-        train, test = shifted.subset(splits[site].train), shifted.subset(splits[site].test)
+        split = splits[site]
+        train, test, val = (shifted.subset(part) for part in (split.train, split.test, split.val))
         mean, std = train.x.mean(0), train.x.std(0).clamp_min(1e-6)  # the site's own statistics
-        return _site_data(f"site-{site}", replace(train, x=(train.x - mean) / std), replace(test, x=(test.x - mean) / std))
+        scaled = [replace(part, x=(part.x - mean) / std) for part in (train, test, val)]
+        return _site_data(f"site-{site}", *scaled)
 
 
 class _TabularSource:

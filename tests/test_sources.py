@@ -43,7 +43,7 @@ def test_medmnist_is_partitioned_across_sites_without_overlap(tmp_path):
     table = {"source": "medmnist", "path": str(path), "sites": 3, "partition": "iid", "min_samples": 5}
     assert data_source(table).task_shape().input_shape == (3, 28, 28)
     sites = load_every_site(table)
-    seen = [tuple(x.flatten()[:64].tolist()) for s in sites for x in (*s.train_x, *s.test_x)]
+    seen = [tuple(x.flatten()[:64].tolist()) for s in sites for x in (*s.train_x, *s.val_x, *s.test_x)]
     assert len(seen) == len(set(seen)) == 60 + 20 + 20
 
 
@@ -86,7 +86,20 @@ def test_a_segmentation_federation_trains_and_logs_dice(tmp_path):
 def test_breast_cancer_sites_get_their_own_shift_split_and_scaling():
     pytest.importorskip("sklearn", reason='optional extra: pip install "swarm-hospitals[sklearn]"')
     sites = load_every_site({"source": "breast-cancer", "sites": 3, "shift": 1.0})
-    assert sum(s.train_samples + s.test_samples for s in sites) == 569
+    assert sum(s.train_samples + len(s.val_y) + s.test_samples for s in sites) == 569
     for site in sites:
-        assert site.input_shape == (30,) and abs(site.test_samples / (site.train_samples + site.test_samples) - 0.2) < 0.02
+        total = site.train_samples + len(site.val_y) + site.test_samples
+        assert site.input_shape == (30,) and abs(site.test_samples / total - 0.2) < 0.02 and abs(len(site.val_y) / total - 0.1) < 0.02
         assert torch.allclose(site.train_x.mean(0), torch.zeros(30), atol=1e-4)  # z-scored with its own statistics
+
+
+def test_each_site_keeps_its_own_validation_split():
+    for table in (
+        {"source": "synthetic-imaging", "sites": 2, "site": 0, "samples_per_site": 60, "test_samples": 30, "val_fraction": 0.2},
+        {"source": "phantom", "sites": 2, "site": 1, "samples_per_site": 40, "test_samples": 10, "size": 16, "val_fraction": 0.2},
+    ):
+        site = load_own_site(table)
+        total = site.train_samples + len(site.val_y)
+        assert abs(len(site.val_y) - 0.2 * total) <= 1 and site.test_samples == table["test_samples"]
+        parts = [tuple(x.flatten().tolist()) for x in (*site.train_x, *site.val_x, *site.test_x)]
+        assert len(parts) == len(set(parts)), "a sample is in two splits"
