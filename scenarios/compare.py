@@ -94,10 +94,11 @@ def _run_swarm(config: ScenarioConfig, out: Path, metrics: Sequence[str], kind: 
     if not outcome.all_finished:
         failed = [n.name for n in outcome.nodes if n.process.returncode != 0]
         raise ConfigError(f"compare: the BrainTorrent federation in {out} did not finish (nodes {failed or 'timed out'}); see their node.log")
-    rename = {"accuracy": "pixel_accuracy"} if kind == "segmentation" else {}
+    # Nodes log segmentation's pixel accuracy as "accuracy" (it is what `evaluate` returns).
+    node_key = {"pixel_accuracy": "accuracy"} if kind == "segmentation" else {}
 
     def scores(line: Mapping[str, Any]) -> dict[str, float]:
-        return {metric: float(line[key]) for key, metric in ((rename.get(m, m), m) for m in metrics) if key in line}
+        return {metric: float(line[key]) for metric, key in ((m, node_key.get(m, m)) for m in metrics) if key in line}
 
     per_site = {node.name: scores(node.metrics[-1]) for node in outcome.nodes}
     overall = {m: _nanmean([s.get(m, math.nan) for s in per_site.values()]) for m in metrics}

@@ -103,3 +103,19 @@ def test_each_site_keeps_its_own_validation_split():
         assert abs(len(site.val_y) - 0.2 * total) <= 1 and site.test_samples == table["test_samples"]
         parts = [tuple(x.flatten().tolist()) for x in (*site.train_x, *site.val_x, *site.test_x)]
         assert len(parts) == len(set(parts)), "a sample is in two splits"
+
+
+@pytest.mark.slow
+def test_compare_reads_every_segmentation_metric_from_the_nodes(tmp_path):
+    import math
+
+    from scenarios.compare import run_compare
+
+    text = SMALL_SCENARIO.format(name="segc", nodes=2, rounds=1, topology="ring")
+    text = text.replace('[model]\nname = "mlp"', '[model]\nname = "unet"\ndepth = 1\nbase = 4\nnorm = "group"')
+    text = text.replace("seed = 3\nsamples_per_site = 80", 'source = "phantom"\nsamples_per_site = 16\ntest_samples = 8\nsize = 16')
+    path = tmp_path / "segc.toml"
+    path.write_text(text + '\n[compare]\nmethods = ["braintorrent"]\n')
+    results = run_compare(ScenarioConfig.load(path), 1, tmp_path / "out", lambda line: None)
+    overall = results["methods"]["braintorrent"]["overall"]
+    assert set(overall) == {"dice", "pixel_accuracy"} and not any(math.isnan(v["mean"]) for v in overall.values())
