@@ -47,6 +47,8 @@ from torch import Tensor
 from swarm.config import TableConfig, get_bool, get_float, get_int, get_optional_int, get_str, invalid
 from swarm.errors import ConfigError
 
+from .datasets import apportion
+
 # --------------------------------------------------------------------------------------
 # Site data and config
 # --------------------------------------------------------------------------------------
@@ -201,17 +203,6 @@ def _site_sizes(config: DataConfig) -> list[int]:
     return [max(config.min_samples, int(round(config.samples_per_site * w))) for w in weights]
 
 
-def _apportion(prior: np.ndarray, total: int) -> np.ndarray:
-    """Split `total` into integer counts proportional to `prior` (largest remainder)."""
-    exact = prior * total
-    counts = np.floor(exact).astype(np.int64)
-    remainder = total - int(counts.sum())
-    if remainder > 0:
-        order = np.argsort(-(exact - counts), kind="stable")
-        counts[order[:remainder]] += 1
-    return counts
-
-
 def site_class_prior(config: DataConfig, site: int) -> np.ndarray:
     """The class prior of `site` (for reports and tests)."""
     return _site_params(config, site)[0]
@@ -234,8 +225,8 @@ def _synthetic_multisite(config: DataConfig, site: int) -> SiteData:
     n_train = _site_sizes(config)[site]
     n_test = config.test_samples
     total = n_train + n_test
-    want_train = _apportion(prior, n_train)
-    want_test = _apportion(prior, n_test)
+    want_train = apportion(prior, n_train)
+    want_test = apportion(prior, n_test)
     want = want_train + want_test
 
     # Draw patients from the population until every class quota is filled (rejection by

@@ -28,7 +28,7 @@ from .data import DataConfig, SiteData
 from .datasets import Samples, concat
 from .datasets.imaging import generate_imaging_site
 from .datasets.medmnist import load_medmnist
-from .datasets.partition import PartitionConfig, partition, split_site
+from .datasets.partition import PartitionConfig, SiteSplit, partition, split_site
 from .datasets.phantom import generate_phantom_site
 from .datasets.tabular import load_breast_cancer_table, with_site_shift
 
@@ -166,8 +166,41 @@ class PhantomConfig(TableConfig):
         return _split(samples, self.test_samples, self.val_fraction, self.seed, site)
 
 
+def _partition_fields(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+    """Settings of a source whose pooled samples a partitioner splits across sites."""
+    return {
+        "partition": get_str(v, "partition", p, default="iid", choices=("iid", "dirichlet", "quantity"), example="dirichlet"),
+        "alpha": get_float(v, "alpha", p, minimum=0.0, min_open=True, example=0.5),
+        "skew": get_float(v, "skew", p, maximum=5.0, example=1.0),
+        "test_fraction": get_float(v, "test_fraction", p, minimum=0.0, maximum=1.0, min_open=True, max_open=True, example=0.2),
+        "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
+        "min_samples": get_int(v, "min_samples", p, minimum=2, maximum=1_000_000, example=10),
+    }
+
+
+def _site_splits(config: _PartitionedSource, pooled: Samples) -> list[SiteSplit]:
+    """Every site's train / val / test indices into `pooled`, from a partitioned source's settings."""
+    return partition(pooled, PartitionConfig.from_dict({
+        "method": config.partition, "sites": config.sites, "alpha": config.alpha, "skew": config.skew, "seed": config.seed,
+        "min_samples": config.min_samples, "val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
+    }))
+
+
 @dataclass(frozen=True)
-class MedMNISTConfig(TableConfig):
+class _PartitionedSource(TableConfig):
+    """Fields shared by sources whose pooled samples a partitioner splits across sites."""
+
+    TABLE: ClassVar[str] = "data"
+    partition: str = "iid"  # "iid", "dirichlet" (label skew, `alpha`), "quantity" (`skew`)
+    alpha: float = 0.5
+    skew: float = 1.0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    min_samples: int = 10
+
+
+@dataclass(frozen=True)
+class MedMNISTConfig(_PartitionedSource):
     """`source = "medmnist"`: a MedMNIST .npz file (all its splits pooled), partitioned across
     sites with `partition` ("iid", "dirichlet" with `alpha`, "quantity" with `skew`); each
     site keeps its own test split (`test_fraction`)."""
@@ -178,28 +211,13 @@ class MedMNISTConfig(TableConfig):
     sites: int = 4
     site: int | None = None
     seed: int = 0
-    partition: str = "iid"
-    alpha: float = 0.5
-    skew: float = 1.0
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    min_samples: int = 10
 
     @staticmethod
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
         path = v["path"]
         if not isinstance(path, str) or (path and not Path(path).is_file()):
             raise ConfigError(f"{p}.path: {path!r} is not a file; point it at a MedMNIST .npz on this disk (nothing is downloaded)")
-        values = _common(v, p) | {"source": "medmnist", "path": path}
-        values |= {
-            "partition": get_str(v, "partition", p, default="iid", choices=("iid", "dirichlet", "quantity"), example="dirichlet"),
-            "alpha": get_float(v, "alpha", p, minimum=0.0, min_open=True, example=0.5),
-            "skew": get_float(v, "skew", p, maximum=5.0, example=1.0),
-            "test_fraction": get_float(v, "test_fraction", p, minimum=0.0, maximum=1.0, min_open=True, max_open=True, example=0.2),
-            "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
-            "min_samples": get_int(v, "min_samples", p, minimum=2, maximum=1_000_000, example=10),
-        }
-        return values
+        return _common(v, p) | {"source": "medmnist", "path": path} | _partition_fields(v, p)
 
     def _pooled(self) -> Samples:
         if not self.path:
@@ -213,16 +231,12 @@ class MedMNISTConfig(TableConfig):
 
     def load_site(self, site: int) -> SiteData:
         pooled = self._pooled()
-        config = PartitionConfig.from_dict({
-            "method": self.partition, "sites": self.sites, "alpha": self.alpha, "skew": self.skew, "seed": self.seed,
-            "min_samples": self.min_samples, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
-        })
-        split = partition(pooled, config)[site]
+        split = _site_splits(self, pooled)[site]
         return _site_data(f"site-{site}", pooled.subset(split.train), pooled.subset(split.test), pooled.subset(split.val))
 
 
 @dataclass(frozen=True)
-class BreastCancerConfig(TableConfig):
+class BreastCancerConfig(_PartitionedSource):
     """`source = "breast-cancer"`: the Wisconsin table bundled with scikit-learn (optional
     extra), split across sites by a partitioner, each site with its own measurement shift
     (`shift`), its own 80/20 train/test split (`test_fraction`), and features z-scored with
@@ -233,37 +247,19 @@ class BreastCancerConfig(TableConfig):
     sites: int = 3
     site: int | None = None
     seed: int = 0
-    partition: str = "iid"
-    alpha: float = 0.5
-    skew: float = 1.0
     shift: float = 1.0
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
     min_samples: int = 20
 
     @staticmethod
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        return _common(v, p) | {
-            "source": "breast-cancer",
-            "partition": get_str(v, "partition", p, default="iid", choices=("iid", "dirichlet", "quantity"), example="iid"),
-            "alpha": get_float(v, "alpha", p, minimum=0.0, min_open=True, example=0.5),
-            "skew": get_float(v, "skew", p, maximum=5.0, example=1.0),
-            "shift": get_float(v, "shift", p, maximum=10.0, example=1.0),
-            "test_fraction": get_float(v, "test_fraction", p, minimum=0.0, maximum=1.0, min_open=True, max_open=True, example=0.2),
-            "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
-            "min_samples": get_int(v, "min_samples", p, minimum=2, maximum=100_000, example=20),
-        }
+        return _common(v, p) | {"source": "breast-cancer", "shift": get_float(v, "shift", p, maximum=10.0, example=1.0)} | _partition_fields(v, p)
 
     def task_shape(self) -> TaskShape:
         return TaskShape((30,), 2, "classification")
 
     def load_site(self, site: int) -> SiteData:
         table = load_breast_cancer_table()
-        config = PartitionConfig.from_dict({
-            "method": self.partition, "sites": self.sites, "alpha": self.alpha, "skew": self.skew, "seed": self.seed,
-            "min_samples": self.min_samples, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
-        })
-        splits = partition(table, config)
+        splits = _site_splits(self, table)
         shifted = with_site_shift(table, [split.indices for split in splits], self.seed, self.shift)
         split = splits[site]
         train, test, val = (shifted.subset(part) for part in (split.train, split.test, split.val))

@@ -124,3 +124,13 @@ def concat(parts: Sequence[Samples]) -> Samples:
 
 
 __all__ = ["Samples", "TASKS", "Task", "concat"]
+
+
+def apportion(prior: np.ndarray, total: int) -> np.ndarray:
+    """Split `total` into integer counts proportional to `prior` (largest remainder)."""
+    exact = prior * total
+    counts = np.floor(exact).astype(np.int64)
+    remainder = total - int(counts.sum())
+    if remainder > 0:
+        counts[np.argsort(-(exact - counts), kind="stable")[:remainder]] += 1
+    return counts

@@ -35,7 +35,7 @@ import torch
 
 from swarm.config import get_float, get_int
 
-from . import Samples
+from . import Samples, apportion
 from .effects import grid, site_effects, smooth_texture
 
 _TAG_IMAGING = 0x696D  # "im"
@@ -66,15 +66,6 @@ def _kind(seed: int, k: int) -> dict[str, float]:
         core=float(-0.1 * ring), count=int(rng.integers(1, _MAX_COUNT + 1)),
         edge=float(0.0 if ring else rng.uniform(0.1, 0.3)),
     )
-
-
-def _apportion(prior: np.ndarray, total: int) -> np.ndarray:
-    exact = prior * total
-    counts = np.floor(exact).astype(np.int64)
-    rest = total - int(counts.sum())
-    if rest > 0:
-        counts[np.argsort(-(exact - counts), kind="stable")[:rest]] += 1
-    return counts
 
 
 def _ellipse_distance(yy, xx, cy, cx, ay, ax, theta):
@@ -177,7 +168,7 @@ def generate_imaging_site(
     prior = np.full(num_classes, 1.0 / num_classes)
     preference = rng.dirichlet(np.ones(num_classes))
     prior = (1.0 - label_skew) * prior + label_skew * preference
-    labels = rng.permutation(np.repeat(np.arange(num_classes), _apportion(prior, n)))
+    labels = rng.permutation(np.repeat(np.arange(num_classes), apportion(prior, n)))
 
     table = {k: _kind(seed, k) for k in range(1, max(num_classes, len(_KINDS) + 1))}
     if num_classes == 2:

@@ -38,7 +38,7 @@ from torch import Tensor
 from swarm.config import TableConfig, get_bool, get_float, get_int, get_optional_int, get_str, invalid
 from swarm.errors import ConfigError
 
-from . import Samples
+from . import Samples, apportion
 
 _TAG_IID = 0x6969       # "ii"
 _TAG_DIRICHLET = 0x6469  # "di"
@@ -123,7 +123,7 @@ def quantity(samples: Samples | int, n_sites: int, skew: float, *, seed: int = 0
     skew = get_float({"skew": skew}, "skew", WHERE, maximum=5.0, example=1.0)
     rng = np.random.default_rng([seed, _TAG_QUANTITY, n, n_sites])
     weights = np.exp(skew * rng.standard_normal(n_sites))
-    sizes = min_samples + _apportion(weights / weights.sum(), n - n_sites * min_samples)
+    sizes = min_samples + apportion(weights / weights.sum(), n - n_sites * min_samples)
     return _sorted(np.split(rng.permutation(n), np.cumsum(sizes)[:-1]))
 
 
@@ -340,15 +340,6 @@ def _systematic(m: int, k: int, rng: np.random.Generator) -> np.ndarray:
     if k == 0:
         return np.zeros(0, dtype=np.int64)
     return np.floor((np.arange(k) + rng.uniform()) * (m / k)).astype(np.int64)
-
-
-def _apportion(prior: np.ndarray, total: int) -> np.ndarray:
-    exact = prior * total
-    counts = np.floor(exact).astype(np.int64)
-    rest = total - int(counts.sum())
-    if rest > 0:
-        counts[np.argsort(-(exact - counts), kind="stable")[:rest]] += 1
-    return counts
 
 
 def _top_up(parts: list[list[np.ndarray]], labels: np.ndarray, min_samples: int) -> None:
