@@ -95,11 +95,11 @@ def _generated(v: Mapping[str, Any], p: str, default_size: int) -> dict[str, Any
 
 
 @dataclass(frozen=True)
-class ImagingConfig(TableConfig):
-    """`source = "synthetic-imaging"`: grayscale images, lesion classes, scanner shift per site."""
+class _GeneratedSource(TableConfig):
+    """Fields and splitting shared by the generated image sources: each site's samples come
+    from its own random stream, then the site keeps its own validation and test splits."""
 
     TABLE: ClassVar[str] = "data"
-    source: str = "synthetic-imaging"
     sites: int = 6
     site: int | None = None
     seed: int = 0
@@ -107,11 +107,25 @@ class ImagingConfig(TableConfig):
     quantity_skew: float = 1.0
     test_samples: int = 200
     size: int = 28
-    classes: int = 2
     shift: float = 1.0
     noise: float = 0.04
     lesion_contrast: float = 1.0
     val_fraction: float = 0.1  # of the training part, kept as this site's validation split
+
+    def _generate(self, site: int, n: int) -> Samples:
+        raise NotImplementedError
+
+    def load_site(self, site: int) -> SiteData:
+        n = _site_size(self.seed, site, self.samples_per_site, self.quantity_skew) + self.test_samples
+        return _split(self._generate(site, n), self.test_samples, self.val_fraction, self.seed, site)
+
+
+@dataclass(frozen=True)
+class ImagingConfig(_GeneratedSource):
+    """`source = "synthetic-imaging"`: grayscale images, lesion classes, scanner shift per site."""
+
+    source: str = "synthetic-imaging"
+    classes: int = 2
     label_skew: float = 0.5
 
     @staticmethod
@@ -124,32 +138,23 @@ class ImagingConfig(TableConfig):
     def task_shape(self) -> TaskShape:
         return TaskShape((1, self.size, self.size), self.classes, "classification")
 
-    def load_site(self, site: int) -> SiteData:
-        n = _site_size(self.seed, site, self.samples_per_site, self.quantity_skew) + self.test_samples
-        samples = generate_imaging_site(
+    def _generate(self, site: int, n: int) -> Samples:
+        return generate_imaging_site(
             self.seed, site, n, self.classes, size=self.size, shift=self.shift, noise=self.noise,
             lesion_contrast=self.lesion_contrast, label_skew=self.label_skew,
         )
-        return _split(samples, self.test_samples, self.val_fraction, self.seed, site)
 
 
 @dataclass(frozen=True)
-class PhantomConfig(TableConfig):
+class PhantomConfig(_GeneratedSource):
     """`source = "phantom"`: organ (1) and lesion (2) masks on a 2-D phantom, scanner shift."""
 
-    TABLE: ClassVar[str] = "data"
     source: str = "phantom"
     sites: int = 4
-    site: int | None = None
-    seed: int = 0
     samples_per_site: int = 120
     quantity_skew: float = 0.5
     test_samples: int = 60
     size: int = 32
-    shift: float = 1.0
-    noise: float = 0.04
-    lesion_contrast: float = 1.0
-    val_fraction: float = 0.1
 
     @staticmethod
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
@@ -158,12 +163,8 @@ class PhantomConfig(TableConfig):
     def task_shape(self) -> TaskShape:
         return TaskShape((1, self.size, self.size), 3, "segmentation")
 
-    def load_site(self, site: int) -> SiteData:
-        n = _site_size(self.seed, site, self.samples_per_site, self.quantity_skew) + self.test_samples
-        samples = generate_phantom_site(
-            self.seed, site, n, self.size, shift=self.shift, noise=self.noise, lesion_contrast=self.lesion_contrast
-        )
-        return _split(samples, self.test_samples, self.val_fraction, self.seed, site)
+    def _generate(self, site: int, n: int) -> Samples:
+        return generate_phantom_site(self.seed, site, n, self.size, shift=self.shift, noise=self.noise, lesion_contrast=self.lesion_contrast)
 
 
 def _partition_fields(v: Mapping[str, Any], p: str) -> dict[str, Any]:

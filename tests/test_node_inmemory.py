@@ -35,7 +35,6 @@ def test_garbage_is_rejected_counted_and_the_node_carries_on(small_federation):
     nodes, threads, stop = start_nodes(federation, network)
     target = nodes["hospital-a"]
     attacker = network.endpoint("hospital-b")  # speaks with b's name but without b's keys
-    fed = federation.manifest.federation_id
     attacker.send("hospital-a", [b"\xc1 not msgpack"])
     attacker.send("hospital-a", [b"\x93" * 100_000])
     attacker.send("hospital-a", encode_message(b"\x00" * 32, VersionRequest(1)))
