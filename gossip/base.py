@@ -1,13 +1,23 @@
-"""What a protocol emits. The node runtime carries each action out; the protocol never waits."""
+"""What protocols emit, and the machinery every protocol shares.
+
+The node runtime carries each action out; a protocol never waits. `ProtocolMachine` holds
+what all four protocols do alike: answer version and model requests, keep track of what a
+neighbour holds of our log (for pushes), announce the end of the plan, and linger until
+the neighbours are done too, so that nobody waits on a peer that already exited."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Union
+import enum
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar, Union
 
-from swarm.messages import ModelRequest, Refusal, VersionReply, VersionRequest
+from swarm.errors import ConfigError
+from swarm.messages import ModelRequest, PushAck, Refusal, VersionReply, VersionRequest
+from swarm.schedule import Schedule
 
-SmallMessage = Union[VersionRequest, VersionReply, ModelRequest, Refusal]
+SmallMessage = Union[VersionRequest, VersionReply, ModelRequest, Refusal, PushAck]
 
 
 @dataclass(frozen=True)
@@ -28,20 +38,44 @@ class SendModel:
 
 
 @dataclass(frozen=True)
+class PushModel:
+    """Send our latest published model unasked, with the log entries after `have` (what the
+    neighbour last acknowledged holding of our log)."""
+
+    peer: str
+    have: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the signed log entry of a verified neighbour model says about it."""
+
+    seq: int
+    round: int
+    samples: int
+    age: float  # gossip learning's model age (signed metric "age"); the seq where absent
+
+
+@dataclass(frozen=True)
 class PulledVersion:
-    """A neighbour model that arrived, verified, and is staged for merging."""
+    """A neighbour model that arrived, verified, and is staged for merging, with the weight
+    it gets in the merge (weights are normalised by the merge)."""
 
     peer: str
     seq: int
+    weight: float
 
 
 @dataclass(frozen=True)
 class MergeAndTrain:
-    """Merge our latest model with the staged neighbour models, train, and publish version
-    `round`; report back with `BrainTorrent.published`."""
+    """Merge our latest model (weight `self_weight`) with the staged neighbour models, train,
+    and publish version `round`, signing `signed` into its entry's metrics; report back with
+    `published`."""
 
     round: int
     pulled: tuple[PulledVersion, ...]
+    self_weight: float = 1.0
+    signed: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,4 +91,243 @@ class Finished:
     """The plan is done and the neighbours have heard it (or stopped answering): the node may exit."""
 
 
-Action = Union[Send, SendModel, MergeAndTrain, Dropped, Finished]
+Action = Union[Send, SendModel, PushModel, MergeAndTrain, Dropped, Finished]
+
+ANNOUNCEMENT = 0  # request id of an unsolicited VersionReply: "I am done" (real ids start at 1)
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"  # until a timer fires
+    POLLING = "polling"  # asked neighbours for their versions (BrainTorrent)
+    PULLING = "pulling"  # asked the neighbours with newer versions for their models (BrainTorrent)
+    COLLECTING = "collecting"  # waiting for the round's neighbour models to be pushed to us
+    TRAINING = "training"  # the runtime merges, trains and publishes
+    LINGERING = "lingering"  # plan done; serving neighbours that still train
+    FINISHED = "finished"
+
+
+# What a node is doing in each phase, for the per-round wall-time breakdown.
+ACTIVITY = {
+    Phase.WAITING: "wait",
+    Phase.POLLING: "wait",
+    Phase.PULLING: "transfer",
+    Phase.COLLECTING: "wait",
+    Phase.TRAINING: "train",
+    Phase.LINGERING: "linger",
+    Phase.FINISHED: "linger",
+}
+
+P = TypeVar("P", bound="Params")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Base of a protocol's timers (all seconds), read from the plan's [protocol] table."""
+
+    linger: float = 30.0  # after the last round, keep serving until neighbours finish or this long
+    done_poll_interval: float = 0.5  # while lingering, how often to ask who is done
+    INTEGERS: ClassVar[frozenset[str]] = frozenset()  # fields that are counts, not seconds
+
+    @classmethod
+    def from_dict(cls: type[P], values: Mapping[str, Any], where: str = "plan.protocol") -> P:
+        known = {f.name for f in fields(cls)}
+        parsed: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: unknown setting; known: {', '.join(sorted(known))}")
+            if key in cls.INTEGERS:
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+                    raise ConfigError(f"{where}.{key}: must be an integer from 1 to 1024, got {value!r} (example: {key} = 2)")
+                parsed[key] = value
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+                raise ConfigError(f"{where}.{key}: must be a number of seconds in (0, 3600], got {value!r} (example: {key} = 2.0)")
+            parsed[key] = float(value)
+        return cls(**parsed)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a restarted node rebuilds from its own log, so it goes on where it stopped."""
+
+    published_seq: int = 0
+    merged: Mapping[str, int] = field(default_factory=dict)  # neighbour -> version last merged
+    peer_heads: Mapping[str, int] = field(default_factory=dict)  # neighbour -> highest entry of its log we hold
+    last_metrics: Mapping[str, float] = field(default_factory=dict)  # signed in our latest entry
+
+
+class ProtocolMachine:
+    """Shared state and behaviour; a protocol subclasses it and fills in its rounds."""
+
+    def __init__(self, name: str, schedule: Schedule, rounds: int, samples: int, params: Params, rng: random.Random, resume: Resume = Resume()) -> None:
+        self.name = name
+        self.schedule = schedule
+        self.neighbours = schedule.peers(name)  # everyone we may talk to in some round
+        self.rounds = rounds
+        self.samples = samples
+        self.params = params
+        self.rng = rng
+        self.published_seq = resume.published_seq  # our latest version (one per round)
+        self.published_at = 0.0
+        self.merged = dict(resume.merged)  # neighbour -> version we last merged
+        self.peer_heads = dict(resume.peer_heads)  # neighbour -> highest entry of its log we hold
+        self.resume_metrics = dict(resume.last_metrics)
+        self.peer_have: dict[str, int] = {}  # neighbour -> what it acknowledged holding of our log
+        self.phase = Phase.WAITING
+        self.deadline: float | None = None
+        self.next_req = 1
+        self.pending: dict[str, int] = {}  # neighbour -> request id we await in this phase
+        self.peers_done: set[str] = set()
+        self.final_versions: dict[str, int] = {}  # neighbour -> its last version, once it is done
+        self.linger_until = 0.0
+
+    # -- inputs common to every protocol ----------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        self.published_at = now
+        if self.published_seq >= self.rounds:
+            return self._begin_lingering(now)
+        return self._start_rounds(now)
+
+    def receive(self, peer: str, msg: object, now: float) -> list[Action]:
+        if peer not in self.neighbours:
+            return [Dropped(peer, "not_a_neighbour")]
+        if isinstance(msg, VersionRequest):
+            return [Send(peer, VersionReply(msg.req, self.published_seq, self.samples, self.phase in (Phase.LINGERING, Phase.FINISHED)))]
+        if isinstance(msg, ModelRequest):
+            if self.published_seq == 0:
+                return [Send(peer, Refusal(msg.req, "no_model_yet"))]
+            return [SendModel(peer, msg.req, msg.have)]
+        if isinstance(msg, PushAck):
+            self.peer_have[peer] = min(msg.seq, self.published_seq)
+            return []
+        if isinstance(msg, VersionReply):
+            if msg.done:
+                self.peers_done.add(peer)
+                self.final_versions[peer] = msg.seq
+            if self.phase is Phase.LINGERING:
+                self.pending.pop(peer, None)
+                return self._finish_if_neighbours_done()
+            if msg.req == ANNOUNCEMENT:
+                return self._on_announcement(peer, now)
+            return self._on_version_reply(peer, msg, now)
+        if isinstance(msg, Refusal):
+            return self.model_failed(peer, msg.req, msg.reason, now)
+        return [Dropped(peer, f"unexpected_{type(msg).__name__}")]
+
+    def tick(self, now: float) -> list[Action]:
+        if self.deadline is None or now < self.deadline:
+            return []
+        if self.phase is Phase.LINGERING:
+            return self._linger_tick(now)
+        return self._on_deadline(now)
+
+    def expects_model(self, peer: str, req: int) -> bool:
+        """Whether a model reply to request `req` would be used; the runtime verifies only those."""
+        return False
+
+    def wants_push(self, peer: str) -> bool:
+        """Whether an unasked model from `peer` would be used; the runtime verifies only those."""
+        return False
+
+    def model_arrived(self, peer: str, req: int | None, model: ModelInfo, now: float) -> list[Action]:
+        """The runtime verified the entry chain and the tensors of `peer`'s model (a reply to
+        `req`, or a push when `req` is None)."""
+        return [Dropped(peer, "unexpected_model")]
+
+    def model_failed(self, peer: str, req: int | None, reason: str, now: float) -> list[Action]:
+        """A model from `peer` was refused (a reply to `req`, or a push when None)."""
+        if req is None:  # tell the pusher what we hold, so its next push fills the gap
+            return [Send(peer, PushAck(self.peer_heads.get(peer, 0)))]
+        return [Dropped(peer, "stale_refusal")]
+
+    def published(self, seq: int, merged: Mapping[str, int], now: float) -> list[Action]:
+        """The runtime stored and logged version `seq`, built from the `merged` versions."""
+        self.published_seq = seq
+        self.published_at = now
+        self.merged.update(merged)
+        if seq >= self.rounds:
+            return self._begin_lingering(now)
+        return self._after_publish(now)
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.phase is Phase.FINISHED
+
+    @property
+    def activity(self) -> str:
+        return ACTIVITY[self.phase]
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+    # -- what subclasses fill in ---------------------------------------------------------------
+
+    def _start_rounds(self, now: float) -> list[Action]:
+        raise NotImplementedError
+
+    def _after_publish(self, now: float) -> list[Action]:
+        raise NotImplementedError
+
+    def _on_deadline(self, now: float) -> list[Action]:
+        return []
+
+    def _on_version_reply(self, peer: str, reply: VersionReply, now: float) -> list[Action]:
+        return [Dropped(peer, "stale_version_reply")]
+
+    def _on_announcement(self, peer: str, now: float) -> list[Action]:
+        return []
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _new_req(self) -> int:
+        req = self.next_req
+        self.next_req += 1
+        return req
+
+    def _acknowledge(self, peer: str, model: ModelInfo) -> Send:
+        self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), model.seq)
+        return Send(peer, PushAck(self.peer_heads[peer]))
+
+    def _push(self, peers: Sequence[str]) -> list[Action]:
+        return [PushModel(peer, self.peer_have.get(peer, 0)) for peer in peers]
+
+    def _train(self, round_no: int, pulled: Sequence[PulledVersion], self_weight: float, signed: Mapping[str, float] | None = None) -> list[Action]:
+        self.phase = Phase.TRAINING
+        self.pending = {}
+        self.deadline = None
+        for p in pulled:  # now, not at publish: a copy arriving while we train is stale
+            self.merged[p.peer] = max(self.merged.get(p.peer, 0), p.seq)
+        return [MergeAndTrain(round_no, tuple(pulled), self_weight, dict(signed or {}))]
+
+    # -- the end of the plan ---------------------------------------------------------------------
+
+    def _begin_lingering(self, now: float) -> list[Action]:
+        """Tell the neighbours we are done, then serve them until they are done too."""
+        self.phase = Phase.LINGERING
+        self.linger_until = now + self.params.linger
+        announce: list[Action] = [
+            Send(peer, VersionReply(ANNOUNCEMENT, self.published_seq, self.samples, True)) for peer in self.neighbours
+        ]
+        return announce + (self._finish_if_neighbours_done() or self._linger_tick(now))
+
+    def _linger_tick(self, now: float) -> list[Action]:
+        if now >= self.linger_until:
+            return self._finish()
+        waiting_for = [p for p in self.neighbours if p not in self.peers_done]
+        self.pending = {peer: self._new_req() for peer in waiting_for}
+        self.deadline = min(now + self.params.done_poll_interval, self.linger_until)
+        return [Send(peer, VersionRequest(req)) for peer, req in self.pending.items()]
+
+    def _finish_if_neighbours_done(self) -> list[Action]:
+        if self.peers_done.issuperset(self.neighbours):
+            return self._finish()
+        return []
+
+    def _finish(self) -> list[Action]:
+        self.phase = Phase.FINISHED
+        self.pending = {}
+        self.deadline = None
+        return [Finished()]

@@ -177,14 +177,15 @@ def federation_install(manifest_path: Path, site_dir: Path) -> None:
 
 
 @main.command()
-@SITE_OPTION
+@click.option("--site", "site_dirs", required=True, multiple=True, type=click.Path(path_type=Path), help="The site directory (repeat to run several sites' nodes in this one process).")
 @user_errors
-def run(site_dir: Path) -> None:
+def run(site_dirs: tuple[Path, ...]) -> None:
     """Run this site's node until the plan is done or Ctrl-C."""
-    from .launch import run_site
+    from .launch import run_sites
 
-    outcome = run_site(site_dir)
-    click.echo(f"{outcome.state} at version {outcome.published_seq}")
+    outcomes = run_sites(list(site_dirs))
+    for site_dir, outcome in zip(site_dirs, outcomes):
+        click.echo(f"{outcome.state} at version {outcome.published_seq}" + (f" ({site_dir})" if len(site_dirs) > 1 else ""))
 
 
 @main.group("log")

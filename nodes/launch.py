@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
+import resource
 import shutil
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+import zmq
 
 from swarm.codec import Limits
-from swarm.errors import ConfigError, ManifestError
+from swarm.errors import ConfigError, ManifestError, UsageError
 from swarm.identity import SiteKeys, load_site_keys
 from swarm.manifest import Manifest, SignedManifest, load_manifest, signatures_path
+from swarm.schedule import Schedule
 from swarm.tensors import FlatModel, flatten_state
 from swarm.transport.base import Transport
 from swarm.transport.zeromq import ZmqSettings, ZmqTransport
+
+from gossip.base import Resume
 
 from .learner import Learner
 from .node import Node, NodeOutcome
@@ -60,8 +66,8 @@ def install_manifest(manifest_path: Path, site_root: Path) -> SignedManifest:
 TransportFactory = Callable[[SiteConfig, dict[str, str], ZmqSettings], Transport]
 
 
-def zmq_transport(config: SiteConfig, peers: dict[str, str], settings: ZmqSettings) -> Transport:
-    return ZmqTransport(config.name, config.listen, peers, settings).open()
+def zmq_transport(config: SiteConfig, peers: dict[str, str], settings: ZmqSettings, context: zmq.Context | None = None) -> Transport:
+    return ZmqTransport(config.name, config.listen, peers, settings, context).open()
 
 
 def limits_for(model: FlatModel) -> tuple[Limits, ZmqSettings]:
@@ -95,7 +101,8 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     ):
         if actual != planned:
             raise ConfigError(f"data: this site's data has {key} {actual} but the plan's task says {planned}; fix [data] in site.toml")
-    neighbours = list(plan.neighbours[config.name])
+    schedule = Schedule.from_plan(plan.neighbours, getattr(plan, "schedule", None))
+    neighbours = list(schedule.peers(config.name))
     limits, settings = limits_for(flatten_state(learner.shared_state()))
     transport = make_transport(config, {p: manifest.member(p).endpoint for p in neighbours}, settings)
     try:
@@ -104,24 +111,33 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
         transport.close()
         raise
     protocol_cls, params = protocol_params(plan.protocol)
-    protocol = protocol_cls(
-        config.name,
-        neighbours,
-        plan.rounds,
-        learner.samples,
-        params,
-        random.Random(),
-        published_seq=store.head.seq if store.head else 0,
+    head = store.head
+    resume = Resume(
+        published_seq=head.seq if head else 0,
         merged=store.merged_versions(),
         peer_heads=store.peer_heads(),
+        last_metrics=dict(head.body.metrics) if head else {},
     )
+    protocol = protocol_cls(config.name, schedule, plan.rounds, learner.samples, params, random.Random(), resume)
     node = Node(manifest, config.name, protocol, store, learner, transport, site.metrics_path, site.status_path, limits=limits)
     return node, transport
 
 
 def run_site(site_root: Path) -> NodeOutcome:
     """Run a site's node until the plan is done or SIGINT/SIGTERM; state is on disk either way."""
-    node, transport = open_node(site_root)
+    return run_sites([site_root])[0]
+
+
+def run_sites(site_roots: Sequence[Path]) -> list[NodeOutcome]:
+    """Run several sites' nodes in this process, one thread each (a packed scenario worker).
+    Each node keeps its own sockets, keys, log and checkpoints; they share one ZeroMQ
+    context (one I/O thread) and torch's thread pool. With more than one site, each
+    node's log lines also go to its own SITE/node.log."""
+    raise_fd_limit(sum(fds_needed(root) for root in site_roots) + 64)
+    context = zmq.Context()
+    context.max_sockets = 65536  # the default (1023) is below a packed worker's socket count
+    opened: list[tuple[Node, Transport]] = []
+    handlers: list[logging.Handler] = []
     stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -129,12 +145,76 @@ def run_site(site_root: Path) -> NodeOutcome:
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    outcomes: list[NodeOutcome | None] = [None] * len(site_roots)
     try:
-        outcome = node.run(stop)
+        for root in site_roots:
+            opened.append(open_node(root, functools.partial(zmq_transport, context=context)))
+        if len(opened) > 1:
+            handlers = [_node_log_handler(node.name, SiteDir(root).root / "node.log") for (node, _), root in zip(opened, site_roots)]
+
+        def run_one(index: int, node: Node) -> None:
+            outcomes[index] = node.run(stop)
+
+        threads = [threading.Thread(target=run_one, args=(i, node), name=f"node-{node.name}") for i, (node, _) in enumerate(opened)]
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads):
+            for thread in threads:
+                thread.join(0.2)  # short joins: the main thread must stay free for signals
     finally:
+        stop.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        node.store.close()
-        transport.close()
-    log.info("%s at version %d; rejected messages: %s", outcome.state, outcome.published_seq, outcome.rejected or "none")
-    return outcome
+        for node, transport in opened:
+            node.store.close()
+            transport.close()
+        context.term()
+        for handler in handlers:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    results = []
+    for (node, _), outcome in zip(opened, outcomes):
+        if outcome is None:
+            raise RuntimeError(f"node {node.name} stopped with an error; see its node.log")
+        log.info("%s %s at version %d; rejected messages: %s", node.name, outcome.state, outcome.published_seq, outcome.rejected or "none")
+        results.append(outcome)
+    return results
+
+
+def _node_log_handler(name: str, path: Path) -> logging.Handler:
+    """Route the records of one node's threads (node-NAME and train-NAME_*) to its log file."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.addFilter(lambda record: record.threadName == f"node-{name}" or record.threadName.startswith(f"train-{name}_"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def fds_needed(site_root: Path) -> int:
+    """File descriptors one node holds: per neighbour a socket with its mailbox, the TCP
+    connections both ways and a peer log; plus the router, its listener, our own log and
+    the wake-up pipe."""
+    try:
+        manifest = load_manifest(SiteDir(site_root).manifest_path).manifest
+        peers = len(manifest.plan.neighbours[SiteDir(site_root).load_config().name])
+    except Exception:  # open_node reports a broken site properly; estimate generously here
+        peers = 16
+    return 5 * peers + 12
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Lift the soft file-descriptor limit to what the nodes need (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise UsageError(
+            f"these nodes need about {needed} open files but the hard limit is {hard}; raise it "
+            "(`ulimit -Hn`, /etc/security/limits.conf, or LimitNOFILE= for a service) or run fewer nodes per worker (--nodes-per-worker)"
+        )
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, max(needed, 2 * needed))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"cannot raise the open-file limit from {soft} to {target} ({exc}); raise it with `ulimit -n {target}` or run fewer nodes per worker") from None
+    log.info("raised the open-file limit from %d to %d for %d nodes' sockets and logs", soft, target, needed)

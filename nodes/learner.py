@@ -82,13 +82,14 @@ class Learner:
     def load(self, state: Mapping[str, Tensor]) -> None:
         self.model.load_state_dict(state)
 
-    def run_round(self, round_no: int, pulled: Sequence[tuple[float, Mapping[str, Tensor]]]) -> RoundResult:
-        """Merge our model with the pulled ones (weighted by sample counts), train, evaluate,
-        snapshot and hash. BrainTorrent's step 3-4 for one node."""
+    def run_round(self, round_no: int, pulled: Sequence[tuple[float, Mapping[str, Tensor]]], self_weight: float | None = None) -> RoundResult:
+        """Merge our model (weight `self_weight`, by default our sample count) with the
+        pulled (weight, state) pairs, train, evaluate, snapshot and hash."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         if pulled:
-            merged = weighted_mean([(float(self.samples), self.shared_state()), *pulled])
+            own = float(self.samples) if self_weight is None else self_weight
+            merged = weighted_mean([(own, self.shared_state()), *pulled])
             self.model.load_state_dict(merged, strict=not self.local_names)
         timings["merge"] = time.perf_counter() - started
         started = time.perf_counter()

@@ -17,23 +17,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gossip.base import Action, Dropped, Finished, MergeAndTrain, Send, SendModel
-from gossip.braintorrent import BrainTorrent
+from gossip.base import Action, Dropped, Finished, MergeAndTrain, ModelInfo, ProtocolMachine, PulledVersion, PushModel, Send, SendModel
 from swarm.atomic import write_atomic
 from swarm.codec import Limits, decode_message, encode_message
 from swarm.errors import LogError, RejectedMessage
 from swarm.log import ParentRef, SignedEntry
 from swarm.manifest import Manifest
-from swarm.messages import ModelReply, Refusal
+from swarm.messages import ModelPush, ModelReply, Refusal
 from swarm.tensors import FlatModel, flatten_state, model_digest, rebuild_state
 from swarm.transport.base import Received, Transport
 
 from .learner import Learner, RoundResult
+from .round_timer import RoundTimer
 from .store import VersionStore
 
 log = logging.getLogger("swarm.node")
 
 MAX_ENTRIES_PER_REPLY = 1024
+AGE = "age"  # gossip learning's signed model age; see gossip.gossip_learning
 
 
 class RejectionLog:
@@ -79,7 +80,7 @@ class Node:
         self,
         manifest: Manifest,
         name: str,
-        protocol: BrainTorrent,
+        protocol: ProtocolMachine,
         store: VersionStore,
         learner: Learner,
         transport: Transport,
@@ -104,7 +105,9 @@ class Node:
         self.staged: dict[str, Staged] = {}
         self.job: Future[RoundResult] | None = None
         self.job_pulled: list[Staged] = []
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"train-{name}")
+        self.job_signed: dict[str, float] = {}
+        self.timer = RoundTimer(clock)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"train-{name}_")
         # Every member trains the plan's model: a neighbour's model must have exactly its
         # tensor names, dtypes and shapes, or merging it would fail (or be meaningless).
         self.expected_specs = flatten_state(learner.shared_state()).specs
@@ -137,9 +140,11 @@ class Node:
     def _step(self) -> None:
         deadline = self.protocol.next_deadline()
         wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - self.clock()))
-        if self.job is not None:
-            wait = min(wait, 0.01)
+        if self.job is not None and self.job.done():
+            wait = 0.0
+        # A finished training job wakes the transport (see _start_round), so no busy polling.
         received = self.transport.receive(wait)
+        self.timer.charge(self.protocol.activity)
         if received is not None:
             self._on_received(received)
         if self.job is not None and self.job.done():
@@ -158,31 +163,48 @@ class Node:
         except RejectedMessage as exc:
             self.rejections.reject(peer, exc.reason, exc.detail)
             return
-        if isinstance(decoded.msg, ModelReply):
-            self._on_model_reply(peer, decoded.msg, decoded.model)
+        msg = decoded.msg
+        if isinstance(msg, ModelReply):
+            if not self.protocol.expects_model(peer, msg.req):
+                self._execute([Dropped(peer, "stale_model_reply")])
+                return
+            self._on_model(peer, msg.req, msg.entries, decoded.model)
+        elif isinstance(msg, ModelPush):
+            if not self.protocol.wants_push(peer):
+                self._execute([Dropped(peer, "unwanted_push")])
+                return
+            self._on_model(peer, None, msg.entries, decoded.model)
         else:
-            self._execute(self.protocol.receive(peer, decoded.msg, self.clock()))
+            self._execute(self.protocol.receive(peer, msg, self.clock()))
 
-    def _on_model_reply(self, peer: str, reply: ModelReply, model: FlatModel | None) -> None:
-        if not self.protocol.expects_model(peer, reply.req):
-            self._execute([Dropped(peer, "stale_model_reply")])
+    def _on_model(self, peer: str, req: int | None, entries: tuple[bytes, ...], model: FlatModel | None) -> None:
+        """A model reply (to `req`) or push (None): verify the entries' signatures and chain
+        and the tensors against the signed digest before the protocol hears of it."""
+        with self.timer.measure("verify", self.protocol.activity):
+            try:
+                if model is None:
+                    raise RejectedMessage("missing_model", "a model message without tensors")
+                if model.specs != self.expected_specs:
+                    raise RejectedMessage("model_mismatch", "tensor names, dtypes or shapes differ from the plan's model")
+                new_entries, last = self.store.check_peer_entries(peer, entries)
+                if model_digest(model) != last.body.digest:
+                    raise RejectedMessage("digest_mismatch", f"tensors do not match the digest signed in {peer}'s entry {last.seq}")
+                state = rebuild_state(model)
+            except (RejectedMessage, LogError) as exc:
+                self.rejections.reject(peer, exc.reason, exc.detail)
+                failed = self.protocol.model_failed(peer, req, exc.reason, self.clock())
+            else:
+                failed = None
+                self.store.append_peer_entries(peer, new_entries)
+        if failed is not None:
+            self._execute(failed)
             return
-        try:
-            if model is None:
-                raise RejectedMessage("missing_model", "a model reply without tensors")
-            if model.specs != self.expected_specs:
-                raise RejectedMessage("model_mismatch", "tensor names, dtypes or shapes differ from the plan's model")
-            new_entries, last = self.store.check_peer_entries(peer, reply.entries)
-            if model_digest(model) != last.body.digest:
-                raise RejectedMessage("digest_mismatch", f"tensors do not match the digest signed in {peer}'s entry {last.seq}")
-            state = rebuild_state(model)
-        except (RejectedMessage, LogError) as exc:
-            self.rejections.reject(peer, exc.reason, exc.detail)
-            self._execute(self.protocol.model_failed(peer, reply.req, exc.reason, self.clock()))
-            return
-        self.store.append_peer_entries(peer, new_entries)
-        self.staged[peer] = Staged(last, state)
-        self._execute(self.protocol.model_arrived(peer, reply.req, last.seq, self.clock()))
+        held = self.staged.get(peer)
+        if held is None or last.seq > held.entry.seq:  # keep the newest verified model per neighbour
+            self.staged[peer] = Staged(last, state)
+        body = last.body
+        info = ModelInfo(last.seq, body.round, body.samples, float(body.metrics.get(AGE, last.seq)))
+        self._execute(self.protocol.model_arrived(peer, req, info, self.clock()))
 
     # -- actions ---------------------------------------------------------------------------------
 
@@ -191,7 +213,9 @@ class Node:
             if isinstance(action, Send):
                 self._send(action.peer, encode_message(self.federation, action.msg))
             elif isinstance(action, SendModel):
-                self._send_model(action)
+                self._send_model(action.peer, action.have, lambda entries: ModelReply(action.req, entries))
+            elif isinstance(action, PushModel):
+                self._send_model(action.peer, action.have, ModelPush)
             elif isinstance(action, MergeAndTrain):
                 self._start_round(action)
             elif isinstance(action, Dropped):
@@ -205,23 +229,30 @@ class Node:
             self.dropped["send_failed"] += 1
             log.debug("could not queue a message to %s (not connected or queue full)", peer)
 
-    def _send_model(self, action: SendModel) -> None:
+    def _send_model(self, peer: str, have: int, message: Callable[[tuple[bytes, ...]], ModelReply | ModelPush]) -> None:
+        """Our latest published model with the log entries after `have` (what `peer` holds)."""
         latest = self.store.latest
         assert latest is not None, "the protocol only sends models after publishing"
-        entries = self.store.entries_after(action.have, MAX_ENTRIES_PER_REPLY)
-        try:
-            frames = encode_message(self.federation, ModelReply(action.req, tuple(entries)), latest.flat, self.limits)
-        except ValueError as exc:  # e.g. the entries would not fit the header limit
-            log.warning("cannot send our model to %s: %s", action.peer, exc)
-            self.dropped["reply_too_large"] += 1
-            frames = encode_message(self.federation, Refusal(action.req, "reply_too_large"))
-        self._send(action.peer, frames)
+        with self.timer.measure("transfer", self.protocol.activity):
+            entries = self.store.entries_after(have, MAX_ENTRIES_PER_REPLY)
+            msg = message(tuple(entries))
+            try:
+                frames = encode_message(self.federation, msg, latest.flat, self.limits)
+            except ValueError as exc:  # e.g. the entries would not fit the header limit
+                log.warning("cannot send our model to %s: %s", peer, exc)
+                self.dropped["reply_too_large"] += 1
+                if not isinstance(msg, ModelReply):
+                    return
+                frames = encode_message(self.federation, Refusal(msg.req, "reply_too_large"))
+            self._send(peer, frames)
 
     def _start_round(self, action: MergeAndTrain) -> None:
-        self.job_pulled = [self.staged.pop(p.peer) for p in action.pulled if p.peer in self.staged]
-        pulled_states = [(float(s.entry.body.samples), s.state) for s in self.job_pulled]
-        self.staged.clear()
-        self.job = self.executor.submit(self.learner.run_round, action.round, pulled_states)
+        used: list[tuple[PulledVersion, Staged]] = [(p, self.staged.pop(p.peer)) for p in action.pulled if p.peer in self.staged]
+        self.job_pulled = [staged for _, staged in used]
+        self.job_signed = dict(action.signed)
+        pulled_states = [(p.weight, staged.state) for p, staged in used]
+        self.job = self.executor.submit(self.learner.run_round, action.round, pulled_states, action.self_weight)
+        self.job.add_done_callback(lambda _: self.transport.wake())
 
     def _finish_round(self) -> None:
         assert self.job is not None
@@ -229,29 +260,39 @@ class Node:
         # exception here is a bug in merging or training: let it surface.
         result = self.job.result()
         self.job = None
-        previous = self.store.latest
-        parents = [ParentRef(previous.entry.body.author, previous.entry.seq, previous.entry.body.digest)] if previous else []
-        parents += [ParentRef(s.entry.body.author, s.entry.seq, s.entry.body.digest) for s in self.job_pulled]
-        published = self.store.publish(result.round, result.flat, result.digest, self.learner.samples, parents, result.metrics, result.local_flat)
+        with self.timer.measure("publish", self.protocol.activity):
+            previous = self.store.latest
+            parents = [ParentRef(previous.entry.body.author, previous.entry.seq, previous.entry.body.digest)] if previous else []
+            parents += [ParentRef(s.entry.body.author, s.entry.seq, s.entry.body.digest) for s in self.job_pulled]
+            metrics = result.metrics | self.job_signed
+            published = self.store.publish(result.round, result.flat, result.digest, self.learner.samples, parents, metrics, result.local_flat)
         merged = {self.manifest.member_by_signing_key(s.entry.body.author).name: s.entry.seq for s in self.job_pulled}
-        self._append_metrics(result, published.entry.seq, merged)
+        self._append_metrics(result, metrics, published.entry.seq, merged, self.timer.take(self.protocol.activity))
         self.job_pulled = []
         self._execute(self.protocol.published(published.entry.seq, merged, self.clock()))
+        # Staged models no newer than what we merged from their author are of no further use.
+        for peer in [p for p, staged in self.staged.items() if staged.entry.seq <= self.protocol.merged.get(p, 0)]:
+            del self.staged[peer]
         self._write_status("running")
 
     # -- records ---------------------------------------------------------------------------------
 
-    def _append_metrics(self, result: RoundResult, seq: int, merged: dict[str, int]) -> None:
+    def _append_metrics(self, result: RoundResult, metrics: dict[str, float], seq: int, merged: dict[str, int], spent: dict[str, float]) -> None:
+        # Wall time per round: the loop's own buckets (wait, transfer, verify, publish, round)
+        # and the worker thread's (merge, train, evaluate, snapshot).
+        timings = spent | result.timings
         line = {
             "node": self.name,
             "round": result.round,
             "seq": seq,
             "time": time.time(),
             "elapsed": round(self.clock() - self.started, 3),
-            **result.metrics,
+            **metrics,
             "samples": self.learner.samples,
             "merged": merged,
-            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            "bytes_sent": sum(self.transport.bytes_sent.values()),  # cumulative, all neighbours
+            "bytes_received": sum(self.transport.bytes_received.values()),
+            "timings": {k: round(v, 4) for k, v in timings.items()},
         }
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(line) + "\n")

@@ -11,6 +11,7 @@ import click
 
 from nodes.cli import run_cli, user_errors
 from swarm.atomic import write_atomic
+from swarm.config import get_int
 from swarm.errors import ConfigError
 
 
@@ -28,28 +29,32 @@ def main() -> None:
 @click.argument("scenario_path", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/NAME-TIME).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory's sites and summary.")
+@click.option("--nodes", type=int, default=None, help="Override [scenario] nodes.")
+@click.option("--topology", default=None, help="Override [topology] name (its other settings are kept only if the name is unchanged).")
+@click.option("--protocol", default=None, help="Override [protocol] name: braintorrent, gossip, dpsgd or epidemic.")
+@click.option("--rounds", type=int, default=None, help="Override [plan] rounds.")
+@click.option("--nodes-per-worker", type=int, default=None, help="Nodes packed into each worker process (default: from node and core counts).")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default=None, help="Run worker processes here (local) or on a Ray cluster (needs the ray extra).")
 @user_errors
-def run(scenario_path: Path, out: Path | None, force: bool) -> None:
-    """Run SCENARIO_PATH: one real `swarm-node run` process per hospital over loopback TCP."""
-    from .config import ScenarioConfig
-    from .federation import create_federation
-    from .report import build_summary, format_table, write_summary
-    from .runner import run_federation
+def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, topology: str | None, protocol: str | None,
+        rounds: int | None, nodes_per_worker: int | None, backend: str | None) -> None:
+    """Run SCENARIO_PATH: real `swarm-node` processes (several nodes per worker process for
+    large federations) talking ZeroMQ over TCP."""
+    from dataclasses import replace
 
-    config = ScenarioConfig.load(scenario_path)
+    from .config import ScenarioConfig
+    from .report import format_table
+    from .run import run_scenario
+
+    config = ScenarioConfig.load(scenario_path).with_overrides(nodes=nodes, topology=topology, protocol=protocol, rounds=rounds)
+    if nodes_per_worker is not None:
+        config = replace(config, nodes_per_worker=get_int({"nodes_per_worker": nodes_per_worker}, "nodes_per_worker", "--nodes-per-worker", minimum=1))
+    if backend is not None:
+        config = replace(config, backend=backend)
     out = out or Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _prepare_out(out, force)
-    write_atomic(out / "scenario.toml", config.source.encode())
-    federation = create_federation(config, out)
-    _progress(
-        f"federation {config.name}: {config.nodes} hospitals, {config.protocol.get('name', 'braintorrent')} on a "
-        f"{federation.manifest.plan.topology['name']} topology, {config.rounds} rounds -> {out}"
-    )
-    outcome = run_federation(federation.sites, config.rounds, config.timeout, _progress)
-    summary = build_summary(config, federation, outcome, _progress)
-    path = write_summary(out, summary)
+    summary = run_scenario(config, out, _progress, force=force)
     _progress(format_table(summary))
-    _progress(f"summary: {path}")
+    _progress(f"summary: {out / 'summary.json'}")
     if not summary["ok"]:
         problems = [f"{n['name']} exited {n['exit_code']} ({n['state']})" for n in summary["nodes"] if n["exit_code"] != 0]
         problems += summary["log_verification"]["failures"][:3]
@@ -86,15 +91,6 @@ def compare(scenario_path: Path, repeats: int, out: Path | None, force: bool) ->
     paths = write_report(results, out)
     _progress(markdown_table(results))
     _progress("wrote " + ", ".join(str(p) for p in [out / "compare.json", *paths.values()]))
-
-
-def _prepare_out(out: Path, force: bool) -> None:
-    if (out / "sites").exists() or (out / "summary.json").exists():
-        if not force:
-            raise ConfigError(f"--out {out}: already holds a run; choose another directory or pass --force to replace it")
-        shutil.rmtree(out / "sites", ignore_errors=True)
-        (out / "summary.json").unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def entry() -> None:

@@ -92,7 +92,7 @@ def _run_swarm(config: ScenarioConfig, out: Path, metrics: Sequence[str], kind: 
     federation = create_federation(config, out)
     outcome = run_federation(federation.sites, config.rounds, config.timeout, lambda line: None)
     if not outcome.all_finished:
-        failed = [n.name for n in outcome.nodes if n.process.returncode != 0]
+        failed = [n.name for n in outcome.nodes if n.exit_code != 0]
         raise ConfigError(f"compare: the BrainTorrent federation in {out} did not finish (nodes {failed or 'timed out'}); see their node.log")
     # Nodes log segmentation's pixel accuracy as "accuracy" (it is what `evaluate` returns).
     node_key = {"pixel_accuracy": "accuracy"} if kind == "segmentation" else {}

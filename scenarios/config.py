@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from nodes.sources import DataSource, data_source
 from nodes.plan import build_plan
-from swarm.config import check_keys, get_bool, get_float, get_int, get_str, read_toml, table
+from swarm.config import check_keys, get_bool, get_float, get_int, get_optional_int, get_str, read_toml, table
 from swarm.errors import ConfigError
 
 SECTIONS = {"scenario", "plan", "topology", "protocol", "model", "training", "data", "baselines", "compare"}
+MAX_NODES = 1024
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class ScenarioConfig:
     pooled: bool
     source: str  # the TOML text, saved beside the results
     compare: dict[str, Any]  # settings of `swarm-scenario compare`, checked by scenarios.compare
+    nodes_per_worker: int | None = None  # None: chosen from the node and core counts
+    backend: str = "local"  # where worker processes run: this machine, or a Ray cluster
 
     @classmethod
     def load(cls, path: Path) -> ScenarioConfig:
@@ -37,12 +41,12 @@ class ScenarioConfig:
         where = str(path)
         check_keys(values, SECTIONS, where)
         scenario = table(values, "scenario", where)
-        check_keys(scenario, {"name", "nodes", "host", "timeout"}, "scenario")
+        check_keys(scenario, {"name", "nodes", "host", "timeout", "nodes_per_worker", "backend"}, "scenario")
         plan = table(values, "plan", where)
         check_keys(plan, {"rounds"}, "plan")
         baselines = table(values, "baselines", where)
         check_keys(baselines, {"local_only", "pooled"}, "baselines")
-        nodes = get_int(scenario, "nodes", "scenario", default=6, minimum=2, maximum=64)
+        nodes = get_int(scenario, "nodes", "scenario", default=6, minimum=2, maximum=MAX_NODES)
         data = table(values, "data", where)
         if "site" in data or "sites" in data:
             raise ConfigError("data.sites/data.site: set by the runner from scenario.nodes; remove them from the scenario")
@@ -61,8 +65,47 @@ class ScenarioConfig:
             pooled=get_bool(baselines, "pooled", "baselines", default=True),
             source=Path(path).read_text(),
             compare=table(values, "compare", where),
+            nodes_per_worker=get_optional_int(scenario, "nodes_per_worker", "scenario", minimum=1, maximum=MAX_NODES, example=8),
+            backend=get_str(scenario, "backend", "scenario", default="local", choices=BACKENDS),
         )
-        config.plan_for([f"site-{i}" for i in range(nodes)])  # fail now, not in six processes
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Validate the plan for this many members: fail now, not in a hundred processes."""
+        self.plan_for([f"site-{i}" for i in range(self.nodes)])
+
+    def with_overrides(
+        self,
+        *,
+        nodes: int | None = None,
+        topology: str | dict[str, Any] | None = None,
+        protocol: str | dict[str, Any] | None = None,
+        rounds: int | None = None,
+        seed: int | None = None,
+        name: str | None = None,
+    ) -> ScenarioConfig:
+        """This scenario with some settings replaced (command-line overrides, sweep cells),
+        validated like a loaded file. A topology or protocol given by name alone keeps the
+        file's parameters when the name is unchanged and drops them otherwise; `seed`
+        sets the data and topology seeds together."""
+        changes: dict[str, Any] = {}
+        if nodes is not None:
+            changes["nodes"] = get_int({"nodes": nodes}, "nodes", "--nodes", minimum=2, maximum=MAX_NODES)
+        if rounds is not None:
+            changes["rounds"] = get_int({"rounds": rounds}, "rounds", "--rounds", minimum=1, maximum=1000)
+        if topology is not None:
+            changes["topology"] = _named_table(self.topology, topology, "ring")
+        if protocol is not None:
+            changes["protocol"] = _named_table(self.protocol, protocol, "braintorrent")
+        if seed is not None:
+            seed = get_int({"seed": seed}, "seed", "--seed", minimum=0)
+            changes["data"] = self.data | {"seed": seed}
+            changes["topology"] = changes.get("topology", self.topology) | {"seed": seed}
+        if name is not None:
+            changes["name"] = name
+        config = replace(self, **changes)
+        config.check()
         return config
 
     def plan_for(self, names: list[str]) -> dict[str, Any]:
@@ -76,3 +119,9 @@ class ScenarioConfig:
 
     def data_source(self) -> DataSource:
         return data_source(self.data_table())
+
+
+def _named_table(current: dict[str, Any], new: str | dict[str, Any], default_name: str) -> dict[str, Any]:
+    if isinstance(new, dict):
+        return dict(new)
+    return dict(current) if current.get("name", default_name) == new else {"name": new}

@@ -64,7 +64,7 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
             "pooled": _scores(pooled_result["sites"][index]) if pooled_result else None,
             "rounds_completed": len(node.metrics),
             "state": status.get("state", "unknown"),
-            "exit_code": node.process.returncode,
+            "exit_code": node.exit_code,
             "train_samples": sites[index].train_samples,
             "neighbours": list(federation.manifest.plan.neighbours[node.name]),
             "bytes_sent": sum(status.get("bytes_sent", {}).values()),

@@ -1,31 +1,58 @@
-"""Running a federation's node processes and watching them.
+"""Running a federation's worker processes and watching them.
 
-Each hospital is a separate OS process running the real `swarm-node run` (via
-`python -m nodes`, the same entry point). The runner only reads what nodes write to disk
-(metrics.jsonl, status.json) to show progress; it never talks to them over the network."""
+Each worker process runs the real `swarm-node run` (via `python -m nodes`, the same entry
+point) for one or more sites. Small federations get one process per hospital; large ones
+pack several nodes into each worker, every node keeping its own ZeroMQ sockets, keys and
+signed log, so the wire protocol is the same as between real sites. The runner only reads
+what nodes write to disk (metrics.jsonl, status.json) to show progress; it never talks to
+them over the network."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from nodes.site import SiteDir
 
+PROCESSES_PER_CORE = 4  # workers mostly wait on each other; a few per core keep both cores busy
+NODE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def default_nodes_per_worker(nodes: int, cores: int | None = None) -> int:
+    """One process per node while that fits a few processes per core; beyond, pack evenly."""
+    workers = max(1, PROCESSES_PER_CORE * (cores or os.cpu_count() or 1))
+    return max(1, math.ceil(nodes / workers))
+
+
+class WorkerHandle(Protocol):
+    """A running worker: a local subprocess or a Ray task (scenarios.ray_backend)."""
+
+    def poll(self) -> int | None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def wait(self, timeout: float) -> int | None: ...
+
 
 @dataclass
-class NodeProcess:
+class NodeRun:
     name: str
     site: Path
-    process: subprocess.Popen
+    worker: WorkerHandle
     metrics: list[dict] = field(default_factory=list)
     _offset: int = 0
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.worker.poll()
 
     def read_new_metrics(self) -> bool:
         """Append complete new lines of metrics.jsonl; True if any arrived."""
@@ -42,39 +69,97 @@ class NodeProcess:
         return bool(lines)
 
 
-def start_node(name: str, site: Path) -> NodeProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(site / "node.log", "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nodes", "run", "--site", str(site)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,  # Ctrl-C at the runner is handled by the runner, not each node
-    )
-    log.close()
-    return NodeProcess(name, site, process)
+class LocalWorker:
+    """A `python -m nodes run --site ... [--site ...]` subprocess in its own session."""
+
+    def __init__(self, sites: Sequence[Path], log_path: Path) -> None:
+        args = [sys.executable, "-m", "nodes", "run"]
+        for site in sites:
+            args += ["--site", str(site)]
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=os.environ | NODE_ENV,
+                start_new_session=True,  # Ctrl-C at the runner is handled by the runner, not each node
+            )
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def worker_log_path(sites: Sequence[Path]) -> Path:
+    """A single site logs into its own node.log; a packed worker's process output (its
+    nodes still write their own node.log) goes to workers/<first site>.log."""
+    if len(sites) == 1:
+        return sites[0] / "node.log"
+    directory = sites[0].parent.parent / "workers"
+    directory.mkdir(exist_ok=True)
+    return directory / f"{sites[0].name}.log"
+
+
+StartWorker = Callable[[Sequence[Path], Path], WorkerHandle]
+
+
+def start_workers(sites: dict[str, Path], nodes_per_worker: int, start: StartWorker = LocalWorker) -> list[NodeRun]:
+    names = list(sites)
+    runs: list[NodeRun] = []
+    for first in range(0, len(names), nodes_per_worker):
+        group = names[first : first + nodes_per_worker]
+        paths = [sites[name] for name in group]
+        worker = start(paths, worker_log_path(paths))
+        runs += [NodeRun(name, sites[name], worker) for name in group]
+    return runs
 
 
 @dataclass
 class RunOutcome:
-    nodes: list[NodeProcess]
+    nodes: list[NodeRun]
     wall_seconds: float
     timed_out: bool
+    workers: int = 1
 
     @property
     def all_finished(self) -> bool:
-        return not self.timed_out and all(n.process.returncode == 0 for n in self.nodes)
+        return not self.timed_out and all(n.exit_code == 0 for n in self.nodes)
 
 
-def run_federation(sites: dict[str, Path], rounds: int, timeout: float, progress: Callable[[str], None]) -> RunOutcome:
+def run_federation(
+    sites: dict[str, Path],
+    rounds: int,
+    timeout: float,
+    progress: Callable[[str], None],
+    *,
+    nodes_per_worker: int | None = None,
+    backend: str = "local",
+) -> RunOutcome:
+    per_worker = nodes_per_worker or default_nodes_per_worker(len(sites))
+    start = _worker_starter(backend)
     started = time.monotonic()
-    nodes = [start_node(name, site) for name, site in sites.items()]
+    nodes = start_workers(sites, per_worker, start)
+    workers = _distinct_workers(nodes)
+    if per_worker > 1:
+        progress(f"{len(sites)} nodes in {len(workers)} worker processes ({per_worker} per worker, {backend})")
     timed_out = False
     last_round_shown = 0
     try:
-        while any(n.process.poll() is None for n in nodes):
+        while any(w.poll() is None for w in workers):
             if time.monotonic() - started > timeout:
                 timed_out = True
                 progress(f"timeout after {timeout:.0f} s: stopping the nodes")
@@ -89,26 +174,46 @@ def run_federation(sites: dict[str, Path], rounds: int, timeout: float, progress
         progress("interrupted: stopping the nodes (they persist their state)")
         timed_out = True
     finally:
-        stop_nodes(nodes)
+        stop_workers(workers)
     for node in nodes:
         node.read_new_metrics()
-    return RunOutcome(nodes, time.monotonic() - started, timed_out)
+    return RunOutcome(nodes, time.monotonic() - started, timed_out, len(workers))
 
 
-def _progress_line(nodes: list[NodeProcess], done: int, rounds: int, elapsed: float) -> str:
-    accuracies = "  ".join(f"{n.name.removeprefix('hospital-')}={n.metrics[-1]['accuracy']:.3f}" for n in nodes)
-    return f"[{elapsed:6.1f}s] round {done:>3}/{rounds}  accuracy  {accuracies}"
+def _worker_starter(backend: str) -> StartWorker:
+    if backend == "ray":
+        from .ray_backend import RayWorker
+
+        return RayWorker
+    return LocalWorker
 
 
-def stop_nodes(nodes: list[NodeProcess], grace: float = 15.0) -> None:
+def _distinct_workers(nodes: list[NodeRun]) -> list[WorkerHandle]:
+    seen: dict[int, WorkerHandle] = {}
+    for node in nodes:
+        seen.setdefault(id(node.worker), node.worker)
+    return list(seen.values())
+
+
+MAX_SHOWN = 12  # a progress line shows every node of a small federation, a summary of a big one
+
+
+def _progress_line(nodes: list[NodeRun], done: int, rounds: int, elapsed: float) -> str:
+    accuracies = [n.metrics[-1].get("accuracy", math.nan) for n in nodes]
+    if len(nodes) <= MAX_SHOWN:
+        shown = "  ".join(f"{n.name.removeprefix('hospital-')}={a:.3f}" for n, a in zip(nodes, accuracies))
+    else:
+        finite = [a for a in accuracies if not math.isnan(a)] or [math.nan]
+        shown = f"mean={sum(finite) / len(finite):.3f}  min={min(finite):.3f}  max={max(finite):.3f}  ({len(nodes)} nodes)"
+    return f"[{elapsed:6.1f}s] round {done:>3}/{rounds}  accuracy  {shown}"
+
+
+def stop_workers(workers: list[WorkerHandle], grace: float = 15.0) -> None:
     """SIGTERM (nodes finish their step and persist), then SIGKILL whoever is still there."""
-    for node in nodes:
-        if node.process.poll() is None:
-            node.process.send_signal(signal.SIGTERM)
+    for worker in workers:
+        worker.terminate()
     deadline = time.monotonic() + grace
-    for node in nodes:
-        try:
-            node.process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            node.process.kill()
-            node.process.wait()
+    for worker in workers:
+        if worker.wait(max(0.0, deadline - time.monotonic())) is None:
+            worker.kill()
+            worker.wait(5.0)

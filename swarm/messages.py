@@ -103,6 +103,25 @@ class ModelReply(Message):
 
 
 @dataclass(frozen=True)
+class ModelPush(Message):
+    """An unasked model (gossip, D-PSGD, epidemic learning): signed log envelopes in
+    ascending seq after what the receiver last acknowledged; the last describes the tensors."""
+
+    KIND: ClassVar[str] = "model_push"
+    CARRIES_MODEL: ClassVar[bool] = True
+    entries: tuple[bytes, ...] = _field(check_entries)
+
+
+@dataclass(frozen=True)
+class PushAck(Message):
+    """The highest entry of the pusher's log the receiver now holds, so the next push sends
+    only what is missing."""
+
+    KIND: ClassVar[str] = "push_ack"
+    seq: int = _field(check_uint)
+
+
+@dataclass(frozen=True)
 class Refusal(Message):
     """The responder will not answer `req`, e.g. reason "no_model_yet"."""
 
@@ -112,7 +131,7 @@ class Refusal(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (VersionRequest, VersionReply, ModelRequest, ModelReply, Refusal)
+    cls.KIND: cls for cls in (VersionRequest, VersionReply, ModelRequest, ModelReply, ModelPush, PushAck, Refusal)
 }
 
 

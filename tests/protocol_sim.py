@@ -1,22 +1,27 @@
 """A deterministic federation of protocol state machines for tests: a fake clock, the
 in-memory network, the real wire codec, and instant stand-ins for merging and training.
 
-A "model" here is a one-tensor FlatModel holding (author index, seq), so a test can check
-what was pulled without any torch training."""
+A "model" is a one-tensor FlatModel; its log entry is a JSON stand-in carrying what the
+runtime would read from a signed entry (seq, samples, age). Training is a float: the merge
+computes the protocol's weighted mean of the neighbours' values exactly as the learner
+would, so tests can check the arithmetic by hand."""
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from gossip.base import Dropped, Finished, MergeAndTrain, Send, SendModel
-from gossip.braintorrent import BrainTorrent, BrainTorrentParams
+from gossip.base import Dropped, Finished, MergeAndTrain, ModelInfo, Params, ProtocolMachine, PushModel, Resume, Send, SendModel
+from gossip.braintorrent import BrainTorrent
 from swarm.codec import decode_message, encode_message
 from swarm.errors import RejectedMessage
-from swarm.messages import ModelReply
-from swarm.tensors import flatten_state
+from swarm.messages import ModelPush, ModelReply
+from swarm.schedule import Schedule
+from swarm.tensors import flatten_state, rebuild_state
 from swarm.transport import InMemoryNetwork
 
 FEDERATION = bytes(range(32))
@@ -30,27 +35,73 @@ class FakeClock:
         return self.now
 
 
+def make_protocol(
+    cls: type[ProtocolMachine],
+    name: str,
+    neighbours: Mapping[str, Sequence[str]] | Schedule,
+    rounds: int,
+    samples: int,
+    params: Params,
+    rng: random.Random | None = None,
+    **resume,
+) -> ProtocolMachine:
+    """A protocol for member `name` of a federation with these neighbour lists (every
+    member's, or a Schedule); `resume` fields (published_seq, merged, ...) as keywords."""
+    schedule = neighbours if isinstance(neighbours, Schedule) else Schedule(_symmetric(name, neighbours))
+    return cls(name, schedule, rounds, samples, params, rng or random.Random(1), Resume(**resume))
+
+
+def _symmetric(name: str, neighbours: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Accept just `name`'s list too ({"a": ["b", "c"]}): fill in the other ends."""
+    full = {member: list(peers) for member, peers in neighbours.items()}
+    for member, peers in list(full.items()):
+        for peer in peers:
+            full.setdefault(peer, [])
+            if member not in full[peer]:
+                full[peer].append(member)
+    return full
+
+
 @dataclass
 class SimNode:
     name: str
-    protocol: BrainTorrent
+    protocol: ProtocolMachine
     transport: object
     train_seconds: float
+    value: float  # the "model": one number, merged like the learner merges tensors
     job: tuple[float, MergeAndTrain] | None = None  # (finishes at, action)
     history: list[MergeAndTrain] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # value after each published round
     dropped: list[str] = field(default_factory=list)
     finished_at: float | None = None
+    entry: dict = field(default_factory=dict)  # what our latest "log entry" says
+    staged: dict[str, tuple[int, float]] = field(default_factory=dict)  # peer -> (seq, value)
 
 
 class Simulation:
-    def __init__(self, neighbours: dict[str, list[str]], rounds: int, params: BrainTorrentParams, seed: int = 0, train_seconds: float = 0.05) -> None:
+    """`train` maps the merged value of a node to its trained value (default: unchanged)."""
+
+    def __init__(
+        self,
+        neighbours: Mapping[str, Sequence[str]],
+        rounds: int,
+        params: Params,
+        seed: int = 0,
+        train_seconds: float = 0.05,
+        protocol: type[ProtocolMachine] = BrainTorrent,
+        schedule: Schedule | None = None,
+        values: Mapping[str, float] | None = None,
+        samples: Mapping[str, int] | None = None,
+    ) -> None:
         self.clock = FakeClock()
         self.network = InMemoryNetwork()
         rng = random.Random(seed)
-        self.nodes = {
-            name: SimNode(name, BrainTorrent(name, peers, rounds, 100, params, random.Random(rng.random())), self.network.endpoint(name), train_seconds)
-            for name, peers in neighbours.items()
-        }
+        schedule = schedule or Schedule(neighbours)
+        self.nodes = {}
+        for i, name in enumerate(neighbours):
+            machine = make_protocol(protocol, name, schedule, rounds, (samples or {}).get(name, 100), params, random.Random(rng.random()))
+            value = float((values or {}).get(name, i))
+            self.nodes[name] = SimNode(name, machine, self.network.endpoint(name), train_seconds, value)
 
     def kill(self, name: str) -> None:
         self.network.down.add(name)
@@ -64,11 +115,21 @@ class Simulation:
             self.clock.now = min(self._next_event(), until)
             for node in self.nodes.values():
                 if node.job and node.job[0] <= self.clock.now:
-                    _, action = node.job
-                    node.job = None
-                    merged = {p.peer: p.seq for p in action.pulled}
-                    self._execute(node, node.protocol.published(action.round, merged, self.clock.now))
+                    self._publish(node)
                 self._execute(node, node.protocol.tick(self.clock.now))
+
+    def _publish(self, node: SimNode) -> None:
+        _, action = node.job
+        node.job = None
+        used = [(p, node.staged.pop(p.peer)) for p in action.pulled if p.peer in node.staged]
+        if used:
+            total = action.self_weight + sum(p.weight for p, _ in used)
+            node.value = (action.self_weight * node.value + sum(p.weight * v for p, (_, v) in used)) / total
+        node.values.append(node.value)
+        seq = node.protocol.published_seq + 1
+        node.entry = {"seq": seq, "round": action.round, "samples": node.protocol.samples, "age": action.signed.get("age", seq)}
+        merged = {p.peer: s for p, (s, _) in used}
+        self._execute(node, node.protocol.published(seq, merged, self.clock.now))
 
     def _next_event(self) -> float:
         times = [n.protocol.next_deadline() for n in self.nodes.values()] + [n.job[0] for n in self.nodes.values() if n.job]
@@ -92,25 +153,32 @@ class Simulation:
         except RejectedMessage as exc:
             node.dropped.append(exc.reason)
             return
-        now = self.clock.now
-        if isinstance(decoded.msg, ModelReply):
-            if not node.protocol.expects_model(received.peer, decoded.msg.req):
-                node.dropped.append("stale_model_reply")
+        now, msg, peer = self.clock.now, decoded.msg, received.peer
+        if isinstance(msg, (ModelReply, ModelPush)):
+            req = msg.req if isinstance(msg, ModelReply) else None
+            wanted = node.protocol.expects_model(peer, req) if req is not None else node.protocol.wants_push(peer)
+            if not wanted:
+                node.dropped.append("unwanted_model")
                 return
-            seq = int(decoded.msg.entries[-1].decode())
-            self._execute(node, node.protocol.model_arrived(received.peer, decoded.msg.req, seq, now))
+            entry = json.loads(msg.entries[-1])
+            value = float(rebuild_state(decoded.model)["value"].item())
+            held = node.staged.get(peer)
+            if held is None or entry["seq"] > held[0]:
+                node.staged[peer] = (entry["seq"], value)
+            info = ModelInfo(entry["seq"], entry["round"], entry["samples"], float(entry["age"]))
+            self._execute(node, node.protocol.model_arrived(peer, req, info, now))
         else:
-            self._execute(node, node.protocol.receive(received.peer, decoded.msg, now))
+            self._execute(node, node.protocol.receive(peer, msg, now))
 
     def _execute(self, node: SimNode, actions: list) -> None:
         for action in actions:
             if isinstance(action, Send):
                 node.transport.send(action.peer, encode_message(FEDERATION, action.msg))
-            elif isinstance(action, SendModel):
-                seq = node.protocol.published_seq
-                model = flatten_state({"version": torch.tensor([seq])})
-                reply = ModelReply(action.req, (str(seq).encode(),))
-                node.transport.send(action.peer, encode_message(FEDERATION, reply, model))
+            elif isinstance(action, (SendModel, PushModel)):
+                model = flatten_state({"value": torch.tensor([node.value], dtype=torch.float64)})
+                entries = (json.dumps(node.entry).encode(),)
+                msg = ModelReply(action.req, entries) if isinstance(action, SendModel) else ModelPush(entries)
+                node.transport.send(action.peer, encode_message(FEDERATION, msg, model))
             elif isinstance(action, MergeAndTrain):
                 node.history.append(action)
                 node.job = (self.clock.now + node.train_seconds, action)

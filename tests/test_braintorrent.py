@@ -7,18 +7,21 @@ import random
 
 import pytest
 
-from gossip.base import Dropped, Finished, MergeAndTrain, PulledVersion, Send, SendModel
+from gossip.base import Dropped, Finished, MergeAndTrain, ModelInfo, PulledVersion, Send, SendModel
 from gossip.braintorrent import ANNOUNCEMENT, BrainTorrent, BrainTorrentParams, Phase
 from swarm.errors import ConfigError
 from swarm.messages import ModelRequest, Refusal, VersionReply, VersionRequest
-from tests.protocol_sim import Simulation
+from tests.protocol_sim import Simulation, make_protocol
 
 PARAMS = BrainTorrentParams(round_interval=1.0, poll_timeout=2.0, pull_timeout=10.0, wait_for_new=5.0, linger=30.0, done_poll_interval=1.0)
 
 
-def machine(**kwargs) -> BrainTorrent:
-    defaults = dict(name="a", neighbours=["b", "c"], rounds=3, samples=50, params=PARAMS, rng=random.Random(1))
-    return BrainTorrent(**(defaults | kwargs))
+def machine(rounds: int = 3, samples: int = 50, **resume) -> BrainTorrent:
+    return make_protocol(BrainTorrent, "a", {"a": ["b", "c"]}, rounds, samples, PARAMS, random.Random(1), **resume)
+
+
+def model(seq: int, samples: int = 10) -> ModelInfo:
+    return ModelInfo(seq, seq, samples, float(seq))
 
 
 def start_polling(bt: BrainTorrent) -> list:
@@ -35,8 +38,10 @@ def test_a_round_polls_pulls_newer_models_and_trains():
     assert bt.receive("b", VersionReply(1, 5, 80, False), 1.2) == []
     assert bt.receive("c", VersionReply(2, 3, 20, False), 1.3) == [Send("b", ModelRequest(3, 4)), Send("c", ModelRequest(4, 0))]
     assert bt.expects_model("b", 3) and not bt.expects_model("b", 4)
-    assert bt.model_arrived("c", 4, 3, 1.4) == []
-    assert bt.model_arrived("b", 3, 5, 1.5) == [MergeAndTrain(1, (PulledVersion("c", 3), PulledVersion("b", 5)))]
+    assert bt.model_arrived("c", 4, model(3, samples=20), 1.4) == []
+    # Weighted by the sample counts signed in the entries, ours included.
+    expected = MergeAndTrain(1, (PulledVersion("c", 3, 20.0), PulledVersion("b", 5, 80.0)), self_weight=50.0)
+    assert bt.model_arrived("b", 3, model(5, samples=80), 1.5) == [expected]
     assert bt.phase is Phase.TRAINING and bt.next_deadline() is None
     assert bt.published(1, {"b": 5, "c": 3}, 2.0) == []
     assert bt.merged == {"b": 5, "c": 3} and bt.published_seq == 1
@@ -58,7 +63,7 @@ def test_a_dead_neighbour_does_not_block_the_round():
     [request] = bt.tick(t + PARAMS.poll_timeout)
     assert request == Send("b", ModelRequest(3, 0))
     # b's model never arrives either: the pull times out and the round trains alone.
-    assert bt.tick(t + PARAMS.poll_timeout + PARAMS.pull_timeout) == [MergeAndTrain(1, ())]
+    assert bt.tick(t + PARAMS.poll_timeout + PARAMS.pull_timeout) == [MergeAndTrain(1, (), self_weight=50.0)]
 
 
 def test_duplicate_and_stale_messages_are_dropped_not_reused():
@@ -70,8 +75,8 @@ def test_duplicate_and_stale_messages_are_dropped_not_reused():
     assert bt.receive("c", VersionReply(999, 2, 20, False), 1.0) == [Dropped("c", "stale_version_reply")]
     pulls = bt.receive("c", VersionReply(polls[1].msg.req, 0, 20, False), 1.0)
     assert pulls == [Send("b", ModelRequest(3, 0))]
-    assert bt.model_arrived("b", 3, 2, 1.1) == [MergeAndTrain(1, (PulledVersion("b", 2),))]
-    assert bt.model_arrived("b", 3, 2, 1.2) == [Dropped("b", "stale_model_reply")]
+    assert bt.model_arrived("b", 3, model(2), 1.1) == [MergeAndTrain(1, (PulledVersion("b", 2, 10.0),), self_weight=50.0)]
+    assert bt.model_arrived("b", 3, model(2), 1.2) == [Dropped("b", "stale_model_reply")]
 
 
 def test_refusal_counts_as_a_failed_pull():
@@ -80,7 +85,7 @@ def test_refusal_counts_as_a_failed_pull():
     bt.receive("b", VersionReply(polls[0].msg.req, 2, 80, False), 1.0)
     bt.receive("c", VersionReply(polls[1].msg.req, 1, 20, False), 1.0)
     assert bt.receive("b", Refusal(3, "no_model_yet"), 1.1) == [Dropped("b", "no_model_yet")]
-    assert bt.model_arrived("c", 4, 1, 1.2) == [MergeAndTrain(1, (PulledVersion("c", 1),))]
+    assert bt.model_arrived("c", 4, model(1), 1.2) == [MergeAndTrain(1, (PulledVersion("c", 1, 10.0),), self_weight=50.0)]
 
 
 def test_serving_requests_in_any_phase():
@@ -179,4 +184,4 @@ def test_finished_neighbours_whose_last_version_was_merged_are_not_polled_again(
     bt.receive("b", VersionReply(ANNOUNCEMENT, 3, 80, True), 0.0)
     bt.receive("c", VersionReply(ANNOUNCEMENT, 2, 20, True), 0.0)
     bt.start(0.0)
-    assert bt.tick(bt.next_deadline()) == [MergeAndTrain(2, ())]
+    assert bt.tick(bt.next_deadline()) == [MergeAndTrain(2, (), self_weight=50.0)]

@@ -17,8 +17,10 @@ from swarm.errors import RejectedMessage
 from swarm.messages import (
     MESSAGE_TYPES,
     Message,
+    ModelPush,
     ModelReply,
     ModelRequest,
+    PushAck,
     Refusal,
     VersionReply,
     VersionRequest,
@@ -168,6 +170,8 @@ def test_encoder_refuses_what_a_peer_would_reject() -> None:
         lambda: ModelReply(1, ()),
         lambda: ModelReply(1, [b"x"]),
         lambda: ModelReply(1, (b"",)),
+        lambda: ModelPush(()),
+        lambda: PushAck(-1),
         lambda: Refusal(1, ""),
         lambda: Refusal(1, "line\nbreak"),
     ],
@@ -178,8 +182,8 @@ def test_messages_refuse_invalid_fields(make: Any) -> None:
 
 
 def test_message_table() -> None:
-    assert set(MESSAGE_TYPES) == {"version_req", "version_reply", "model_req", "model_reply", "refusal"}
-    assert [kind for kind, cls in MESSAGE_TYPES.items() if cls.CARRIES_MODEL] == ["model_reply"]
+    assert set(MESSAGE_TYPES) == {"version_req", "version_reply", "model_req", "model_reply", "model_push", "push_ack", "refusal"}
+    assert sorted(kind for kind, cls in MESSAGE_TYPES.items() if cls.CARRIES_MODEL) == ["model_push", "model_reply"]
 
 
 # -- hostile input -------------------------------------------------------------------------

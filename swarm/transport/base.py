@@ -29,6 +29,9 @@ class Transport(Protocol):
         (unknown peer, peer not connected, queue full). The protocol's timeouts cover loss."""
 
     def receive(self, timeout: float) -> Received | None:
-        """Wait up to `timeout` seconds for one message; None when none came."""
+        """Wait up to `timeout` seconds for one message; None when none came (or woken)."""
+
+    def wake(self) -> None:
+        """Make the current or next receive() return at once; safe from any thread."""
 
     def close(self) -> None: ...

@@ -16,6 +16,7 @@ class InMemoryNetwork:
     def __init__(self) -> None:
         self._inboxes: dict[str, deque[Received]] = {}
         self._cond = threading.Condition()
+        self._woken: set[str] = set()
         self.down: set[str] = set()  # members whose messages vanish, in and out
         self.sent: list[tuple[str, str, int]] = []  # (sender, receiver, frame count) for assertions
 
@@ -39,8 +40,14 @@ class InMemoryNetwork:
         with self._cond:
             inbox = self._inboxes[name]
             if not inbox and timeout > 0:
-                self._cond.wait_for(lambda: bool(inbox), timeout)
+                self._cond.wait_for(lambda: bool(inbox) or name in self._woken, timeout)
+            self._woken.discard(name)
             return inbox.popleft() if inbox else None
+
+    def _wake(self, name: str) -> None:
+        with self._cond:
+            self._woken.add(name)
+            self._cond.notify_all()
 
     def pending(self, name: str) -> int:
         with self._cond:
@@ -65,6 +72,9 @@ class InMemoryTransport:
         if received is not None:
             self.bytes_received[received.peer] += sum(len(f) for f in received.frames)
         return received
+
+    def wake(self) -> None:
+        self.network._wake(self.name)
 
     def close(self) -> None:
         pass

@@ -11,6 +11,7 @@ transport key is already generated and published in the manifest for it.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,8 @@ class ZmqTransport:
         self.dealers: dict[str, zmq.Socket] = {}
         self.bytes_sent: Counter[str] = Counter()
         self.bytes_received: Counter[str] = Counter()
+        self._poller = zmq.Poller()
+        self._wake_r, self._wake_w = -1, -1
 
     def open(self) -> ZmqTransport:
         self.router = self._socket(zmq.ROUTER)
@@ -76,6 +79,13 @@ class ZmqTransport:
             dealer.setsockopt(zmq.IMMEDIATE, 1)  # do not queue for a peer that is not connected
             dealer.connect(endpoint)
             self.dealers[peer] = dealer
+        # wake() comes from other threads, which must not touch a ZeroMQ socket: a pipe
+        # polled beside the ROUTER lets them interrupt receive() safely.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poller.register(self.router, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
         return self
 
     def _socket(self, kind: int) -> zmq.Socket:
@@ -103,7 +113,13 @@ class ZmqTransport:
 
     def receive(self, timeout: float) -> Received | None:
         assert self.router is not None, "open() first"
-        if not self.router.poll(max(0, int(timeout * 1000))):
+        events = dict(self._poller.poll(max(0, int(timeout * 1000))))
+        if self._wake_r in events:
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        if self.router not in events:
             return None
         identity = self.router.recv(copy=True)
         frames: list[zmq.Frame] = []
@@ -127,7 +143,17 @@ class ZmqTransport:
             return Received(peer, [], rejected="too_many_frames")
         return Received(peer, frames)
 
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except (BlockingIOError, OSError):  # already awake (pipe full) or closed
+            pass
+
     def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
         for dealer in self.dealers.values():
             dealer.close()
         self.dealers = {}
