@@ -99,6 +99,7 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
         },
         "rejected_messages": {"total": sum(rejected.values()), "by_reason": rejected},
         "wall_seconds": round(outcome.wall_seconds, 2),
+        "workers": outcome.workers,  # worker processes (several nodes each in large federations)
         "timed_out": outcome.timed_out,
         "ok": outcome.all_finished and audit.ok,
         "environment": {"code": _code_version(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
