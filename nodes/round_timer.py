@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 BACKGROUND = "train"  # while the worker thread trains, the loop's idle time is not a cost of its own
+BUCKETS = ("wait", "transfer", "verify", "publish")  # always reported, 0 when unused
 
 
 class RoundTimer:
@@ -42,7 +43,7 @@ class RoundTimer:
     def take(self, activity: str) -> dict[str, float]:
         """This round's breakdown (plus its wall time as "round"), and start the next round."""
         self.charge(activity)
-        spent = dict(self.spent) | {"round": self.mark - self.round_started}
+        spent = {bucket: 0.0 for bucket in BUCKETS} | dict(self.spent) | {"round": self.mark - self.round_started}
         self.spent = Counter()
         self.round_started = self.mark
         return spent

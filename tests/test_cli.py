@@ -207,3 +207,29 @@ def test_the_documented_example_plan_makes_a_valid_manifest(three_sites):
     manifest = create_manifest(root, sites)
     plan = json.loads(manifest.read_text())["plan"]
     assert plan["rounds"] == 30 and plan["protocol"]["poll_timeout"] == 10.0
+
+
+def test_run_overrides_are_validated_before_anything_runs(tmp_path):
+    scenario = write_scenario(tmp_path)
+    out = tmp_path / "out"
+    cases = [
+        (["--nodes", "1"], "--nodes"),
+        (["--rounds", "0"], "--rounds"),
+        (["--protocol", "flooding"], "protocol.name"),
+        (["--topology", "moebius"], "topology.name"),
+        (["--nodes-per-worker", "0"], "--nodes-per-worker"),
+    ]
+    for args, field in cases:
+        assert_user_error(invoke(scenario_cli, ["run", scenario, "--out", out, *args]), field)
+    assert not (out / "sites").exists()
+
+
+def test_overrides_keep_a_tables_settings_only_when_its_name_is_unchanged(tmp_path):
+    from scenarios.config import ScenarioConfig
+
+    config = ScenarioConfig.load(write_scenario(tmp_path))
+    config = config.with_overrides(topology={"name": "random-regular", "degree": 2})
+    assert config.with_overrides(topology="random-regular").topology == {"name": "random-regular", "degree": 2}
+    assert config.with_overrides(topology="complete").topology == {"name": "complete"}
+    changed = config.with_overrides(nodes=5, rounds=7, protocol="dpsgd", seed=9)
+    assert (changed.nodes, changed.rounds, changed.protocol, changed.data["seed"], changed.topology["seed"]) == (5, 7, {"name": "dpsgd"}, 9, 9)

@@ -3,11 +3,17 @@ each in its own thread: the whole node runtime without sockets."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from nodes.audit import verify_sites
+from scenarios.config import ScenarioConfig
+from scenarios.federation import create_federation
 from swarm.codec import encode_message
 from swarm.messages import VersionRequest
 from swarm.transport import InMemoryNetwork
-from tests.conftest import join, start_nodes
+from tests.conftest import join, start_nodes, write_scenario
 
 
 def test_nodes_train_exchange_and_log_verifiable_history(small_federation):
@@ -46,3 +52,33 @@ def test_garbage_is_rejected_counted_and_the_node_carries_on(small_federation):
     for node in nodes.values():
         node.store.close()
     assert verify_sites(federation.sites.values()).ok
+
+
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        {"name": "dpsgd", "round_timeout": 10.0, "linger": 10.0},
+        {"name": "epidemic", "fanout": 1, "round_timeout": 10.0, "linger": 10.0},
+        {"name": "gossip", "push_interval": 0.05, "wait_for_new": 1.0, "linger": 10.0},
+    ],
+    ids=lambda p: p["name"],
+)
+def test_every_protocol_runs_on_the_real_node_runtime(tmp_path, protocol):
+    config = ScenarioConfig.load(write_scenario(tmp_path, nodes=4, rounds=3)).with_overrides(protocol=protocol)
+    federation = create_federation(config, tmp_path / "run")
+    nodes, threads, stop = start_nodes(federation, InMemoryNetwork())
+    join(threads, stop)
+    for node in nodes.values():
+        assert node.protocol.finished and node.store.head.seq == 3
+        node.store.close()
+    assert verify_sites(federation.sites.values()).ok
+    keys = {m.signing_key: m.name for m in federation.manifest.members}
+    for name, node in nodes.items():
+        entries = node.store.own_log.entries
+        assert any(keys[p.author] != name for e in entries for p in e.body.parents), f"{name} never merged a neighbour"
+        if protocol["name"] == "gossip":  # the age is signed, and grows by one per round at least
+            ages = [e.body.metrics["age"] for e in entries]
+            assert ages[0] == 1.0 and all(b >= a + 1 for a, b in zip(ages, ages[1:]))
+        lines = [json.loads(line) for line in (federation.sites[name] / "metrics.jsonl").read_text().splitlines()]
+        assert lines[-1]["bytes_sent"] > lines[0]["bytes_sent"] >= 0 and lines[-1]["bytes_received"] > 0
+        assert {"wait", "merge", "train", "publish", "round"} <= set(lines[-1]["timings"])
