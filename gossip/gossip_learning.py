@@ -60,16 +60,21 @@ class GossipLearning(ProtocolMachine):
         return [ack]
 
     def tick(self, now: float) -> list[Action]:
-        # Pushing goes on whatever the phase, until the plan is done.
+        # Pushing goes on in every phase, lingering included: a node that finished early
+        # keeps feeding the neighbours that have not.
         actions: list[Action] = []
-        if self.phase not in (Phase.LINGERING, Phase.FINISHED) and self.published_seq > 0 and now >= self.next_push:
+        if self._pushing and now >= self.next_push:
             actions += self._push_to_random_neighbour(now)
         return actions + super().tick(now)
 
     def next_deadline(self) -> float | None:
-        if self.phase in (Phase.LINGERING, Phase.FINISHED) or self.published_seq == 0:
+        if not self._pushing:
             return self.deadline
         return min(d for d in (self.deadline, self.next_push) if d is not None)
+
+    @property
+    def _pushing(self) -> bool:
+        return self.phase is not Phase.FINISHED and self.published_seq > 0
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -79,13 +84,13 @@ class GossipLearning(ProtocolMachine):
         return self._after_publish(now)
 
     def _after_publish(self, now: float) -> list[Action]:
-        self.age = max(self.age, 0.0)
+        # No push here, only on the timer: pushing on every publish would let two fast
+        # neighbours drive each other through their rounds while slower ones fall behind.
         self.phase = Phase.WAITING
         self.deadline = now + self.params.wait_for_new
-        actions = self._push_to_random_neighbour(now)
         if self.inbox:  # models that came in while we trained
-            actions += self._merge()
-        return actions
+            return self._merge()
+        return []
 
     def _on_deadline(self, now: float) -> list[Action]:
         if self.phase is Phase.WAITING:
@@ -96,7 +101,7 @@ class GossipLearning(ProtocolMachine):
 
     def _push_to_random_neighbour(self, now: float) -> list[Action]:
         self.next_push = now + self.params.push_interval * self.rng.uniform(0.5, 1.5)
-        links = self.schedule.send_to(self.name, self.published_seq + 1)
+        links = [p for p in self.schedule.send_to(self.name, self.published_seq + 1) if p not in self.peers_done]
         return self._push([self.rng.choice(links)]) if links else []
 
     def _merge(self) -> list[Action]:

@@ -178,12 +178,16 @@ def federation_install(manifest_path: Path, site_dir: Path) -> None:
 
 @main.command()
 @click.option("--site", "site_dirs", required=True, multiple=True, type=click.Path(path_type=Path), help="The site directory (repeat to run several sites' nodes in this one process).")
+@click.option("--insecure", is_flag=True, help="DEBUGGING ONLY: turn CurveZMQ off (plaintext, no allow-list).")
 @user_errors
-def run(site_dirs: tuple[Path, ...]) -> None:
-    """Run this site's node until the plan is done or Ctrl-C."""
-    from .launch import run_sites
+def run(site_dirs: tuple[Path, ...], insecure: bool) -> None:
+    """Run this site's node until the plan is done or Ctrl-C. Connections are encrypted and
+    authenticated with CurveZMQ; only the manifest's neighbours get through."""
+    from .launch import INSECURE_WARNING, run_sites
 
-    outcomes = run_sites(list(site_dirs))
+    if insecure:
+        click.echo(f"WARNING: {INSECURE_WARNING}", err=True)
+    outcomes = run_sites(list(site_dirs), insecure=insecure)
     for site_dir, outcome in zip(site_dirs, outcomes):
         click.echo(f"{outcome.state} at version {outcome.published_seq}" + (f" ({site_dir})" if len(site_dirs) > 1 else ""))
 

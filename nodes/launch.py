@@ -10,7 +10,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,8 @@ from swarm.manifest import Manifest, SignedManifest, load_manifest, signatures_p
 from swarm.schedule import Schedule
 from swarm.tensors import FlatModel, flatten_state
 from swarm.transport.base import Transport
-from swarm.transport.zeromq import ZmqSettings, ZmqTransport
+from swarm.transport.zap import ZapAuthenticator
+from swarm.transport.zeromq import Curve, ZmqSettings, ZmqTransport
 
 from gossip.base import Resume
 
@@ -63,11 +64,31 @@ def install_manifest(manifest_path: Path, site_root: Path) -> SignedManifest:
     return signed
 
 
-TransportFactory = Callable[[SiteConfig, dict[str, str], ZmqSettings], Transport]
+@dataclass(frozen=True)
+class Links:
+    """What a transport needs to know about a node's neighbours, from the manifest."""
+
+    endpoints: dict[str, str]  # neighbour -> endpoint
+    transport_keys: dict[str, str]  # neighbour -> CURVE public key (z85)
+    keys: SiteKeys  # this site's own keys
 
 
-def zmq_transport(config: SiteConfig, peers: dict[str, str], settings: ZmqSettings, context: zmq.Context | None = None) -> Transport:
-    return ZmqTransport(config.name, config.listen, peers, settings, context).open()
+TransportFactory = Callable[[SiteConfig, Links, ZmqSettings], Transport]
+
+
+def zmq_transport(
+    config: SiteConfig,
+    links: Links,
+    settings: ZmqSettings,
+    context: zmq.Context | None = None,
+    authenticator: ZapAuthenticator | None = None,
+) -> Transport:
+    """A ZeroMQ transport; encrypted and limited to the manifest's keys when an
+    authenticator (running on `context`) is given, plaintext otherwise."""
+    curve = None
+    if authenticator is not None:
+        curve = Curve(links.keys.transport_public, links.keys.transport_secret, links.transport_keys, authenticator)
+    return ZmqTransport(config.name, config.listen, links.endpoints, settings, context, curve).open()
 
 
 def limits_for(model: FlatModel) -> tuple[Limits, ZmqSettings]:
@@ -104,7 +125,8 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     schedule = Schedule.from_plan(plan.neighbours, getattr(plan, "schedule", None))
     neighbours = list(schedule.peers(config.name))
     limits, settings = limits_for(flatten_state(learner.shared_state()))
-    transport = make_transport(config, {p: manifest.member(p).endpoint for p in neighbours}, settings)
+    links = Links({p: manifest.member(p).endpoint for p in neighbours}, {p: manifest.member(p).transport_key for p in neighbours}, keys)
+    transport = make_transport(config, links, settings)
     try:
         store = VersionStore(site, manifest, keys.signing, neighbours)
     except BaseException:
@@ -123,19 +145,31 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     return node, transport
 
 
-def run_site(site_root: Path) -> NodeOutcome:
+INSECURE_WARNING = (
+    "INSECURE MODE (--insecure): CurveZMQ is off. Traffic is plaintext and anyone who can reach "
+    "this node's port can send it messages under any member's name. Use only for debugging."
+)
+
+
+def run_site(site_root: Path, insecure: bool = False) -> NodeOutcome:
     """Run a site's node until the plan is done or SIGINT/SIGTERM; state is on disk either way."""
-    return run_sites([site_root])[0]
+    return run_sites([site_root], insecure)[0]
 
 
-def run_sites(site_roots: Sequence[Path]) -> list[NodeOutcome]:
+def run_sites(site_roots: Sequence[Path], insecure: bool = False) -> list[NodeOutcome]:
     """Run several sites' nodes in this process, one thread each (a packed scenario worker).
     Each node keeps its own sockets, keys, log and checkpoints; they share one ZeroMQ
-    context (one I/O thread) and torch's thread pool. With more than one site, each
-    node's log lines also go to its own SITE/node.log."""
+    context (one I/O thread), one ZAP authenticator with an allow-list per node, and
+    torch's thread pool. With more than one site, each node's log lines also go to its
+    own SITE/node.log."""
     raise_fd_limit(sum(fds_needed(root) for root in site_roots) + 64)
     context = zmq.Context()
     context.max_sockets = 65536  # the default (1023) is below a packed worker's socket count
+    authenticator = None
+    if insecure:
+        log.warning(INSECURE_WARNING)
+    else:
+        authenticator = ZapAuthenticator(context).start()
     opened: list[tuple[Node, Transport]] = []
     handlers: list[logging.Handler] = []
     stop = threading.Event()
@@ -148,7 +182,7 @@ def run_sites(site_roots: Sequence[Path]) -> list[NodeOutcome]:
     outcomes: list[NodeOutcome | None] = [None] * len(site_roots)
     try:
         for root in site_roots:
-            opened.append(open_node(root, functools.partial(zmq_transport, context=context)))
+            opened.append(open_node(root, functools.partial(zmq_transport, context=context, authenticator=authenticator)))
         if len(opened) > 1:
             handlers = [_node_log_handler(node.name, SiteDir(root).root / "node.log") for (node, _), root in zip(opened, site_roots)]
 
@@ -168,6 +202,8 @@ def run_sites(site_roots: Sequence[Path]) -> list[NodeOutcome]:
         for node, transport in opened:
             node.store.close()
             transport.close()
+        if authenticator is not None:
+            authenticator.stop()
         context.term()
         for handler in handlers:
             logging.getLogger().removeHandler(handler)

@@ -62,7 +62,7 @@ def small_federation(tmp_path: Path):
 
 
 def start_nodes(federation, network: InMemoryNetwork) -> tuple[dict[str, Node], list[threading.Thread], threading.Event]:
-    nodes = {name: open_node(site, lambda config, peers, settings: network.endpoint(config.name))[0] for name, site in federation.sites.items()}
+    nodes = {name: open_node(site, lambda config, links, settings: network.endpoint(config.name))[0] for name, site in federation.sites.items()}
     stop = threading.Event()
     threads = [threading.Thread(target=node.run, args=(stop,), daemon=True) for node in nodes.values()]
     for thread in threads:

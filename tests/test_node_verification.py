@@ -21,7 +21,7 @@ def puller(small_federation):
     """hospital-a's node, driven by hand into pulling hospital-b's version 1."""
     _, federation = small_federation(nodes=3, rounds=5)
     network = InMemoryNetwork()
-    node, _ = open_node(federation.sites["hospital-a"], lambda config, peers, settings: network.endpoint(config.name))
+    node, _ = open_node(federation.sites["hospital-a"], lambda config, links, settings: network.endpoint(config.name))
     node.protocol.start(0.0)
     fed = federation.manifest.federation_id
 

@@ -144,7 +144,8 @@ def test_age_weights():
 
 def test_gossip_merges_by_age_and_signs_the_new_age():
     a = make_protocol(GossipLearning, "a", {"a": ["b", "c"]}, 5, 10, GOSSIP, published_seq=2, last_metrics={"age": 2.0})
-    [push] = a.start(0.0)
+    assert a.start(0.0) == []
+    [push] = a.tick(0.0)
     assert isinstance(push, PushModel) and push.peer in ("b", "c")
     [ack, merge] = a.model_arrived("b", None, info(3, age=4.0), 0.3)
     assert ack == Send("b", PushAck(3))
@@ -156,17 +157,26 @@ def test_gossip_pushes_on_its_timer_while_training_and_trains_alone_when_nothing
     a = make_protocol(GossipLearning, "a", {"a": ["b"]}, 5, 10, GOSSIP)
     assert a.start(0.0) == [MergeAndTrain(1, (), 1.0, {"age": 1.0})]
     assert a.tick(10.0) == []  # nothing published yet: nothing to push
-    assert a.published(1, {}, 1.0) == [PushModel("b", 0)]
+    assert a.published(1, {}, 10.0) == []  # pushes come only from the timer
+    assert a.tick(10.0) == [PushModel("b", 0)]
     push_at = a.next_deadline()
-    assert 1.5 <= push_at <= 2.5
+    assert 10.5 <= push_at <= 11.5
     assert a.tick(push_at) == [PushModel("b", 0)]
     actions: list = []
     now = push_at
     while not any(isinstance(x, MergeAndTrain) for x in actions):
         now = a.next_deadline()
         actions = a.tick(now)
-    assert now >= 1.0 + GOSSIP.wait_for_new
+    assert now >= 10.0 + GOSSIP.wait_for_new
     assert [x for x in actions if isinstance(x, MergeAndTrain)] == [MergeAndTrain(2, (), 1.0, {"age": 2.0})]
+
+
+def test_a_finished_gossip_node_keeps_pushing_to_neighbours_that_are_not_done():
+    a = make_protocol(GossipLearning, "a", {"a": ["b", "c"]}, 1, 10, GOSSIP, published_seq=1)
+    a.start(0.0)
+    a.receive("b", VersionReply(0, 3, 10, True), 0.1)  # b is done too
+    pushes = [x for t in range(1, 20) for x in a.tick(float(t)) if isinstance(x, PushModel)]
+    assert pushes and {p.peer for p in pushes} == {"c"}
 
 
 def test_gossip_federation_finishes_and_every_merge_is_age_weighted():

@@ -4,8 +4,11 @@ socket does one job and the ROUTER's routing id always names the sender.
 
 Only socket handling lives here: no protocol, no codec. Limits enforced at this level are the
 ones only the socket can see (frame size via MAXMSGSIZE, frame count while reading).
-CurveZMQ with a ZAP allow-list from the manifest comes in a later version: each member's
-transport key is already generated and published in the manifest for it.
+With `Curve` settings every connection is encrypted and authenticated with CurveZMQ: the
+ROUTER is a CURVE server whose ZAP domain is the node's name, and a running
+`ZapAuthenticator` on the same context admits only the neighbours' manifest keys. Each
+message's User-Id (the member the authenticator recognised) must equal the routing id the
+sender claims, so one member cannot speak with another's name.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import zmq
 
 from ..errors import UsageError
 from .base import NOT_A_NEIGHBOUR, Buffer, Received
+from .zap import ZapAuthenticator
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,16 @@ class ZmqSettings:
     reconnect_ivl_max_ms: int = 2000
 
 
+@dataclass(frozen=True)
+class Curve:
+    """This node's CURVE key pair and its neighbours' public keys (z85 text, from the manifest)."""
+
+    public: bytes
+    secret: bytes
+    peer_keys: Mapping[str, str]
+    authenticator: ZapAuthenticator
+
+
 class ZmqTransport:
     def __init__(
         self,
@@ -45,11 +59,13 @@ class ZmqTransport:
         peers: Mapping[str, str],
         settings: ZmqSettings = ZmqSettings(),
         context: zmq.Context | None = None,
+        curve: Curve | None = None,
     ) -> None:
         self.name = name
         self.listen = listen
         self.peers = dict(peers)  # neighbour name -> endpoint
         self.settings = settings
+        self.curve = curve
         self._own_context = context is None
         self.context = context or zmq.Context()
         self.router: zmq.Socket | None = None
@@ -60,7 +76,19 @@ class ZmqTransport:
         self._wake_r, self._wake_w = -1, -1
 
     def open(self) -> ZmqTransport:
+        if self.curve is not None and not self.curve.authenticator.running:
+            # A CURVE server without a ZAP handler accepts anyone who knows its public key.
+            raise UsageError("refusing to listen: no ZAP authenticator is running on this ZeroMQ context")
         self.router = self._socket(zmq.ROUTER)
+        if self.curve is not None:
+            missing = sorted(set(self.peers) - set(self.curve.peer_keys))
+            if missing:
+                raise UsageError(f"no transport key for neighbour {missing[0]!r} in the manifest")
+            self.curve.authenticator.allow(self.name, {peer: self.curve.peer_keys[peer] for peer in self.peers})
+            self.router.setsockopt(zmq.ZAP_DOMAIN, self.name.encode())
+            self.router.setsockopt(zmq.CURVE_SERVER, 1)
+            self.router.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
+            self.router.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.public)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes its id back
         self.router.setsockopt(zmq.RCVHWM, self.settings.recv_hwm)
         try:
@@ -77,6 +105,10 @@ class ZmqTransport:
             dealer.setsockopt(zmq.ROUTING_ID, self.name.encode())
             dealer.setsockopt(zmq.SNDHWM, self.settings.send_hwm)
             dealer.setsockopt(zmq.IMMEDIATE, 1)  # do not queue for a peer that is not connected
+            if self.curve is not None:
+                dealer.setsockopt(zmq.CURVE_SERVERKEY, self.curve.peer_keys[peer].encode())
+                dealer.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.public)
+                dealer.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
             dealer.connect(endpoint)
             self.dealers[peer] = dealer
         # wake() comes from other threads, which must not touch a ZeroMQ socket: a pipe
@@ -121,7 +153,8 @@ class ZmqTransport:
                 pass
         if self.router not in events:
             return None
-        identity = self.router.recv(copy=True)
+        identity_frame = self.router.recv(copy=False)
+        identity = identity_frame.bytes
         frames: list[zmq.Frame] = []
         too_many = False
         while self.router.getsockopt(zmq.RCVMORE):
@@ -139,6 +172,8 @@ class ZmqTransport:
             self.bytes_received[NOT_A_NEIGHBOUR] += size  # strangers pick their names: one bucket
             return Received(peer, [], rejected="not_a_neighbour")
         self.bytes_received[peer] += size
+        if self.curve is not None and _user_id(identity_frame) != peer:
+            return Received(peer, [], rejected="sender_mismatch")  # a member using another's name
         if too_many:
             return Received(peer, [], rejected="too_many_frames")
         return Received(peer, frames)
@@ -162,6 +197,14 @@ class ZmqTransport:
             self.router = None
         if self._own_context:
             self.context.term()
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The member name the ZAP handler gave this connection, None when unauthenticated."""
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
 
 
 def free_tcp_ports(host: str, count: int) -> list[int]:
