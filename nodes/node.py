@@ -17,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from gossip.base import Action, Dropped, Finished, MergeAndTrain, ModelInfo, ProtocolMachine, PulledVersion, PushModel, Send, SendModel
 from swarm.atomic import write_atomic
 from swarm.codec import Limits, decode_message, encode_message
@@ -27,6 +29,7 @@ from swarm.messages import ModelPush, ModelReply, Refusal
 from swarm.tensors import FlatModel, flatten_state, model_digest, rebuild_state
 from swarm.transport.base import Received, Transport
 
+from .backoff import PeerBackoff
 from .learner import Learner, RoundResult
 from .round_timer import RoundTimer
 from .store import VersionStore
@@ -101,6 +104,7 @@ class Node:
         self.limits = limits
         self.federation = manifest.federation_id
         self.rejections = RejectionLog(clock, set(protocol.neighbours))
+        self.backoff = PeerBackoff()
         self.dropped: Counter[str] = Counter()
         self.staged: dict[str, Staged] = {}
         self.job: Future[RoundResult] | None = None
@@ -155,13 +159,16 @@ class Node:
 
     def _on_received(self, received: Received) -> None:
         peer = received.peer
+        if self.backoff.blocked(peer, self.clock()):
+            self.rejections.counts["peer_in_backoff"] += 1  # dropped unread; logged when it began
+            return
         if received.rejected:
-            self.rejections.reject(peer, received.rejected)
+            self._reject(peer, received.rejected)
             return
         try:
             decoded = decode_message(received.frames, self.federation, self.limits)
         except RejectedMessage as exc:
-            self.rejections.reject(peer, exc.reason, exc.detail)
+            self._reject(peer, exc.reason, exc.detail)
             return
         msg = decoded.msg
         if isinstance(msg, ModelReply):
@@ -190,8 +197,11 @@ class Node:
                 if model_digest(model) != last.body.digest:
                     raise RejectedMessage("digest_mismatch", f"tensors do not match the digest signed in {peer}'s entry {last.seq}")
                 state = rebuild_state(model)
+                bad = next((name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+                if bad is not None:
+                    raise RejectedMessage("non_finite_weights", f"tensor {bad!r} holds NaN or Inf")
             except (RejectedMessage, LogError) as exc:
-                self.rejections.reject(peer, exc.reason, exc.detail)
+                self._reject(peer, exc.reason, exc.detail)
                 failed = self.protocol.model_failed(peer, req, exc.reason, self.clock())
             else:
                 failed = None
@@ -224,7 +234,17 @@ class Node:
             elif isinstance(action, Finished):
                 log.info("plan finished at version %d", self.protocol.published_seq)
 
+    def _reject(self, peer: str, reason: str, detail: str = "") -> None:
+        self.rejections.reject(peer, reason, detail)
+        if peer in self.rejections.known_peers:  # strangers are refused by the transport already
+            seconds = self.backoff.strike(peer, self.clock())
+            if seconds is not None:
+                log.warning("ignoring %s for %.0f s: it keeps sending messages we reject (last: %s)", peer, seconds, reason)
+
     def _send(self, peer: str, frames: list) -> None:
+        if self.backoff.blocked(peer, self.clock()):
+            self.dropped["peer_in_backoff"] += 1
+            return
         if not self.transport.send(peer, frames):
             self.dropped["send_failed"] += 1
             log.debug("could not queue a message to %s (not connected or queue full)", peer)

@@ -72,7 +72,15 @@ def forged_cases(node, fed, b_key, c_key):
     reshaped = flatten_state(state | {last: torch.zeros(3)}, copy=True)  # same count, other shape
     extra = flatten_state(state | {"extra": torch.zeros(3)}, copy=True)
     wrong_fed = bytes(32)
+    first = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    poisoned = {}
+    for label, value in (("NaN", float("nan")), ("Inf", float("inf"))):
+        tensor = state[first].clone()
+        tensor.view(-1)[0] = value
+        poisoned[label] = flatten_state(state | {first: tensor}, copy=True)
     return {
+        "NaN weights, validly signed": ([entry(fed, b_key, poisoned["NaN"])], poisoned["NaN"], "non_finite_weights"),
+        "Inf weights, validly signed": ([entry(fed, b_key, poisoned["Inf"])], poisoned["Inf"], "non_finite_weights"),
         "intruder key": ([entry(fed, intruder, flat)], flat, "author_mismatch"),
         "another member's key": ([entry(fed, c_key, flat)], flat, "author_mismatch"),
         "other tensors than signed": ([entry(fed, b_key, flat)], other, "digest_mismatch"),
@@ -83,7 +91,7 @@ def forged_cases(node, fed, b_key, c_key):
     }
 
 
-@pytest.mark.parametrize("case", ["intruder key", "another member's key", "other tensors than signed", "not the plan's model", "more tensors than the plan's model", "another federation", "skips the chain start"])
+@pytest.mark.parametrize("case", ["NaN weights, validly signed", "Inf weights, validly signed", "intruder key", "another member's key", "other tensors than signed", "not the plan's model", "more tensors than the plan's model", "another federation", "skips the chain start"])
 def test_forged_models_are_refused_counted_and_not_merged(puller, case):
     node, pull_from_b, fed, b_key, c_key = puller
     req = pull_from_b(1)
@@ -119,3 +127,17 @@ def test_replies_nobody_asked_for_are_dropped_before_verification(puller):
     flat = b_model(node)
     node._on_received(reply(fed, 999, [entry(fed, SigningKey.generate(), flat)], flat))
     assert node.dropped["stale_model_reply"] == 1 and sum(node.rejections.counts.values()) == 0
+
+
+def test_a_neighbour_that_keeps_sending_garbage_is_ignored_for_a_while(puller):
+    node, pull_from_b, fed, b_key, _ = puller
+    req = pull_from_b(1)
+    for _ in range(node.backoff.limit):
+        node._on_received(Received("hospital-b", [b"\xc1 garbage"]))
+    assert node.rejections.counts["bad_msgpack"] == node.backoff.limit
+    assert node.backoff.blocked("hospital-b", node.clock())
+    flat = b_model(node)
+    node._on_received(reply(fed, req, [entry(fed, b_key, flat)], flat))  # even a valid one
+    assert node.rejections.counts["peer_in_backoff"] == 1
+    assert node.store.peer_logs["hospital-b"].head is None and node.staged == {}
+    assert not node.backoff.blocked("hospital-c", node.clock())
