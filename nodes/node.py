@@ -25,14 +25,15 @@ from swarm.codec import Limits, decode_message, encode_message
 from swarm.errors import LogError, RejectedMessage
 from swarm.log import ParentRef, SignedEntry
 from swarm.manifest import Manifest
-from swarm.messages import ModelPush, ModelReply, Refusal
+from swarm.evidence import EvidenceStore, ForkEvidence, check_fork
+from swarm.messages import Evidence, ModelPush, ModelReply, Refusal
 from swarm.tensors import FlatModel, flatten_state, model_digest, rebuild_state
 from swarm.transport.base import Received, Transport
 
 from .backoff import PeerBackoff
 from .learner import Learner, RoundResult
 from .round_timer import RoundTimer
-from .store import VersionStore
+from .store import ForkDetected, VersionStore
 
 log = logging.getLogger("swarm.node")
 
@@ -105,6 +106,7 @@ class Node:
         self.federation = manifest.federation_id
         self.rejections = RejectionLog(clock, set(protocol.neighbours))
         self.backoff = PeerBackoff()
+        self.evidence = EvidenceStore(store.site.evidence_dir, manifest)
         self.dropped: Counter[str] = Counter()
         self.staged: dict[str, Staged] = {}
         self.job: Future[RoundResult] | None = None
@@ -181,6 +183,8 @@ class Node:
                 self._execute([Dropped(peer, "unwanted_push")])
                 return
             self._on_model(peer, None, msg.entries, decoded.model)
+        elif isinstance(msg, Evidence):
+            self._on_evidence(peer, msg)
         else:
             self._execute(self.protocol.receive(peer, msg, self.clock()))
 
@@ -189,6 +193,8 @@ class Node:
         and the tensors against the signed digest before the protocol hears of it."""
         with self.timer.measure("verify", self.protocol.activity):
             try:
+                if peer in self.evidence.quarantined:
+                    raise RejectedMessage("quarantined", f"{peer} signed two different histories; see {self.evidence.directory}")
                 if model is None:
                     raise RejectedMessage("missing_model", "a model message without tensors")
                 if model.specs != self.expected_specs:
@@ -200,6 +206,9 @@ class Node:
                 bad = next((name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
                 if bad is not None:
                     raise RejectedMessage("non_finite_weights", f"tensor {bad!r} holds NaN or Inf")
+            except ForkDetected as exc:
+                self._on_fork(peer, exc)
+                failed = self.protocol.model_failed(peer, req, "fork", self.clock())
             except (RejectedMessage, LogError) as exc:
                 self._reject(peer, exc.reason, exc.detail)
                 failed = self.protocol.model_failed(peer, req, exc.reason, self.clock())
@@ -215,6 +224,40 @@ class Node:
         body = last.body
         info = ModelInfo(last.seq, body.round, body.samples, float(body.metrics.get(AGE, last.seq)))
         self._execute(self.protocol.model_arrived(peer, req, info, self.clock()))
+
+    # -- equivocation ----------------------------------------------------------------------------
+
+    def _on_fork(self, peer: str, fork: ForkDetected) -> None:
+        """A neighbour sent an entry that contradicts one we hold. If both are signed by it,
+        that is proof of equivocation: keep it, quarantine the author, tell the neighbours."""
+        try:
+            evidence = check_fork(fork.held, fork.received, self.manifest)
+            if evidence.author != peer:
+                raise LogError("bad_evidence", "the conflicting entry is not the sender's")
+        except LogError as exc:  # e.g. someone else's signature: a forgery, not a fork
+            self._reject(peer, "author_mismatch", exc.detail)
+            return
+        self._reject(peer, "fork", fork.detail)
+        self._keep_evidence(evidence, source=None)
+
+    def _on_evidence(self, peer: str, msg: Evidence) -> None:
+        try:
+            evidence = check_fork(msg.entries[0], msg.entries[1], self.manifest)
+        except LogError as exc:
+            self._reject(peer, "bad_evidence", exc.detail)
+            return
+        self._keep_evidence(evidence, source=peer)
+
+    def _keep_evidence(self, evidence: ForkEvidence, source: str | None) -> None:
+        if not self.evidence.record(evidence):
+            return  # known already: passed on when it was new, so the flood stops here
+        how = f"evidence from {source}" if source else "it sent us two different entries"
+        log.warning("quarantining %s: it signed two different entries for seq %d (%s); no further merges of its models", evidence.author, evidence.seq, how)
+        self.staged.pop(evidence.author, None)
+        frames = encode_message(self.federation, Evidence(evidence.envelopes))
+        for peer in self.protocol.neighbours:
+            if peer not in (source, evidence.author):
+                self._send(peer, frames)
 
     # -- actions ---------------------------------------------------------------------------------
 
@@ -324,6 +367,7 @@ class Node:
             "published_seq": self.protocol.published_seq,
             "rounds": self.protocol.rounds,
             "rejected": dict(self.rejections.counts),
+            "quarantined": sorted(self.evidence.quarantined),
             "dropped": dict(self.dropped),
             "bytes_sent": dict(self.transport.bytes_sent),
             "bytes_received": dict(self.transport.bytes_received),

@@ -108,6 +108,7 @@ class SiteDir:
     checkpoints_dir = property(lambda self: self.root / "checkpoints")
     metrics_path = property(lambda self: self.root / "metrics.jsonl")
     status_path = property(lambda self: self.root / "status.json")
+    evidence_dir = property(lambda self: self.root / "evidence")  # proofs that a member equivocated
 
     def checkpoint_path(self, seq: int) -> Path:
         return self.checkpoints_dir / f"{seq:08d}.swt"

@@ -32,6 +32,16 @@ class Published:
     local_flat: FlatModel | None = None  # tensors that never leave the site
 
 
+class ForkDetected(LogError):
+    """A neighbour sent a validly signed entry that differs from the one we hold for that
+    seq: both envelopes are the evidence (see swarm.evidence)."""
+
+    def __init__(self, peer: str, held: bytes, received: bytes, seq: int) -> None:
+        super().__init__("fork", f"{peer} sent a different entry for seq {seq} than it sent before")
+        self.held = held
+        self.received = received
+
+
 class VersionStore:
     def __init__(self, site: SiteDir, manifest: Manifest, key: SigningKey, neighbours: Sequence[str]) -> None:
         self.site = site
@@ -142,8 +152,9 @@ class VersionStore:
         for envelope in envelopes:
             entry = open_entry(envelope)
             if entry.seq <= held:
-                if peer_log.find(entry.seq).envelope != envelope:
-                    raise LogError("fork", f"{peer} sent a different entry for seq {entry.seq} than it sent before")
+                held_envelope = peer_log.find(entry.seq).envelope
+                if held_envelope != envelope:
+                    raise ForkDetected(peer, held_envelope, envelope, entry.seq)
                 opened.append(entry)
             else:
                 new_envelopes.append(envelope)

@@ -38,6 +38,12 @@ def check_entries(value: Any) -> None:
             raise ValueError(f"a log entry must be 1 to {MAX_ENTRY_BYTES} bytes")
 
 
+def check_entry_pair(value: Any) -> None:
+    check_entries(value)
+    if len(value) != 2:
+        raise ValueError("expected exactly 2 log entries")
+
+
 def check_reason(value: Any) -> None:
     # Printable ASCII only: the receiver logs refusal reasons, so no control characters.
     if type(value) is not str or not 0 < len(value) <= MAX_REASON_CHARS or not value.isascii() or not value.isprintable():
@@ -122,6 +128,15 @@ class PushAck(Message):
 
 
 @dataclass(frozen=True)
+class Evidence(Message):
+    """Two entries signed by one member for the same seq: proof that it equivocated. Passed
+    on to the neighbours so that the whole federation quarantines the author."""
+
+    KIND: ClassVar[str] = "evidence"
+    entries: tuple[bytes, ...] = _field(check_entry_pair)
+
+
+@dataclass(frozen=True)
 class Refusal(Message):
     """The responder will not answer `req`, e.g. reason "no_model_yet"."""
 
@@ -131,7 +146,7 @@ class Refusal(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (VersionRequest, VersionReply, ModelRequest, ModelReply, ModelPush, PushAck, Refusal)
+    cls.KIND: cls for cls in (VersionRequest, VersionReply, ModelRequest, ModelReply, ModelPush, PushAck, Evidence, Refusal)
 }
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from nodes.launch import open_node
-from swarm.codec import encode_message
+from swarm.codec import decode_message, encode_message
+from swarm.evidence import EvidenceStore, load_evidence
 from swarm.identity import SigningKey, load_site_keys
 from swarm.log import EntryBody, sign_entry
-from swarm.messages import ModelReply, VersionReply
+from swarm.messages import Evidence, ModelReply, VersionReply
 from swarm.tensors import flatten_state, model_digest
 from swarm.transport import InMemoryNetwork, Received
 
@@ -120,6 +121,43 @@ def test_a_second_different_entry_for_a_held_seq_is_a_fork(puller):
     node._on_received(reply(fed, pull_from_b(2), [forked], other))
     assert node.rejections.counts == {"fork": 1}
     assert node.store.peer_logs["hospital-b"].head.envelope == first.envelope
+
+
+def test_a_fork_is_kept_as_evidence_quarantines_the_author_and_is_passed_on(puller):
+    node, pull_from_b, fed, b_key, _ = puller
+    c_inbox = node.transport.network.endpoint("hospital-c")
+    flat, other = b_model(node), b_model(node, shift=3.0)
+    first = entry(fed, b_key, flat)
+    node._on_received(reply(fed, pull_from_b(1), [first], flat))
+    node.job.result()
+    node._finish_round()
+    forked = entry(fed, b_key, other)
+    node._on_received(reply(fed, pull_from_b(2), [forked], other))
+    assert node.evidence.quarantined == {"hospital-b"}
+    [path] = list(node.store.site.evidence_dir.iterdir())
+    assert load_evidence(path, node.manifest).envelopes == tuple(sorted((first.envelope, forked.envelope)))
+    passed_on = []
+    while (received := c_inbox.receive(0)) is not None:
+        passed_on.append(decode_message(received.frames, fed).msg)
+    assert any(isinstance(m, Evidence) and set(m.entries) == {first.envelope, forked.envelope} for m in passed_on)
+    # No further merges of b's models, even valid new ones; and the quarantine survives a restart.
+    node.job.result()
+    node._finish_round()
+    second = entry(fed, b_key, flat, seq=2, prev=first.hash)
+    node._on_received(reply(fed, pull_from_b(2), [first, second], flat))
+    assert node.rejections.counts["quarantined"] == 1 and "hospital-b" not in node.staged
+    assert EvidenceStore(node.store.site.evidence_dir, node.manifest).quarantined == {"hospital-b"}
+
+
+def test_evidence_from_a_neighbour_is_checked_before_anyone_is_quarantined(puller):
+    node, _, fed, b_key, c_key = puller
+    flat, other = b_model(node), b_model(node, shift=3.0)
+    one, two = entry(fed, b_key, flat), entry(fed, b_key, other)
+    not_a_fork = Evidence((one.envelope, entry(fed, c_key, other).envelope))  # two authors
+    node._on_received(Received("hospital-c", encode_message(fed, not_a_fork)))
+    assert node.rejections.counts == {"bad_evidence": 1} and node.evidence.quarantined == set()
+    node._on_received(Received("hospital-c", encode_message(fed, Evidence((one.envelope, two.envelope)))))
+    assert node.evidence.quarantined == {"hospital-b"}
 
 
 def test_replies_nobody_asked_for_are_dropped_before_verification(puller):
