@@ -122,7 +122,7 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     ):
         if actual != planned:
             raise ConfigError(f"data: this site's data has {key} {actual} but the plan's task says {planned}; fix [data] in site.toml")
-    schedule = Schedule.from_plan(plan.neighbours, getattr(plan, "schedule", None))
+    schedule = Schedule.from_plan(plan.neighbours, plan.schedule)
     neighbours = list(schedule.peers(config.name))
     limits, settings = limits_for(flatten_state(learner.shared_state()))
     links = Links({p: manifest.member(p).endpoint for p in neighbours}, {p: manifest.member(p).transport_key for p in neighbours}, keys)

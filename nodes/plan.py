@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 from gossip import PROTOCOLS
-from swarm.config import check_keys, get_int, get_str
+from swarm.config import check_keys, get_bool, get_int, get_str
 from swarm.errors import ConfigError
 from swarm.manifest import Plan
-from swarm.topology import build_topology, check_neighbour_lists, neighbour_lists
+from swarm.topology import COMMON_KEYS, check_neighbour_lists, resolve_topology
 
 from .learner import Task
 from .models import build_model
@@ -44,23 +44,25 @@ def build_plan(
     task: Mapping[str, Any],
     neighbours: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A plan document (JSON-ready) with the topology resolved into neighbour lists, or with
-    the explicit `neighbours` lists when the topology is named "explicit"."""
+    """A plan document (JSON-ready) with the topology resolved into neighbour lists (and, for
+    a time-varying topology, a `schedule` of per-round graphs), or with the explicit
+    `neighbours` lists when the topology is named "explicit"."""
     get_int({"rounds": rounds}, "rounds", "plan", minimum=1, maximum=MAX_ROUNDS)
     topology = dict(topology)
-    check_keys(topology, {"name", "degree", "seed"}, "topology")
     name = get_str(topology, "name", "topology", default="ring")
+    schedule = None
     if name == EXPLICIT:
-        resolved = _explicit_neighbours(neighbours, member_names)
+        check_keys(topology, COMMON_KEYS, "topology")
+        resolved = _explicit_neighbours(neighbours, member_names, get_bool(topology, "allow_disconnected", "topology", default=False))
     elif neighbours:
         raise ConfigError(f'neighbours: given, but topology.name is {name!r}; set name = "{EXPLICIT}" to use your own lists')
     else:
-        seed = get_int(topology, "seed", "topology", default=0)
-        resolved = neighbour_lists(build_topology(name, len(member_names), topology, seed), member_names)
+        resolved, schedule = resolve_topology(topology, member_names, rounds)
     plan = {
         "rounds": rounds,
         "topology": topology | {"name": name},
         "neighbours": resolved,
+        **({"schedule": schedule} if schedule is not None else {}),
         "protocol": dict(protocol) | {"name": dict(protocol).get("name", "braintorrent")},
         "model": dict(model),
         "training": dict(training),
@@ -70,14 +72,14 @@ def build_plan(
     return plan
 
 
-def _explicit_neighbours(neighbours: Mapping[str, Any] | None, member_names: list[str]) -> dict[str, list[str]]:
+def _explicit_neighbours(neighbours: Mapping[str, Any] | None, member_names: list[str], allow_disconnected: bool) -> dict[str, list[str]]:
     if not neighbours or set(neighbours) != set(member_names):
         raise ConfigError(f'neighbours: with topology.name = "{EXPLICIT}", list every member\'s neighbours, e.g. {member_names[0]} = ["{member_names[-1]}"]')
     for member, peers in neighbours.items():
         if not isinstance(peers, list) or not peers or not all(isinstance(p, str) for p in peers):
             raise ConfigError(f"neighbours.{member}: must be a non-empty list of member names, got {peers!r}")
     resolved = {member: sorted(peers) for member, peers in neighbours.items()}
-    check_neighbour_lists(resolved)
+    check_neighbour_lists(resolved, allow_disconnected)
     return resolved
 
 

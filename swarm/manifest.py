@@ -18,6 +18,7 @@ from typing import Any
 from .atomic import write_atomic
 from .errors import ConfigError, ManifestError
 from .identity import SigningKey, parse_public_key_hex, public_key_hex, verify_signature
+from .schedule import parse_graphs
 from .topology import check_neighbour_lists
 
 MANIFEST_FORMAT = "swarm.manifest/1"
@@ -77,6 +78,7 @@ class Plan:
     model: dict[str, Any]
     training: dict[str, Any]
     task: dict[str, Any]
+    schedule: dict[str, Any] | None = None  # per-round graphs of a time-varying topology (swarm.schedule)
 
 
 @dataclass(frozen=True)
@@ -169,11 +171,16 @@ def _parse_plan(plan: Any, member_names: list[str]) -> Plan:
         if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers) or not peers:
             raise ManifestError(f"manifest.plan.neighbours.{member}: must be a non-empty list of member names")
         neighbours[member] = tuple(peers)
+    # Same rule as when the plan was built: the (union) graph must be connected unless allowed.
+    allow_disconnected = sections["topology"].get("allow_disconnected") is True
+    schedule = plan.get("schedule")
     try:
-        check_neighbour_lists({k: list(v) for k, v in neighbours.items()})
+        check_neighbour_lists({k: list(v) for k, v in neighbours.items()}, allow_disconnected)
+        if schedule is not None:
+            parse_graphs(schedule, neighbours)
     except ConfigError as exc:
         raise ManifestError(f"manifest.{exc}") from None
-    return Plan(rounds=rounds, neighbours=neighbours, **sections)
+    return Plan(rounds=rounds, neighbours=neighbours, schedule=schedule, **sections)
 
 
 # -- signatures ---------------------------------------------------------------------------

@@ -1,35 +1,120 @@
-"""Federation topologies built with networkx from a name and parameters.
+"""Federation topologies built with networkx from a [topology] table.
 
-A topology decides who talks to whom; the resolved neighbour lists go into the manifest's
-training plan, so every node agrees on the graph without recomputing it."""
+A topology decides who talks to whom; the resolved neighbour lists (and, for a time-varying
+topology, the per-round graphs: see swarm.schedule) go into the manifest's training plan, so
+every node agrees on the graphs without recomputing them. Node i of a graph is member i.
+
+Every table may set `name`, `seed` (random graphs are a function of it) and
+`allow_disconnected` (default false: a disconnected graph, or union of round graphs, is
+refused). The other keys each topology allows:
+
+    static           keys             meaning
+    ring, line, star, complete        star: member 0 is the hub
+    grid, torus      rows, cols       2-D lattice (torus: periodic); default the most square
+                                      rows x cols == nodes
+    exponential                       i linked with i + 2^k mod n for 2^k < n
+    random-regular   degree           a random degree-regular graph (default 3)
+    erdos-renyi      p                each link present with probability p
+    watts-strogatz   k, p             ring of k nearest neighbours (even, default 4), each
+                                      rewired with probability p (default 0.1)
+    barabasi-albert  m                preferential attachment, m links per new node (default 2)
+    file             path             edge list, GraphML or JSON (see swarm.topology_files)
+
+    time-varying     keys             each round of the period (default: the plan's rounds)
+    random-s-out     s, period        every member sends to s distinct random others (default 2)
+    dynamic-regular  degree, period   a fresh random degree-regular graph (default 3)
+    schedule-file    path             per-round edge lists read from a JSON file
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import networkx as nx
 
+from .config import check_keys, get_bool, get_float, get_int, get_str
 from .errors import ConfigError
+from .schedule import schedule_document, union_of_links
+from .topology_files import read_graph_file, read_schedule_file
 
-Builder = Callable[[int, Mapping[str, Any], int], nx.Graph]
+WHERE = "topology"
+COMMON_KEYS = ("name", "seed", "allow_disconnected")
+MAX_PERIOD = 1000  # distinct round graphs; later rounds cycle through them again
+# The schedule shares the manifest's 4 MiB limit with the member cards and neighbour lists.
+MAX_SCHEDULE_BYTES = 3 * 1024 * 1024
+
+StaticBuilder = Callable[[int, Mapping[str, Any], int], nx.Graph]
+RoundsBuilder = Callable[[int, Mapping[str, Any], int, int], list[nx.Graph]]
+
+
+class Topology(NamedTuple):
+    build: StaticBuilder | RoundsBuilder
+    keys: tuple[str, ...]  # allowed besides COMMON_KEYS
+    time_varying: bool = False
+
+
+# -- static ------------------------------------------------------------------------------
 
 
 def _ring(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
     return nx.cycle_graph(n)
 
 
+def _line(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+    return nx.path_graph(n)
+
+
+def _star(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+    return nx.star_graph(n - 1)  # hub 0, leaves 1..n-1
+
+
 def _complete(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
     return nx.complete_graph(n)
 
 
+def _grid(n: int, params: Mapping[str, Any], seed: int, periodic: bool = False) -> nx.Graph:
+    rows, cols = _grid_shape(n, params)
+    lattice = nx.grid_2d_graph(rows, cols, periodic=periodic)
+    return nx.relabel_nodes(lattice, {(r, c): r * cols + c for r, c in lattice})  # row-major
+
+
+def _torus(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+    return _grid(n, params, seed, periodic=True)
+
+
+def _grid_shape(n: int, params: Mapping[str, Any]) -> tuple[int, int]:
+    """(rows, cols) with rows * cols == n: as given, the missing one derived, or the most square."""
+    if "rows" not in params and "cols" not in params:
+        rows = max(d for d in range(1, int(n**0.5) + 1) if n % d == 0)
+        return rows, n // rows
+    given = {key: get_int(params, key, WHERE, minimum=1, maximum=n) for key in ("rows", "cols") if key in params}
+    if len(given) == 2:
+        rows, cols = given["rows"], given["cols"]
+        if rows * cols != n:
+            raise ConfigError(f"topology.rows: rows * cols = {rows} * {cols} = {rows * cols}, but there are {n} nodes; "
+                              f"make them multiply to {n} (example: rows = {_grid_shape(n, {})[0]}, cols = {_grid_shape(n, {})[1]})")
+        return rows, cols
+    (key, size), = given.items()
+    if n % size:
+        raise ConfigError(f"topology.{key}: {size} does not divide {n} nodes; use a divisor of {n} "
+                          f"(example: {key} = {_grid_shape(n, {})[0]}) or leave it out")
+    return (size, n // size) if key == "rows" else (n // size, size)
+
+
+def _exponential(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+    graph = nx.empty_graph(n)
+    for k in range((n - 1).bit_length()):  # every k with 2^k <= n - 1
+        graph.add_edges_from((i, (i + 2**k) % n) for i in range(n))
+    return graph
+
+
 def _random_regular(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
-    degree = _int_param(params, "degree", 3, minimum=1)
-    if degree >= n or (degree * n) % 2:
-        raise ConfigError(
-            f"topology.degree: a {degree}-regular graph on {n} nodes does not exist "
-            f"(need degree < nodes and degree*nodes even; example: degree = 4)"
-        )
+    degree = _regular_degree(n, params)
+    if _allows_disconnected(params):
+        return nx.random_regular_graph(degree, n, seed=seed)
     # Retry a few seeds: a random regular graph is occasionally disconnected.
     for attempt in range(100):
         graph = nx.random_regular_graph(degree, n, seed=seed + attempt)
@@ -38,34 +123,173 @@ def _random_regular(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
     raise ConfigError(f"topology.degree: no connected {degree}-regular graph found on {n} nodes")
 
 
-TOPOLOGIES: dict[str, Builder] = {
-    "ring": _ring,
-    "complete": _complete,
-    "random-regular": _random_regular,
+def _regular_degree(n: int, params: Mapping[str, Any]) -> int:
+    degree = get_int(params, "degree", WHERE, default=3, minimum=1)
+    if degree >= n or (degree * n) % 2:
+        raise ConfigError(
+            f"topology.degree: a {degree}-regular graph on {n} nodes does not exist "
+            f"(need degree < nodes and degree*nodes even; example: degree = 4)"
+        )
+    return degree
+
+
+def _erdos_renyi(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+    p = get_float(params, "p", WHERE, maximum=1.0, example=0.3)
+    return nx.gnp_random_graph(n, p, seed=seed)
+
+
+def _watts_strogatz(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+    k = get_int(params, "k", WHERE, default=4, minimum=2, maximum=n - 1, example=2)
+    if k % 2:
+        raise ConfigError(f"topology.k: must be even (k/2 ring neighbours on each side), got {k} (example: k = {k - 1})")
+    p = get_float(params, "p", WHERE, default=0.1, maximum=1.0)
+    if _allows_disconnected(params):
+        return nx.watts_strogatz_graph(n, k, p, seed=seed)
+    try:
+        return nx.connected_watts_strogatz_graph(n, k, p, tries=100, seed=seed)
+    except nx.NetworkXError:
+        raise ConfigError(f"topology.p: no connected Watts-Strogatz graph with k = {k}, p = {p} in 100 tries; lower p or raise k") from None
+
+
+def _barabasi_albert(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+    m = get_int(params, "m", WHERE, default=2, minimum=1, maximum=n - 1)
+    return nx.barabasi_albert_graph(n, m, seed=seed)
+
+
+def _file(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+    return read_graph_file(get_str(params, "path", WHERE, example="graph.txt"), n)
+
+
+# -- time-varying ------------------------------------------------------------------------
+
+
+def _period(params: Mapping[str, Any], rounds: int) -> int:
+    return get_int(params, "period", WHERE, default=min(rounds, MAX_PERIOD), minimum=1, maximum=MAX_PERIOD)
+
+
+def _random_s_out(n: int, params: Mapping[str, Any], seed: int, rounds: int) -> list[nx.Graph]:
+    s = get_int(params, "s", WHERE, default=2, minimum=1, maximum=n - 1)
+    rng = random.Random(seed)
+    graphs = []
+    for _ in range(_period(params, rounds)):
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(n))
+        for i in range(n):
+            # s distinct others: draw from 0..n-2 and skip over i.
+            graph.add_edges_from((i, k + (k >= i)) for k in rng.sample(range(n - 1), s))
+        graphs.append(graph)
+    return graphs
+
+
+def _dynamic_regular(n: int, params: Mapping[str, Any], seed: int, rounds: int) -> list[nx.Graph]:
+    degree = _regular_degree(n, params)
+    rng = random.Random(seed)  # one stream: every round draws a different graph
+    return [nx.random_regular_graph(degree, n, seed=rng) for _ in range(_period(params, rounds))]
+
+
+def _schedule_file(n: int, params: Mapping[str, Any], seed: int, rounds: int) -> list[nx.Graph]:
+    path = get_str(params, "path", WHERE, example="schedule.json")
+    rounds_edges, directed = read_schedule_file(path, n)
+    if len(rounds_edges) > MAX_PERIOD:
+        raise ConfigError(f"topology.path: {path} has {len(rounds_edges)} round graphs; at most {MAX_PERIOD} (later rounds cycle through them)")
+    graphs = []
+    for edges in rounds_edges:
+        graph = nx.DiGraph() if directed else nx.Graph()
+        graph.add_nodes_from(range(n))
+        graph.add_edges_from(edges)
+        graphs.append(graph)
+    return graphs
+
+
+TOPOLOGIES: dict[str, Topology] = {
+    "ring": Topology(_ring, ()),
+    "line": Topology(_line, ()),
+    "star": Topology(_star, ()),
+    "complete": Topology(_complete, ()),
+    "grid": Topology(_grid, ("rows", "cols")),
+    "torus": Topology(_torus, ("rows", "cols")),
+    "exponential": Topology(_exponential, ()),
+    "random-regular": Topology(_random_regular, ("degree",)),
+    "erdos-renyi": Topology(_erdos_renyi, ("p",)),
+    "watts-strogatz": Topology(_watts_strogatz, ("k", "p")),
+    "barabasi-albert": Topology(_barabasi_albert, ("m",)),
+    "file": Topology(_file, ("path",)),
+    "random-s-out": Topology(_random_s_out, ("s", "period"), time_varying=True),
+    "dynamic-regular": Topology(_dynamic_regular, ("degree", "period"), time_varying=True),
+    "schedule-file": Topology(_schedule_file, ("path",), time_varying=True),
 }
 
 
-def _int_param(params: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
-    value = params.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"topology.{key}: must be an integer >= {minimum}, got {value!r} "
-            f"(example: {key} = {max(default, minimum)})"
-        )
-    return value
+# -- resolution --------------------------------------------------------------------------
+
+
+def is_time_varying(name: str) -> bool:
+    return _known(name).time_varying
+
+
+def topology_graphs(table: Mapping[str, Any], n: int, rounds: int = 1) -> list[nx.Graph]:
+    """The graphs of a [topology] table on nodes 0..n-1: one for a static topology, one per
+    round of the period for a time-varying one (nx.DiGraph where links are one-way).
+    ConfigError for unknown names or keys, bad parameters or a disconnected (union) graph."""
+    name = get_str(table, "name", WHERE, default="ring")
+    check_keys(table, (*COMMON_KEYS, *_known(name).keys), WHERE)
+    seed = get_int(table, "seed", WHERE, default=0)
+    if is_time_varying(name):
+        return build_round_graphs(name, n, table, seed, rounds)
+    return [build_topology(name, n, table, seed)]
 
 
 def build_topology(name: str, n: int, params: Mapping[str, Any] | None = None, seed: int = 0) -> nx.Graph:
-    """The graph `name` on nodes 0..n-1; ConfigError for unknown names or impossible parameters."""
-    if name not in TOPOLOGIES:
-        known = ", ".join(sorted(TOPOLOGIES))
-        raise ConfigError(f"topology.name: unknown topology {name!r}; choose one of: {known}")
-    if n < 2:
-        raise ConfigError(f"topology: a federation needs at least 2 nodes, got {n}")
-    graph = TOPOLOGIES[name](n, params or {}, seed)
-    if not nx.is_connected(graph):
-        raise ConfigError(f"topology.name: the {name!r} graph on {n} nodes is disconnected")
+    """The static graph `name` on nodes 0..n-1; ConfigError for impossible parameters."""
+    params = params or {}
+    topology = _checked(name, n, time_varying=False)
+    graph = topology.build(n, params, seed)
+    _check_connected(f"the {name} graph", graph, _allows_disconnected(params))
     return graph
+
+
+def build_round_graphs(name: str, n: int, params: Mapping[str, Any] | None = None, seed: int = 0, rounds: int = 1) -> list[nx.Graph]:
+    """One graph per round of the time-varying topology `name`; their union must be connected."""
+    params = params or {}
+    topology = _checked(name, n, time_varying=True)
+    graphs = topology.build(n, params, seed, rounds)
+    _check_connected(f"the union of the {len(graphs)} {name} round graphs", union_graph(graphs), _allows_disconnected(params))
+    return graphs
+
+
+def resolve_topology(
+    table: Mapping[str, Any], member_names: Sequence[str], rounds: int
+) -> tuple[dict[str, list[str]], dict[str, Any] | None]:
+    """(neighbour lists, schedule document or None) of a [topology] table for the plan: the
+    neighbour lists are the union of every round's links (swarm.schedule)."""
+    names = list(member_names)
+    graphs = topology_graphs(table, len(names), rounds)
+    name = get_str(table, "name", WHERE, default="ring")
+    if is_time_varying(name):
+        links = [out_links(graph, names) for graph in graphs]
+        neighbours = union_of_links(names, links)
+        schedule: dict[str, Any] | None = schedule_document(names, links, directed=graphs[0].is_directed())
+        _check_schedule_size(schedule, len(graphs), len(names), "period" in _known(name).keys)
+    else:
+        neighbours, schedule = neighbour_lists(graphs[0], names), None
+    for member, peers in neighbours.items():
+        if not peers:  # even with allow_disconnected: a node must have someone to talk to
+            raise ConfigError(f"topology: {member} has no links in the {name} graph; change its parameters or seed so every member has a neighbour")
+    return neighbours, schedule
+
+
+def union_graph(graphs: Sequence[nx.Graph]) -> nx.Graph:
+    """Every link of any round, undirected."""
+    union = nx.Graph()
+    for graph in graphs:
+        union.add_nodes_from(graph)
+        union.add_edges_from(graph.edges)
+    return union
+
+
+def out_links(graph: nx.Graph, names: Sequence[str]) -> dict[str, list[str]]:
+    """Member name -> the names it sends to (both ends of every link if undirected)."""
+    return {names[i]: [names[j] for j in graph.neighbors(i)] for i in range(len(names))}
 
 
 def neighbour_lists(graph: nx.Graph, names: list[str]) -> dict[str, list[str]]:
@@ -73,8 +297,9 @@ def neighbour_lists(graph: nx.Graph, names: list[str]) -> dict[str, list[str]]:
     return {names[i]: sorted(names[j] for j in graph.neighbors(i)) for i in range(len(names))}
 
 
-def check_neighbour_lists(neighbours: Mapping[str, list[str]]) -> None:
-    """Refuse an explicit neighbour list that is asymmetric, self-looped or disconnected."""
+def check_neighbour_lists(neighbours: Mapping[str, list[str]], allow_disconnected: bool = False) -> None:
+    """Refuse an explicit neighbour list that is asymmetric, self-looped or (unless allowed)
+    disconnected."""
     graph = nx.Graph()
     graph.add_nodes_from(neighbours)
     for name, peers in neighbours.items():
@@ -89,5 +314,53 @@ def check_neighbour_lists(neighbours: Mapping[str, list[str]]) -> None:
                     "links must be symmetric"
                 )
             graph.add_edge(name, peer)
-    if len(graph) > 1 and not nx.is_connected(graph):
-        raise ConfigError("plan.neighbours: the neighbour graph is disconnected")
+    if len(graph) > 1 and not allow_disconnected and not nx.is_connected(graph):
+        raise ConfigError("plan.neighbours: the neighbour graph is disconnected; link the parts or set topology.allow_disconnected = true")
+
+
+def _known(name: str) -> Topology:
+    if name not in TOPOLOGIES:
+        raise ConfigError(f"topology.name: unknown topology {name!r}; choose one of: {', '.join(TOPOLOGIES)}")
+    return TOPOLOGIES[name]
+
+
+def _checked(name: str, n: int, time_varying: bool) -> Topology:
+    topology = _known(name)
+    if topology.time_varying != time_varying:
+        raise ConfigError(f"topology.name: {name!r} is {'static' if time_varying else 'time-varying'}; resolve it with resolve_topology")
+    if n < 2:
+        raise ConfigError(f"topology: a federation needs at least 2 nodes, got {n}")
+    return topology
+
+
+def _allows_disconnected(params: Mapping[str, Any]) -> bool:
+    return get_bool(params, "allow_disconnected", WHERE, default=False)
+
+
+def _check_connected(what: str, graph: nx.Graph, allowed: bool) -> None:
+    if allowed or nx.is_connected(graph):
+        return
+    components = nx.number_connected_components(graph)
+    raise ConfigError(f"topology: {what} on {len(graph)} nodes is disconnected ({components} components); "
+                      "set allow_disconnected = true to run it anyway")
+
+
+def _check_schedule_size(schedule: Mapping[str, Any], period: int, n: int, has_period: bool) -> None:
+    size = _manifest_bytes(schedule)
+    if size > MAX_SCHEDULE_BYTES:
+        fits = max(1, int(0.95 * period * MAX_SCHEDULE_BYTES / size))  # 5% margin: rounds differ in size
+        fix = f"lower it (example: period = {fits})" if has_period else f"keep at most {fits} round graphs in the file"
+        raise ConfigError(f"topology.{'period' if has_period else 'path'}: {period} round graphs on {n} members take "
+                          f"{size / 2**20:.1f} MiB in the manifest (limit {MAX_SCHEDULE_BYTES / 2**20:g} MiB); {fix}")
+
+
+def _manifest_bytes(schedule: Mapping[str, Any]) -> int:
+    """The schedule's size as the manifest writes it (json indent=2, at the depth of
+    plan.schedule): compact JSON plus the newline and indentation before each element and
+    each non-empty list's closing bracket (computed, since indented encoding is slow)."""
+    graphs = schedule["graphs"]
+    member_lists = [links for graph in graphs for links in graph]
+    indices = sum(len(links) for links in member_lists)
+    nonempty = sum(1 for links in member_lists if links)
+    layout = 13 * indices + 11 * (len(member_lists) + nonempty) + 18 * len(graphs)
+    return len(json.dumps(schedule, separators=(",", ":"))) + layout + 80 + 9 * len(schedule["members"])
