@@ -93,5 +93,70 @@ def compare(scenario_path: Path, repeats: int, out: Path | None, force: bool) ->
     _progress("wrote " + ", ".join(str(p) for p in [out / "compare.json", *paths.values()]))
 
 
+@main.command("scale-bench")
+@click.argument("scenario_path", type=click.Path(path_type=Path))
+@click.option("--nodes", "counts", default="16,32,64,128", show_default=True, help="Comma-separated node counts to run.")
+@click.option("--rounds", type=int, default=None, help="Override [plan] rounds.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Keep each run here (default: a temporary directory).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@user_errors
+def scale_bench(scenario_path: Path, counts: str, rounds: int | None, out: Path | None, as_json: bool) -> None:
+    """Run SCENARIO_PATH at each node count; print peak memory of the whole process tree,
+    memory per node and round time."""
+    import json
+
+    from .config import ScenarioConfig
+    from .scale_bench import run_scale_bench
+
+    try:
+        node_counts = [int(c) for c in counts.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--nodes: expected comma-separated integers such as 16,32,64, got {counts!r}") from None
+    config = ScenarioConfig.load(scenario_path).with_overrides(rounds=rounds)
+    rows = run_scale_bench(config, node_counts, (lambda line: None) if as_json else _progress, out)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+
+
+@main.command()
+@click.argument("sweep_path", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/SWEEP); an unfinished sweep there resumes.")
+@click.option("--force", is_flag=True, help="Discard the cells, results and plots already in --out and start over.")
+@user_errors
+def sweep(sweep_path: Path, out: Path | None, force: bool) -> None:
+    """Run the grid topology x protocol x nodes x seed of SWEEP_PATH, one real federation per
+    cell; write results.csv (a row per cell) and plots/*.png. Finished cells are not rerun."""
+    from .sweep import load_sweep, run_sweep
+    from .sweep_report import format_table
+
+    grid = load_sweep(sweep_path)  # every cell validated before the first one runs
+    # A fixed default (no timestamp), so running the same command again resumes the sweep.
+    out = out or Path("runs") / grid.path.stem
+    rows = run_sweep(grid, out, _progress, force=force)
+    _progress(format_table(rows))
+    failed = [row["cell"] for row in rows if not row["ok"]]
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(rows)} cells did not complete cleanly: {', '.join(failed[:5])}"
+                   f"{' ...' if len(failed) > 5 else ''}; see their summary.json under {out / 'cells'} "
+                   "(delete a cell's directory to run it again)", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("params", nargs=-1)
+@click.option("--nodes", type=click.IntRange(min=2), required=True, help="Number of members.")
+@click.option("--seed", type=int, default=None, help="Seed of a random topology (default: its `seed` parameter, else 0).")
+@click.option("--rounds", type=click.IntRange(min=1), default=100, show_default=True, help="Rounds of a time-varying topology (its default period).")
+@click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
+@user_errors
+def topology(name: str, params: tuple[str, ...], nodes: int, seed: int | None, rounds: int, as_json: bool) -> None:
+    """Stats of topology NAME with PARAMS (key=value, e.g. `torus rows=4` or `random-s-out s=2`):
+    edges, degrees, diameter and Metropolis-Hastings spectral gap."""
+    from .topology_report import format_report, parse_params, topology_report
+
+    click.echo(format_report(topology_report(name, parse_params(params), nodes, rounds, seed), as_json))
+
+
 def entry() -> None:
     run_cli(main)
