@@ -127,43 +127,74 @@ def test_ctrl_c_stops_a_node_cleanly_with_state_on_disk(small_federation, tmp_pa
     assert swarm_node("log", "verify", tmp_path / "run").returncode == 0
 
 
-def test_garbage_over_real_tcp_never_crashes_a_node(small_federation):
+GARBAGE = (
+    [b"\xc1"],
+    [b"\x80\x04\x95" + b"cos\nsystem\n(S'touch /tmp/pwned'\ntR."],  # a pickle payload
+    [b"\xdd\xff\xff\xff\xff"],
+    [b"x"] * 5000,
+    [b""],
+)
+
+
+def _attack_node_a(federation, insecure: bool, curve_key_of_a: bytes | None = None) -> dict:
+    """Run both nodes, throw garbage at hospital-a from a stranger and from a socket that
+    claims to be hospital-b, and return a's status once the plan is done."""
     import zmq
 
-    _, federation = small_federation(nodes=2, rounds=4)
-    processes = [subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(site)], stdout=subprocess.DEVNULL, stderr=open(site / "node.log", "ab"), env=ENV) for site in federation.sites.values()]
+    extra = ["--insecure"] if insecure else []
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(site), *extra], stdout=subprocess.DEVNULL, stderr=open(site / "node.log", "ab"), env=ENV)
+        for site in federation.sites.values()
+    ]
     context = zmq.Context()
-    attacker = context.socket(zmq.DEALER)
-    attacker.setsockopt(zmq.LINGER, 0)
-    attacker.setsockopt(zmq.ROUTING_ID, b"mallory")
-    attacker.connect(federation.manifest.member("hospital-a").endpoint)
-    # Until CURVE authentication (a later version), a sender can claim a neighbour's routing
-    # id; the decoder and the log checks are what stand between its bytes and the model.
-    spoofer = context.socket(zmq.DEALER)
-    spoofer.setsockopt(zmq.LINGER, 1000)
-    spoofer.setsockopt(zmq.ROUTING_ID, b"hospital-b")
-    spoofer.connect(federation.manifest.member("hospital-a").endpoint)
-    pickle_payload = b"\x80\x04\x95" + b"cos\nsystem\n(S'touch /tmp/pwned'\ntR."
-    garbage = ([b"\xc1"], [pickle_payload], [b"\xdd\xff\xff\xff\xff"], [b"x"] * 5000, [b""])
+    sockets = []
+    for routing_id, linger in ((b"mallory", 0), (b"hospital-b", 1000)):
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, linger)
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        if curve_key_of_a is not None:  # a CURVE client whose key is not in the manifest
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+            sock.curve_serverkey = curve_key_of_a
+        sock.connect(federation.manifest.member("hospital-a").endpoint)
+        sockets.append(sock)
     try:
         deadline = time.monotonic() + 60
         while not (federation.sites["hospital-a"] / "status.json").exists() and time.monotonic() < deadline:
             time.sleep(0.05)  # written once the node listens
-        for payload in garbage:
-            attacker.send_multipart(payload)
-            spoofer.send_multipart(payload)
-        spoofer.close()  # lingers until sent; the real hospital-b then reconnects and the run goes on
+        for payload in GARBAGE:
+            for sock in sockets:
+                sock.send_multipart(payload)
+        sockets[1].close()  # lingers until sent; the real hospital-b then reconnects and the run goes on
         for process in processes:
             assert process.wait(120) == 0
     finally:
-        attacker.close()
+        sockets[0].close()
         context.term()
         for process in processes:
             if process.poll() is None:
                 process.kill()
-    status = json.loads((federation.sites["hospital-a"] / "status.json").read_text())
+    return json.loads((federation.sites["hospital-a"] / "status.json").read_text())
+
+
+def test_garbage_over_real_tcp_never_crashes_an_insecure_node(small_federation):
+    # Without CURVE a sender can claim a neighbour's routing id: the decoder and the log
+    # checks are what stand between its bytes and the model.
+    _, federation = small_federation(nodes=2, rounds=4)
+    status = _attack_node_a(federation, insecure=True)
     assert status["state"] == "finished" and status["published_seq"] == 4
     assert status["rejected"].get("not_a_neighbour", 0) == 5
     from_spoofer = sum(n for reason, n in status["rejected"].items() if reason != "not_a_neighbour")
     assert from_spoofer == 5 and status["rejected"]["too_many_frames"] == 1 and status["rejected"]["bad_msgpack"] >= 2
-    assert "rejected message from mallory: not_a_neighbour" in (federation.sites["hospital-a"] / "node.log").read_text()
+    log_text = (federation.sites["hospital-a"] / "node.log").read_text()
+    assert "rejected message from mallory: not_a_neighbour" in log_text and "INSECURE MODE" in log_text
+
+
+@pytest.mark.parametrize("with_curve", [False, True], ids=["plaintext client", "curve client outside the manifest"])
+def test_with_curve_on_by_default_strangers_get_nothing_processed(small_federation, with_curve):
+    _, federation = small_federation(nodes=2, rounds=4)
+    key = federation.manifest.member("hospital-a").transport_key.encode() if with_curve else None
+    status = _attack_node_a(federation, insecure=False, curve_key_of_a=key)
+    assert status["state"] == "finished" and status["published_seq"] == 4
+    assert status["rejected"] == {}  # nothing of theirs ever reached the decoder
+    log_text = (federation.sites["hospital-a"] / "node.log").read_text()
+    assert ("refused a connection: key not allowed" in log_text) == with_curve
