@@ -31,13 +31,17 @@ def site_names(count: int) -> list[str]:
     return [f"hospital-{i:03d}" for i in range(count)]
 
 
-def create_federation(config: ScenarioConfig, out: Path) -> Federation:
+def create_federation(config: ScenarioConfig, out: Path, endpoints: list[str] | None = None) -> Federation:
+    """`endpoints`, one per site in site order, come from where the workers will run (a Ray
+    cluster's hosts); without them every site listens on the scenario's host here."""
     names = site_names(config.nodes)
-    ports = free_tcp_ports(config.host, config.nodes)
+    if endpoints is None:
+        endpoints = [f"tcp://{config.host}:{port}" for port in free_tcp_ports(config.host, config.nodes)]
+    if len(endpoints) != len(names):
+        raise ValueError(f"{len(endpoints)} endpoints for {len(names)} sites")
     sites_root = out / "sites"
     members = []
-    for index, (name, port) in enumerate(zip(names, ports)):
-        endpoint = f"tcp://{config.host}:{port}"
+    for index, (name, endpoint) in enumerate(zip(names, endpoints)):
         data = config.data | {"sites": config.nodes, "site": index}
         init_site(sites_root / name, name, endpoint, None, data)
         card = json.loads(SiteDir(sites_root / name).member_path.read_text())

@@ -14,7 +14,7 @@ from swarm.errors import ConfigError
 from .config import ScenarioConfig
 from .federation import create_federation
 from .report import build_summary, write_summary
-from .runner import run_federation
+from .runner import run_federation, worker_placement
 
 Progress = Callable[[str], None]
 
@@ -32,13 +32,15 @@ def run_scenario(config: ScenarioConfig, out: Path, progress: Progress, *, force
     """Run `config` into `out` and return the summary (also written to out/summary.json)."""
     prepare_out(out, force)
     write_atomic(out / "scenario.toml", config.source.encode())
-    federation = create_federation(config, out)
-    topology = federation.manifest.plan.topology["name"]
-    progress(
-        f"federation {config.name}: {config.nodes} hospitals, {config.protocol.get('name', 'braintorrent')} on a "
-        f"{topology} topology, {config.rounds} rounds -> {out}"
-    )
-    outcome = run_federation(federation.sites, config.rounds, config.timeout, progress, nodes_per_worker=config.nodes_per_worker, backend=config.backend)
+    # On Ray the hosts (and so the endpoints in the manifest) are chosen before the sites exist.
+    with worker_placement(config.backend, config.nodes, config.nodes_per_worker, out) as placement:
+        federation = create_federation(config, out, placement.endpoints)
+        topology = federation.manifest.plan.topology["name"]
+        progress(
+            f"federation {config.name}: {config.nodes} hospitals, {config.protocol.get('name', 'braintorrent')} on a "
+            f"{topology} topology, {config.rounds} rounds -> {out}"
+        )
+        outcome = run_federation(federation.sites, config.rounds, config.timeout, progress, nodes_per_worker=placement.nodes_per_worker, backend=config.backend)
     summary = build_summary(config, federation, outcome, progress)
     write_summary(out, summary)
     return summary

@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -128,6 +129,29 @@ def start_workers(sites: dict[str, Path], nodes_per_worker: int, start: StartWor
     return runs
 
 
+@dataclass(frozen=True)
+class Placement:
+    """What must be known before the manifest is built: how many nodes share a worker and,
+    on Ray, each site's endpoint on the host its worker will run on."""
+
+    nodes_per_worker: int
+    endpoints: list[str] | None = None  # None: the scenario's host, at ports free here
+
+
+@contextmanager
+def worker_placement(backend: str, nodes: int, nodes_per_worker: int | None, out: Path) -> Iterator[Placement]:
+    """Where a run's workers go; on Ray, also the cluster connection the run's workers use,
+    closed (a local instance stopped) when the block ends."""
+    if backend != "ray":
+        yield Placement(nodes_per_worker or default_nodes_per_worker(nodes))
+        return
+    from .ray_backend import RayCluster
+
+    with RayCluster.connect() as cluster:
+        per_worker = nodes_per_worker or default_nodes_per_worker(nodes, cores=cluster.cpus())
+        yield Placement(per_worker, cluster.plan_endpoints(nodes, per_worker, out))
+
+
 @dataclass
 class RunOutcome:
     nodes: list[NodeRun]
@@ -154,7 +178,7 @@ def run_federation(
     started = time.monotonic()
     nodes = start_workers(sites, per_worker, start)
     workers = _distinct_workers(nodes)
-    if per_worker > 1:
+    if per_worker > 1 or backend != "local":
         progress(f"{len(sites)} nodes in {len(workers)} worker processes ({per_worker} per worker, {backend})")
     timed_out = False
     last_round_shown = 0
