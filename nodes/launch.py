@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import zmq
 
+from gossip.base import Resume
 from swarm.codec import Limits
 from swarm.errors import ConfigError, ManifestError, UsageError
 from swarm.identity import SiteKeys, load_site_keys
@@ -25,8 +26,6 @@ from swarm.tensors import FlatModel, flatten_state
 from swarm.transport.base import Transport
 from swarm.transport.zap import ZapAuthenticator
 from swarm.transport.zeromq import Curve, ZmqSettings, ZmqTransport
-
-from gossip.base import Resume
 
 from .learner import Learner
 from .node import Node, NodeOutcome
