@@ -331,3 +331,30 @@ class ProtocolMachine:
         self.pending = {}
         self.deadline = None
         return [Finished()]
+
+
+class PushReceiver(ProtocolMachine):
+    """A protocol whose neighbours push their models unasked (D-PSGD, epidemic, gossip):
+    it keeps the newest unmerged verified model of each neighbour in `inbox`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Kept across rounds: a fast neighbour's next version may arrive while we train.
+        self.inbox: dict[str, ModelInfo] = {}
+
+    def wants_push(self, peer: str) -> bool:
+        return peer in self.neighbours and self.phase not in (Phase.LINGERING, Phase.FINISHED)
+
+    def model_arrived(self, peer: str, req: int | None, model: ModelInfo, now: float) -> list[Action]:
+        if req is not None or not self.wants_push(peer):
+            return [Dropped(peer, "unexpected_model")]
+        ack = self._acknowledge(peer, model)
+        held = self.inbox.get(peer)
+        if model.seq <= self.merged.get(peer, 0) or (held is not None and model.seq <= held.seq):
+            return [ack, Dropped(peer, "stale_push")]
+        self.inbox[peer] = model
+        return [ack, *self._on_push(now)]
+
+    def _on_push(self, now: float) -> list[Action]:
+        """A new model is in the inbox: merge now, or keep waiting."""
+        raise NotImplementedError

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .base import Action, Dropped, ModelInfo, Params, Phase, ProtocolMachine, PulledVersion
+from .base import Action, ModelInfo, Params, Phase, PulledVersion, PushReceiver
 
 __all__ = ["GossipLearning", "GossipParams", "age_weights"]
 
@@ -32,32 +32,19 @@ def age_weights(own_age: float, ages: Mapping[str, float]) -> tuple[dict[str, fl
     return {peer: max(age, 0.0) for peer, age in ages.items()}, max(own_age, 0.0)
 
 
-class GossipLearning(ProtocolMachine):
+class GossipLearning(PushReceiver):
     params: GossipParams
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.age = float(self.resume_metrics.get(AGE, self.published_seq))
-        self.inbox: dict[str, ModelInfo] = {}  # neighbour -> newest verified model not merged yet
         self.next_push = 0.0
         self.train_by = 0.0  # when we stop waiting for news and train alone
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def wants_push(self, peer: str) -> bool:
-        return peer in self.neighbours and self.phase not in (Phase.LINGERING, Phase.FINISHED)
-
-    def model_arrived(self, peer: str, req: int | None, model: ModelInfo, now: float) -> list[Action]:
-        if req is not None or not self.wants_push(peer):
-            return [Dropped(peer, "unexpected_model")]
-        ack = self._acknowledge(peer, model)
-        held = self.inbox.get(peer)
-        if model.seq <= self.merged.get(peer, 0) or (held is not None and model.seq <= held.seq):
-            return [ack, Dropped(peer, "stale_push")]
-        self.inbox[peer] = model
-        if self.phase is Phase.WAITING:
-            return [ack, *self._merge()]
-        return [ack]
+    def _on_push(self, now: float) -> list[Action]:
+        return self._merge() if self.phase is Phase.WAITING else []
 
     def tick(self, now: float) -> list[Action]:
         # Pushing goes on in every phase, lingering included: a node that finished early

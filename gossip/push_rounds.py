@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .base import Action, Dropped, ModelInfo, Params, Phase, ProtocolMachine, PulledVersion
+from .base import Action, Dropped, ModelInfo, Params, Phase, PulledVersion, PushReceiver
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,11 @@ class PushRoundsParams(Params):
     round_timeout: float = 30.0  # the longest a round waits for its senders' models
 
 
-class PushRounds(ProtocolMachine):
+class PushRounds(PushReceiver):
     params: PushRoundsParams
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # neighbour -> its newest verified model we have not merged yet. Kept across
-        # rounds: a fast neighbour's next version may arrive while we still train.
-        self.inbox: dict[str, ModelInfo] = {}
         self.expected: tuple[str, ...] = ()
 
     # -- what a subclass decides ---------------------------------------------------------------
@@ -45,20 +42,8 @@ class PushRounds(ProtocolMachine):
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def wants_push(self, peer: str) -> bool:
-        return peer in self.neighbours and self.phase not in (Phase.LINGERING, Phase.FINISHED)
-
-    def model_arrived(self, peer: str, req: int | None, model: ModelInfo, now: float) -> list[Action]:
-        if req is not None or not self.wants_push(peer):
-            return [Dropped(peer, "unexpected_model")]
-        ack = self._acknowledge(peer, model)
-        held = self.inbox.get(peer)
-        if model.seq <= self.merged.get(peer, 0) or (held is not None and model.seq <= held.seq):
-            return [ack, Dropped(peer, "stale_push")]
-        self.inbox[peer] = model
-        if self.phase is Phase.COLLECTING and self._complete():
-            return [ack, *self._merge()]
-        return [ack]
+    def _on_push(self, now: float) -> list[Action]:
+        return self._merge() if self.phase is Phase.COLLECTING and self._complete() else []
 
     # -- transitions ---------------------------------------------------------------------------
 
