@@ -18,6 +18,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ HOST_LOST = 75  # a worker's exit code when its host (or its agent) left the clu
 POLL_TIMEOUT = 2.0  # seconds; a slower answer counts as "still running", asked again next time
 CALL_TIMEOUT = 30.0  # seconds for starting or signalling a worker on its host
 WAIT_STEP = 0.1
+CONNECT_TIMEOUT = 5.0  # seconds to reach the head at RAY_ADDRESS
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
@@ -176,9 +178,9 @@ class RayCluster:
     @classmethod
     def connect(cls) -> RayCluster:
         global _active
+        ray = _import_ray()
         if _active is not None:
             raise RuntimeError("a RayCluster is already connected in this process; close it first")
-        ray = _import_ray()
         if ray.is_initialized():  # the caller connected (a notebook, a test): use it, leave it up
             _active = cls(ray, owns_instance=False)
             return _active
@@ -186,6 +188,7 @@ class RayCluster:
         quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
         try:
             if address:
+                _check_reachable(address)
                 ray.init(address=address, **quiet)
             else:
                 # "local": never join a cluster that `ray start` left running on this machine by accident
@@ -194,8 +197,8 @@ class RayCluster:
             if not address:
                 raise ConfigError(f"backend ray: cannot start a local Ray instance ({exc}); see `ray start --head` for what Ray needs") from None
             raise ConfigError(
-                f"RAY_ADDRESS={address}: cannot connect to a Ray cluster ({exc}); start one with `ray start --head` "
-                "or unset RAY_ADDRESS to run on a local Ray instance"
+                f"RAY_ADDRESS={address}: cannot connect to a Ray cluster ({exc}); a cluster with token authentication also "
+                "needs RAY_AUTH_MODE=token and its token in ~/.ray/auth_token here; or unset RAY_ADDRESS to run on a local Ray instance"
             ) from None
         _active = cls(ray, owns_instance=True)
         return _active
@@ -339,6 +342,22 @@ def _endpoint_host(sites: Sequence[Path]) -> str:
             "create the federation with the endpoints RayCluster.plan_endpoints gives for the same nodes_per_worker"
         )
     return addresses.pop()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds where Ray would retry an unreachable head for minutes."""
+    if address in ("auto", "local") or "://" in address:
+        return  # Ray resolves these itself
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"RAY_ADDRESS={address}: not HOST:PORT (example: RAY_ADDRESS=10.0.0.1:6379, or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"RAY_ADDRESS={address}: nothing answers there ({exc.strerror or exc}); start the head with "
+            "`ray start --head --port=6379`, check the address and firewall, or unset RAY_ADDRESS to run on a local Ray instance"
+        ) from None
 
 
 def _import_ray() -> ModuleType:

@@ -103,7 +103,9 @@ def test_a_key_outside_the_manifest_gets_nothing_processed(federation):
 
 def test_a_member_cannot_speak_with_another_members_name(federation):
     transports, keys, endpoints, context, auth = federation
-    # c is a's neighbour (its key is allowed) but claims to be b.
+    # c is a's neighbour (its key is allowed) but claims to be b. The real b goes away first:
+    # a ROUTER ignores a second connection under a routing id it already has.
+    transports["b"].close()
     liar = context.socket(zmq.DEALER)
     liar.setsockopt(zmq.ROUTING_ID, b"b")
     liar.setsockopt(zmq.LINGER, 0)

@@ -21,7 +21,7 @@ if not os.environ.get("CI"):
 
 from scenarios.config import ScenarioConfig
 from scenarios.federation import create_federation
-from scenarios.ray_backend import HOST_LOST, Host, RayCluster, RayWorker, _endpoint_host, assign_workers, plan_hosts
+from scenarios.ray_backend import HOST_LOST, Host, RayCluster, RayWorker, _check_reachable, _endpoint_host, assign_workers, plan_hosts
 from scenarios.runner import stop_workers, worker_log_path
 from swarm.errors import ConfigError
 from tests.conftest import write_scenario
@@ -53,6 +53,16 @@ def test_without_the_ray_extra_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
     with pytest.raises(ConfigError, match=r"pip install 'swarm-hospitals\[ray\]'"):
         RayCluster.connect()
+
+
+def test_an_unreachable_or_malformed_ray_address_fails_at_once():
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="nothing answers there"):
+        _check_reachable("127.0.0.1:1")  # Ray itself would retry for minutes
+    assert time.monotonic() - started < 10
+    with pytest.raises(ConfigError, match="not HOST:PORT"):
+        _check_reachable("head-without-port")
+    _check_reachable("auto")  # left to Ray
 
 
 def test_the_federation_uses_the_endpoints_it_is_given(tmp_path):
