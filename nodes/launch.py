@@ -27,6 +27,7 @@ from swarm.transport.base import Transport
 from swarm.transport.zap import ZapAuthenticator
 from swarm.transport.zeromq import Curve, ZmqSettings, ZmqTransport
 
+from .attacks import parse_attack
 from .learner import Learner
 from .node import Node, NodeOutcome
 from .plan import check_plan, protocol_params, task_input_shape
@@ -114,7 +115,10 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     plan = manifest.plan
     task = check_plan(plan)
     torch.set_num_threads(config.threads)
-    learner = Learner.for_site(task, config.data, config.name)
+    attack = parse_attack(config.attack, f"{site.config_path} [attack]")
+    if attack is not None:
+        log.warning("SIMULATED BYZANTINE SITE %s: publishes %s models instead of its honest ones (site.toml [attack])", config.name, attack.NAME)
+    learner = Learner.for_site(task, config.data, config.name, attack)
     for key, actual, planned in (
         ("input shape", learner.data.input_shape, task_input_shape(plan.task)),
         ("number of classes", learner.data.num_classes, plan.task.get("num_classes")),

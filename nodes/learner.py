@@ -10,12 +10,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from swarm.config import get_int, get_str
-from swarm.merge import weighted_mean
+from swarm.merge import MergeSpec, parse_merge, weighted_mean
 from swarm.tensors import FlatModel, flatten_state, model_digest
 
+from .attacks import Attack
 from .data import SiteData
 from .models import build_model
 from .privacy import PrivacyBudget
@@ -33,16 +35,17 @@ class Task:
     init_seed: int
     training: TrainConfig
     sharing: SharingPolicy = SharingPolicy()
+    merge: MergeSpec = MergeSpec()
 
     @classmethod
-    def from_plan(cls, model: Mapping, training: Mapping) -> Task:
+    def from_plan(cls, model: Mapping, training: Mapping, merge: Mapping | None = None) -> Task:
         params = dict(model)
         name = get_str(params, "name", "model", default="mlp")
         init_seed = get_int(params, "init_seed", "model", default=0)
         params.pop("name", None)
         params.pop("init_seed", None)
         sharing = SharingPolicy.pop_from(params)
-        return cls(name, params, init_seed, TrainConfig.from_dict(training, "training"), sharing)
+        return cls(name, params, init_seed, TrainConfig.from_dict(training, "training"), sharing, parse_merge(merge or {}))
 
 
 @dataclass(frozen=True)
@@ -56,17 +59,19 @@ class RoundResult:
 
 
 class Learner:
-    def __init__(self, task: Task, data: SiteData, name: str) -> None:
+    def __init__(self, task: Task, data: SiteData, name: str, attack: Attack | None = None) -> None:
         self.task = task
-        self.data = data
+        self.attack = attack
+        self.data = attack.poison(data) if attack else data
         self.name = name
         self.model = build_model(task.model_name, task.model_params, data.input_shape, data.num_classes, task.init_seed)
         self.local_names = task.sharing.local_names(self.model)
+        self.merge_rule = task.merge.build()
         self.privacy = PrivacyBudget()  # epsilon accumulates over every round this site trains
 
     @classmethod
-    def for_site(cls, task: Task, data_table: Mapping, name: str) -> Learner:
-        return cls(task, load_own_site(data_table), name)
+    def for_site(cls, task: Task, data_table: Mapping, name: str, attack: Attack | None = None) -> Learner:
+        return cls(task, load_own_site(data_table), name, attack)
 
     @property
     def samples(self) -> int:
@@ -87,19 +92,37 @@ class Learner:
         pulled (weight, state) pairs, train, evaluate, snapshot and hash."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        merge_skipped = False
         if pulled:
             own = float(self.samples) if self_weight is None else self_weight
-            merged = weighted_mean([(own, self.shared_state()), *pulled])
-            self.model.load_state_dict(merged, strict=not self.local_names)
+            candidates = [(own, self.shared_state()), *pulled]
+            if self.attack is not None:  # an attacker has no reason to defend itself
+                merged = weighted_mean(candidates)
+            elif len(candidates) >= self.merge_rule.minimum_candidates(self.task.merge.f):
+                merged = self.merge_rule.merge(candidates, self.task.merge.f)
+            else:
+                # Fewer models arrived than the rule needs to outvote f bad ones (neighbours
+                # timed out): merging would trust whoever did answer, so keep our own.
+                merged, merge_skipped = None, True
+            if merged is not None:
+                self.model.load_state_dict(merged, strict=not self.local_names)
         timings["merge"] = time.perf_counter() - started
         started = time.perf_counter()
-        train_stats = train_local(self.model, self.data, self.task.training, derive_seed(self.task.init_seed, "train", self.name, round_no), privacy=self.privacy)
+        reference = self.shared_state() if self.attack else None
+        seed = derive_seed(self.task.init_seed, "train", self.name, round_no)
+        if self.attack is None or self.attack.trains:
+            train_stats = train_local(self.model, self.data, self.task.training, seed, privacy=self.privacy)
+        else:
+            train_stats = {"loss": evaluate(self.model, self.data.train_x, self.data.train_y)["loss"]}  # a free rider does not train
         timings["train"] = time.perf_counter() - started
         started = time.perf_counter()
         test = evaluate(self.model, self.data.test_x, self.data.test_y)
         timings["evaluate"] = time.perf_counter() - started
         started = time.perf_counter()
         shared, local = split_state(self.model.state_dict(), self.local_names)
+        if self.attack is not None:
+            generator = torch.Generator().manual_seed(seed)
+            shared = self.attack.craft(reference, shared, [state for _, state in pulled], generator)
         flat = flatten_state(shared, copy=True)
         digest = model_digest(flat)
         local_flat = flatten_state(local, copy=True) if local else None
@@ -109,6 +132,8 @@ class Learner:
             val = evaluate(self.model, self.data.val_x, self.data.val_y)
             metrics |= {f"val_{key}": float(val[key]) for key in ("accuracy", "dice", "loss") if key in val}
         metrics["train_loss"] = float(train_stats["loss"])
+        if merge_skipped:
+            metrics["merge_skipped"] = 1.0
         if "epsilon" in train_stats:
             metrics["epsilon"] = float(train_stats["epsilon"])
         return RoundResult(round_no, flat, digest, local_flat, metrics, timings)

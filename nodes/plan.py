@@ -5,7 +5,7 @@ fails on the coordinator's desk instead of deep inside six node processes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,6 +14,7 @@ from gossip import PROTOCOLS
 from swarm.config import check_keys, get_bool, get_int, get_str
 from swarm.errors import ConfigError
 from swarm.manifest import Plan
+from swarm.merge import MergeSpec, check_neighbourhood
 from swarm.topology import COMMON_KEYS, check_neighbour_lists, resolve_topology
 
 from .learner import Task
@@ -43,6 +44,7 @@ def build_plan(
     training: Mapping[str, Any],
     task: Mapping[str, Any],
     neighbours: Mapping[str, Any] | None = None,
+    merge: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A plan document (JSON-ready) with the topology resolved into neighbour lists (and, for
     a time-varying topology, a `schedule` of per-round graphs), or with the explicit
@@ -67,9 +69,26 @@ def build_plan(
         "model": dict(model),
         "training": dict(training),
         "task": dict(task),
+        **({"merge": dict(merge)} if merge else {}),
     }
-    check_plan_sections(plan["protocol"], plan["model"], plan["training"], plan["task"])
+    parsed = check_plan_sections(plan["protocol"], plan["model"], plan["training"], plan["task"], plan.get("merge"))
+    check_merge_neighbourhoods(parsed.merge, plan["protocol"]["name"], resolved)
     return plan
+
+
+def merge_candidates(protocol: str, peers: Sequence[str]) -> int:
+    """The most models one merge of a node combines, its own included: gossip learning
+    merges one received model at a time; the others merge every neighbour's at most."""
+    return 2 if protocol == "gossip" else len(peers) + 1
+
+
+def check_merge_neighbourhoods(spec: MergeSpec, protocol: str, neighbours: Mapping[str, Sequence[str]]) -> None:
+    """Refuse a merge rule that some node's neighbourhood is too small for (Krum's n >= 2f+3
+    and the like), naming the node with the fewest neighbours."""
+    if not neighbours:
+        return
+    who = min(neighbours, key=lambda name: (merge_candidates(protocol, neighbours[name]), name))
+    check_neighbourhood(spec, merge_candidates(protocol, neighbours[who]), f"{who} ({protocol})", "plan.merge")
 
 
 def _explicit_neighbours(neighbours: Mapping[str, Any] | None, member_names: list[str], allow_disconnected: bool) -> dict[str, list[str]]:
@@ -94,12 +113,12 @@ def task_input_shape(task: Mapping[str, Any]) -> tuple[int, ...]:
     return (get_int(task, "num_features", "plan.task", minimum=1, example=32),)
 
 
-def check_plan_sections(protocol: Mapping, model: Mapping, training: Mapping, task: Mapping) -> Task:
+def check_plan_sections(protocol: Mapping, model: Mapping, training: Mapping, task: Mapping, merge: Mapping | None = None) -> Task:
     protocol_params(protocol)
     shape = task_input_shape(task)
     num_classes = get_int(task, "num_classes", "plan.task", minimum=2, example=3)
     kind = get_str(task, "kind", "plan.task", default="classification", choices=("classification", "segmentation"))
-    parsed = Task.from_plan(model, training)
+    parsed = Task.from_plan(model, training, merge)
     built = build_model(parsed.model_name, parsed.model_params, shape, num_classes, parsed.init_seed)
     _check_output_shape(built, parsed.model_name, shape, num_classes, kind)
     parsed.sharing.local_names(built)
@@ -128,4 +147,6 @@ def _check_output_shape(model: torch.nn.Module, name: str, shape: tuple[int, ...
 def check_plan(plan: Plan) -> Task:
     """Re-validate a plan read from a manifest (it may have been written by hand)."""
     get_int({"rounds": plan.rounds}, "rounds", "plan", minimum=1, maximum=MAX_ROUNDS)
-    return check_plan_sections(plan.protocol, plan.model, plan.training, plan.task)
+    parsed = check_plan_sections(plan.protocol, plan.model, plan.training, plan.task, plan.merge)
+    check_merge_neighbourhoods(parsed.merge, plan.protocol.get("name", "braintorrent"), plan.neighbours)
+    return parsed

@@ -1,7 +1,8 @@
 """A hospital's site directory and its `site.toml`.
 
     SITE/
-      site.toml                 this site's settings (name, where to listen, its data)
+      site.toml                 this site's settings (name, where to listen, its data; [attack]
+                                only in robustness experiments)
       member.json               the public card other sites put in the manifest
       keys/                     signing.key, transport.key (0600), *.pub
       federation/manifest.json  the signed federation manifest (+ manifest.json.sigs.json)
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,11 @@ class SiteConfig:
     threads: int  # torch threads for local training
     log_level: str
     data: dict[str, Any]  # validated by nodes.data.DataConfig
+    attack: dict[str, Any] = field(default_factory=dict)  # simulated Byzantine site (nodes.attacks); empty: honest
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "site.toml") -> SiteConfig:
-        check_keys(values, {"site", "node", "data"}, where)
+        check_keys(values, {"site", "node", "data", "attack"}, where)
         site = table(values, "site", where)
         check_keys(site, {"name"}, f"{where} [site]")
         name = get_str(site, "name", "site")
@@ -59,6 +61,7 @@ class SiteConfig:
             threads=get_int(node, "threads", "node", default=1, minimum=1, maximum=256),
             log_level=get_str(node, "log_level", "node", default="info", choices=LOG_LEVELS),
             data=table(values, "data", where),
+            attack=_checked_attack(table(values, "attack", where)),
         )
 
     def to_toml(self) -> str:
@@ -75,7 +78,17 @@ class SiteConfig:
             "[data]",
         ]
         lines += [f"{key} = {_toml_value(value)}" for key, value in self.data.items()]
+        if self.attack:
+            lines += ["", "# A SIMULATED BYZANTINE SITE: it publishes poisoned models (nodes.attacks).", "[attack]"]
+            lines += [f"{key} = {_toml_value(value)}" for key, value in self.attack.items()]
         return "\n".join(lines) + "\n"
+
+
+def _checked_attack(values: dict[str, Any]) -> dict[str, Any]:
+    from .attacks import parse_attack
+
+    parse_attack(values)
+    return values
 
 
 def _toml_value(value: Any) -> str:
@@ -136,7 +149,7 @@ class SiteDir:
         write_atomic(self.config_path, config.to_toml().encode())
 
 
-def init_site(root: Path, name: str, endpoint: str, listen: str | None, data: dict[str, Any]) -> SiteConfig:
+def init_site(root: Path, name: str, endpoint: str, listen: str | None, data: dict[str, Any], attack: dict[str, Any] | None = None) -> SiteConfig:
     """Create a site directory: keys (private files 0600), site.toml and the public member card."""
     from swarm.identity import create_site_keys
     from swarm.manifest import Member
@@ -144,7 +157,7 @@ def init_site(root: Path, name: str, endpoint: str, listen: str | None, data: di
     site = SiteDir(root)
     if site.config_path.exists():
         raise ConfigError(f"{root}: already a site directory (site.toml exists); choose another --site or delete it first")
-    config = SiteConfig.from_dict({"site": {"name": name}, "node": {"endpoint": endpoint, "listen": listen or endpoint}, "data": data})
+    config = SiteConfig.from_dict({"site": {"name": name}, "node": {"endpoint": endpoint, "listen": listen or endpoint}, "data": data, "attack": attack or {}})
     site.root.mkdir(parents=True, exist_ok=True)
     keys = create_site_keys(site.keys_dir)
     site.write_config(config)

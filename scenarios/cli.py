@@ -35,9 +35,10 @@ def main() -> None:
 @click.option("--rounds", type=int, default=None, help="Override [plan] rounds.")
 @click.option("--nodes-per-worker", type=int, default=None, help="Nodes packed into each worker process (default: from node and core counts).")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None, help="Run worker processes here (local) or on a Ray cluster (needs the ray extra).")
+@click.option("--insecure", is_flag=True, help="DEBUGGING ONLY: the nodes run without CurveZMQ (plaintext, no allow-list).")
 @user_errors
 def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, topology: str | None, protocol: str | None,
-        rounds: int | None, nodes_per_worker: int | None, backend: str | None) -> None:
+        rounds: int | None, nodes_per_worker: int | None, backend: str | None, insecure: bool) -> None:
     """Run SCENARIO_PATH: real `swarm-node` processes (several nodes per worker process for
     large federations) talking ZeroMQ over TCP."""
     from dataclasses import replace
@@ -51,6 +52,8 @@ def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, t
         config = replace(config, nodes_per_worker=get_int({"nodes_per_worker": nodes_per_worker}, "nodes_per_worker", "--nodes-per-worker", minimum=1))
     if backend is not None:
         config = replace(config, backend=backend)
+    if insecure:
+        config = replace(config, insecure=True)
     out = out or Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = run_scenario(config, out, _progress, force=force)
     _progress(format_table(summary))
@@ -139,6 +142,30 @@ def sweep(sweep_path: Path, out: Path | None, force: bool) -> None:
         click.echo(f"error: {len(failed)} of {len(rows)} cells did not complete cleanly: {', '.join(failed[:5])}"
                    f"{' ...' if len(failed) > 5 else ''}; see their summary.json under {out / 'cells'} "
                    "(delete a cell's directory to run it again)", err=True)
+        sys.exit(1)
+
+
+@main.command("attack-study")
+@click.argument("study_path", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/STUDY); an unfinished study there resumes.")
+@click.option("--force", is_flag=True, help="Discard the cells and results already in --out and start over.")
+@user_errors
+def attack_study(study_path: Path, out: Path | None, force: bool) -> None:
+    """Run attack x defence x Byzantine share (plus a no-attack run per defence) of
+    STUDY_PATH, one real federation per cell; write study.md (the table), results.csv and
+    plots/attack-study.png. Finished cells are not rerun."""
+    from .attack_report import StudyReport, markdown, with_baselines
+    from .attack_study import load_study
+    from .sweep import run_sweep
+
+    study = load_study(study_path)
+    out = out or Path("runs") / study.path.stem
+    rows = run_sweep(study, out, _progress, force=force, report=StudyReport())
+    _progress(markdown(with_baselines(rows)))
+    failed = [row["cell"] for row in rows if not row["ok"]]
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(rows)} cells did not complete cleanly: {', '.join(failed[:5])}"
+                   f"{' ...' if len(failed) > 5 else ''}; see their summary.json under {out / 'cells'}", err=True)
         sys.exit(1)
 
 

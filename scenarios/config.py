@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,9 @@ from nodes.plan import build_plan
 from swarm.config import check_keys, get_bool, get_float, get_int, get_optional_int, get_str, read_toml, table
 from swarm.errors import ConfigError
 
-SECTIONS = {"scenario", "plan", "topology", "protocol", "model", "training", "data", "baselines", "compare"}
+from .attackers import pick_attackers
+
+SECTIONS = {"scenario", "plan", "topology", "protocol", "model", "training", "merge", "attack", "data", "baselines", "compare"}
 MAX_NODES = 1024
 BACKENDS = ("local", "ray")
 
@@ -34,6 +36,9 @@ class ScenarioConfig:
     compare: dict[str, Any]  # settings of `swarm-scenario compare`, checked by scenarios.compare
     nodes_per_worker: int | None = None  # None: chosen from the node and core counts
     backend: str = "local"  # where worker processes run: this machine, or a Ray cluster
+    merge: dict[str, Any] = field(default_factory=dict)  # the plan's merge rule (swarm.merge)
+    attack: dict[str, Any] = field(default_factory=dict)  # which sites are Byzantine (scenarios.attackers)
+    insecure: bool = False  # workers run without CurveZMQ (debugging only)
 
     @classmethod
     def load(cls, path: Path) -> ScenarioConfig:
@@ -67,13 +72,22 @@ class ScenarioConfig:
             compare=table(values, "compare", where),
             nodes_per_worker=get_optional_int(scenario, "nodes_per_worker", "scenario", minimum=1, maximum=MAX_NODES, example=8),
             backend=get_str(scenario, "backend", "scenario", default="local", choices=BACKENDS),
+            merge=table(values, "merge", where),
+            attack=table(values, "attack", where),
         )
         config.check()
         return config
 
     def check(self) -> None:
-        """Validate the plan for this many members: fail now, not in a hundred processes."""
-        self.plan_for([f"site-{i}" for i in range(self.nodes)])
+        """Validate the plan (and the attackers) for this many members: fail now, not in a
+        hundred processes."""
+        names = [f"site-{i}" for i in range(self.nodes)]
+        plan = self.plan_for(names)
+        self.attackers(names, plan["neighbours"])
+
+    def attackers(self, names: list[str], neighbours: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+        """site name -> its site.toml [attack] table, for the Byzantine sites of this scenario."""
+        return pick_attackers(self.attack, names, neighbours)
 
     def with_overrides(
         self,
@@ -111,7 +125,7 @@ class ScenarioConfig:
     def plan_for(self, names: list[str]) -> dict[str, Any]:
         """The manifest's plan for members `names`; validates every section."""
         task = self.data_source().task_shape().plan_table()
-        return build_plan(names, self.rounds, self.topology, self.protocol, self.model, self.training, task)
+        return build_plan(names, self.rounds, self.topology, self.protocol, self.model, self.training, task, merge=self.merge)
 
     def data_table(self, site: int | None = None) -> dict[str, Any]:
         """The [data] table of one site (or of the whole federation when `site` is None)."""

@@ -23,6 +23,7 @@ class Federation:
     manifest: Manifest
     manifest_path: Path
     sites: dict[str, Path]  # member name -> site directory
+    attackers: frozenset[str] = frozenset()  # the simulated Byzantine sites
 
 
 def site_names(count: int) -> list[str]:
@@ -40,13 +41,15 @@ def create_federation(config: ScenarioConfig, out: Path, endpoints: list[str] | 
     if len(endpoints) != len(names):
         raise ValueError(f"{len(endpoints)} endpoints for {len(names)} sites")
     sites_root = out / "sites"
+    plan = config.plan_for(names)
+    attackers = config.attackers(names, plan["neighbours"])
     members = []
     for index, (name, endpoint) in enumerate(zip(names, endpoints)):
         data = config.data | {"sites": config.nodes, "site": index}
-        init_site(sites_root / name, name, endpoint, None, data)
+        init_site(sites_root / name, name, endpoint, None, data, attackers.get(name))
         card = json.loads(SiteDir(sites_root / name).member_path.read_text())
         members.append(Member.from_card(card, name))
-    manifest = build_manifest(config.name, members, config.plan_for(names))
+    manifest = build_manifest(config.name, members, plan)
     signed = SignedManifest(manifest, {})
     for name in names:
         signed.sign(name, load_site_keys(SiteDir(sites_root / name).keys_dir).signing)
@@ -54,4 +57,4 @@ def create_federation(config: ScenarioConfig, out: Path, endpoints: list[str] | 
     save_manifest(manifest_path, signed)
     for name in names:
         install_manifest(manifest_path, sites_root / name)
-    return Federation(manifest, manifest_path, {name: sites_root / name for name in names})
+    return Federation(manifest, manifest_path, {name: sites_root / name for name in names}, frozenset(attackers))

@@ -32,7 +32,7 @@ from typing import Any
 from nodes.site import SiteDir
 from swarm.errors import ConfigError
 
-from .runner import NODE_ENV
+from .runner import NODE_ENV, node_arguments
 
 INSTALL_HINT = "install the ray extra: pip install 'swarm-hospitals[ray]'"
 HOST_LOST = 75  # a worker's exit code when its host (or its agent) left the cluster
@@ -82,14 +82,6 @@ def alive_hosts() -> list[Host]:
 def plan_hosts(worker_count: int) -> list[Host]:
     """The host of each of `worker_count` workers on the connected cluster."""
     return assign_workers(alive_hosts(), worker_count)
-
-
-def node_arguments(sites: Sequence[Path]) -> list[str]:
-    """What a worker runs, after the host's own Python: the same command as LocalWorker's."""
-    arguments = ["-m", "nodes", "run"]
-    for site in sites:
-        arguments += ["--site", str(site)]
-    return arguments
 
 
 class _HostAgent:
@@ -281,13 +273,13 @@ class RayWorker:
     """A WorkerHandle for a worker process that an agent runs on the host its sites' endpoints
     name. The exit code is kept once known, so it can still be read after the cluster closed."""
 
-    def __init__(self, sites: Sequence[Path], log_path: Path) -> None:
+    def __init__(self, sites: Sequence[Path], log_path: Path, insecure: bool = False) -> None:
         self.cluster = active_cluster()
         self.address = _endpoint_host(sites)
         self.key = str(log_path.resolve())
         self.exit_code: int | None = None
         self.agent = self.cluster.agent_for(self.address)
-        start = self.agent.start.remote(self.key, node_arguments([s.resolve() for s in sites]), [str(s.resolve()) for s in sites], self.key, os.getcwd())
+        start = self.agent.start.remote(self.key, node_arguments([s.resolve() for s in sites], insecure), [str(s.resolve()) for s in sites], self.key, os.getcwd())
         missing = self.cluster.ray.get(start, timeout=CALL_TIMEOUT)
         if missing:
             raise ConfigError(

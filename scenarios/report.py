@@ -18,6 +18,7 @@ from nodes.learner import Task
 from swarm import __version__
 from swarm.atomic import write_atomic
 
+from .attackers import byzantine_share
 from .config import ScenarioConfig
 from .federation import Federation
 from .runner import RunOutcome
@@ -70,6 +71,7 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
             "bytes_sent": sum(status.get("bytes_sent", {}).values()),
             "bytes_received": sum(status.get("bytes_received", {}).values()),
             "rejected": status.get("rejected", {}),
+            "byzantine": node.name in federation.attackers,
         })
     swarm_mean = _mean([n["metrics"].get("accuracy", math.nan) for n in nodes])
     primary = "dice" if config.data_source().task_shape().kind == "segmentation" else "accuracy"
@@ -98,11 +100,29 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
             "failures": [str(f) for f in audit.failures],
         },
         "rejected_messages": {"total": sum(rejected.values()), "by_reason": rejected},
+        "merge": dict(federation.manifest.plan.merge) or {"rule": "mean"},
+        "attack": _attack_summary(config, federation, nodes, primary),
         "wall_seconds": round(outcome.wall_seconds, 2),
         "workers": outcome.workers,  # worker processes (several nodes each in large federations)
         "timed_out": outcome.timed_out,
         "ok": outcome.all_finished and audit.ok,
         "environment": {"code": _code_version(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
+    }
+
+
+def _attack_summary(config: ScenarioConfig, federation: Federation, nodes: list[dict[str, Any]], primary: str) -> dict[str, Any] | None:
+    """Who attacked and how the honest sites fared (the Byzantine sites' own scores are
+    meaningless: they report whatever they like)."""
+    if not federation.attackers:
+        return None
+    honest = [n["metrics"].get(primary, math.nan) for n in nodes if not n["byzantine"]]
+    shares = byzantine_share(set(federation.attackers), {k: list(v) for k, v in federation.manifest.plan.neighbours.items()})
+    return {
+        "kind": config.attack.get("kind"),
+        "sites": sorted(federation.attackers),
+        "honest_mean": _mean(honest),
+        "honest_min": min(honest) if honest else math.nan,
+        "max_neighbourhood_share": max(shares.values(), default=0.0),  # worst Byzantine share an honest site merges
     }
 
 
@@ -130,14 +150,18 @@ def format_table(summary: dict[str, Any]) -> str:
     metric = summary["primary_metric"]
     lines = [f"{'site':<14} {'samples':>7} {'swarm':>7} {'local':>7} {'pooled':>7} {'rounds':>6}  state"]
     for node in summary["nodes"]:
+        mark = "  BYZANTINE (simulated)" if node.get("byzantine") else ""
         local = (node["local_only"] or {}).get(metric)
         pooled = (node["pooled"] or {}).get(metric)
         lines.append(
             f"{node['name']:<14} {node['train_samples']:>7} {pct(node['metrics'].get(metric)):>7} {pct(local):>7} "
-            f"{pct(pooled):>7} {node['rounds_completed']:>6}  {node['state']}"
+            f"{pct(pooled):>7} {node['rounds_completed']:>6}  {node['state']}{mark}"
         )
     means = summary["means"]
     lines.append(f"{'mean':<14} {'':>7} {pct(means['metrics']):>7} {pct(means['local_only']):>7} {pct(means['pooled']):>7}")
+    attack = summary.get("attack")
+    if attack:
+        lines.append(f"{'honest mean':<14} {'':>7} {pct(attack['honest_mean']):>7}   (worst honest {pct(attack['honest_min']).strip()}; {attack['kind']} at {', '.join(attack['sites'])})")
     audit = summary["log_verification"]
     lines.append(
         f"test {'Dice' if metric == 'dice' else 'accuracy'} (%) on each site's held-out split; logs: {'verified' if audit['ok'] else 'FAILED'} "

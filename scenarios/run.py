@@ -40,7 +40,7 @@ def run_scenario(config: ScenarioConfig, out: Path, progress: Progress, *, force
             f"federation {config.name}: {config.nodes} hospitals, {config.protocol.get('name', 'braintorrent')} on a "
             f"{topology} topology, {config.rounds} rounds -> {out}"
         )
-        outcome = run_federation(federation.sites, config.rounds, config.timeout, progress, nodes_per_worker=placement.nodes_per_worker, backend=config.backend)
+        outcome = run_federation(federation.sites, config.rounds, config.timeout, progress, nodes_per_worker=placement.nodes_per_worker, backend=config.backend, insecure=config.insecure)
     summary = build_summary(config, federation, outcome, progress)
     write_summary(out, summary)
     return summary

@@ -70,16 +70,21 @@ class NodeRun:
         return bool(lines)
 
 
+def node_arguments(sites: Sequence[Path], insecure: bool = False) -> list[str]:
+    """What a worker runs after the host's own Python (on this machine or a Ray host)."""
+    arguments = ["-m", "nodes", "run"]
+    for site in sites:
+        arguments += ["--site", str(site)]
+    return arguments + (["--insecure"] if insecure else [])
+
+
 class LocalWorker:
     """A `python -m nodes run --site ... [--site ...]` subprocess in its own session."""
 
-    def __init__(self, sites: Sequence[Path], log_path: Path) -> None:
-        args = [sys.executable, "-m", "nodes", "run"]
-        for site in sites:
-            args += ["--site", str(site)]
+    def __init__(self, sites: Sequence[Path], log_path: Path, insecure: bool = False) -> None:
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                args,
+                [sys.executable, *node_arguments(sites, insecure)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -115,16 +120,16 @@ def worker_log_path(sites: Sequence[Path]) -> Path:
     return directory / f"{sites[0].name}.log"
 
 
-StartWorker = Callable[[Sequence[Path], Path], WorkerHandle]
+StartWorker = Callable[..., WorkerHandle]  # (sites, log path, insecure=...)
 
 
-def start_workers(sites: dict[str, Path], nodes_per_worker: int, start: StartWorker = LocalWorker) -> list[NodeRun]:
+def start_workers(sites: dict[str, Path], nodes_per_worker: int, start: StartWorker = LocalWorker, insecure: bool = False) -> list[NodeRun]:
     names = list(sites)
     runs: list[NodeRun] = []
     for first in range(0, len(names), nodes_per_worker):
         group = names[first : first + nodes_per_worker]
         paths = [sites[name] for name in group]
-        worker = start(paths, worker_log_path(paths))
+        worker = start(paths, worker_log_path(paths), insecure=insecure)
         runs += [NodeRun(name, sites[name], worker) for name in group]
     return runs
 
@@ -172,11 +177,14 @@ def run_federation(
     *,
     nodes_per_worker: int | None = None,
     backend: str = "local",
+    insecure: bool = False,
 ) -> RunOutcome:
     per_worker = nodes_per_worker or default_nodes_per_worker(len(sites))
     start = _worker_starter(backend)
     started = time.monotonic()
-    nodes = start_workers(sites, per_worker, start)
+    if insecure:
+        progress("WARNING: --insecure: the nodes run WITHOUT CurveZMQ (plaintext, no allow-list); debugging only")
+    nodes = start_workers(sites, per_worker, start, insecure)
     workers = _distinct_workers(nodes)
     if per_worker > 1 or backend != "local":
         progress(f"{len(sites)} nodes in {len(workers)} worker processes ({per_worker} per worker, {backend})")

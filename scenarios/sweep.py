@@ -208,7 +208,7 @@ def is_finished(out: Path, cell: Cell) -> bool:
     return (cell_dir(out, cell) / "summary.json").is_file()
 
 
-def prepare_sweep_out(sweep: Sweep, out: Path, force: bool) -> None:
+def prepare_sweep_out(sweep: Any, out: Path, force: bool) -> None:
     """Make `out` hold this sweep: new, or resumed only when it was made from the same grid."""
     record = out / "sweep.json"
     if force:
@@ -226,7 +226,7 @@ def prepare_sweep_out(sweep: Sweep, out: Path, force: bool) -> None:
     write_atomic(record, (json.dumps({"cells": cells}, indent=2) + "\n").encode())
 
 
-def _check_same_grid(sweep: Sweep, out: Path, recorded: dict[str, str]) -> None:
+def _check_same_grid(sweep: Any, out: Path, recorded: dict[str, str]) -> None:
     cells = {cell.id: cell.fingerprint() for cell in sweep.cells}
     if cells == recorded:
         return
@@ -242,9 +242,31 @@ def _check_same_grid(sweep: Sweep, out: Path, recorded: dict[str, str]) -> None:
 # Running
 
 
-def run_sweep(sweep: Sweep, out: Path, progress: Progress, *, force: bool = False) -> list[dict[str, Any]]:
-    """Run every unfinished cell, rewrite OUT/results.csv after each, then draw the plots.
-    Returns the CSV rows in grid order."""
+class SweepReport:
+    """What a sweep writes: one CSV row per cell, the table after every cell, plots at the end.
+    Other grids of scenario runs (scenarios.attack_study) bring their own."""
+
+    def __init__(self, target_accuracy: float) -> None:
+        self.target_accuracy = target_accuracy
+
+    def row(self, cell: Any, directory: Path) -> dict[str, Any]:
+        return cell_row(cell, directory, self.target_accuracy)
+
+    def describe(self, row: dict[str, Any]) -> str:
+        return describe_row(row)
+
+    def write(self, out: Path, rows: list[dict[str, Any]]) -> Path:
+        return write_results(out, rows)
+
+    def finish(self, out: Path, rows: list[dict[str, Any]]) -> list[Path]:
+        return write_plots(out, rows)
+
+
+def run_sweep(sweep: Any, out: Path, progress: Progress, *, force: bool = False, report: Any = None) -> list[dict[str, Any]]:
+    """Run every unfinished cell, rewrite the results table after each, then draw the plots.
+    `sweep` has a path, a source and cells (each with id, describe(), fingerprint() and a
+    config); `report` defaults to SweepReport. Returns the rows in grid order."""
+    report = report or SweepReport(sweep.target_accuracy)
     prepare_sweep_out(sweep, out, force)
     total = len(sweep.cells)
     left = sum(1 for cell in sweep.cells if not is_finished(out, cell))
@@ -278,12 +300,12 @@ def run_sweep(sweep: Sweep, out: Path, progress: Progress, *, force: bool = Fals
             progress(f"{header}: skipped (finished before)")
         if ran or not (directory / "series.json").is_file():
             write_series(directory)
-        rows.append(cell_row(cell, directory, sweep.target_accuracy))
-        write_results(out, rows)  # after every cell, so an interrupted sweep keeps its table
+        rows.append(report.row(cell, directory))
+        written = report.write(out, rows)  # after every cell, so an interrupted sweep keeps its table
         if ran:
-            progress(f"{header}: {describe_row(rows[-1])}")
-    paths = write_plots(out, rows)
-    progress("wrote " + ", ".join(str(p) for p in [out / "results.csv", *paths]))
+            progress(f"{header}: {report.describe(rows[-1])}")
+    paths = report.finish(out, rows)
+    progress("wrote " + ", ".join(str(p) for p in [written, *paths]))
     return rows
 
 

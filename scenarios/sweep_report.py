@@ -311,12 +311,12 @@ def _megabytes(value: float) -> str:
     return "? MB" if math.isnan(_number(value)) else f"{value / 1e6:.2f} MB"
 
 
-def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([_csv_value(row.get(column)) for column in COLUMNS])
+        writer.writerow([_csv_value(row.get(column)) for column in columns])
     return buffer.getvalue()
 
 
@@ -362,7 +362,7 @@ def _mean_over_seeds(seeds: Sequence[Mapping[str, Any]], key: str) -> dict[int, 
     return {r: sum(v) / len(v) for r, v in sorted(values.items())}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,7 +382,7 @@ def _colours(plt, groups: Iterable[Group]) -> dict[str, Any]:
     return {name: cmap(i % cmap.N) for i, name in enumerate(topologies)}
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
@@ -394,7 +394,7 @@ def plot_curves(groups: Mapping[Group, Sequence[Mapping[str, Any]]], path: Path,
                 *, x_key: str = "rounds", log_y: bool = False) -> Path:
     """One panel per protocol, one line per topology (and node count): `y_key` against the
     round or, with x_key "bytes_sent", against the cumulative bytes; means over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     protocols = list(dict.fromkeys(group[0] for group in groups))
     several_sizes = len({group[2] for group in groups}) > 1
     colours = _colours(plt, groups)
@@ -419,7 +419,7 @@ def plot_curves(groups: Mapping[Group, Sequence[Mapping[str, Any]]], path: Path,
             if ax.get_legend_handles_labels()[0]:  # no empty legend (and no matplotlib warning)
                 ax.legend(fontsize="small", frameon=False)
         axes[0][0].set_ylabel(y_label)
-        return _save(fig, path)
+        return save_png(fig, path)
     finally:
         plt.close(fig)
 
@@ -428,7 +428,7 @@ def plot_time_to_target(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Rounds to reach the target accuracy against the spectral gap: a point per cell (each
     seed), marker and colour per protocol, labelled per topology (and node count); a cell
     that never reached the target is an x on the dashed line above the planned rounds."""
-    plt = _pyplot()
+    plt = pyplot()
     by_group: dict[Group, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_group.setdefault((row["protocol"], row["topology"], row["nodes"]), []).append(row)
@@ -464,7 +464,7 @@ def plot_time_to_target(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # no empty legend (and no matplotlib warning)
             ax.legend(fontsize="small", frameon=False)
-        return _save(fig, path)
+        return save_png(fig, path)
     finally:
         plt.close(fig)
 

@@ -36,7 +36,7 @@ def test_start_workers_groups_consecutive_sites(tmp_path):
     started: list[list[str]] = []
 
     class Fake:
-        def __init__(self, sites, log_path):
+        def __init__(self, sites, log_path, insecure=False):
             started.append([p.name for p in sites])
 
         def poll(self):

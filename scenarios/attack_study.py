@@ -1,0 +1,131 @@
+"""`swarm-scenario attack-study`: attack x defence x Byzantine share, every cell a real federation.
+
+    [study]
+    scenario = "byzantine-base"      # a path relative to this file, or a name in scenarios/
+    attacks = ["sign_flip", {kind = "alie", z = 1.5}]   # nodes.attacks kinds (or tables)
+    defences = ["mean", "median", {rule = "krum", f = 1}]  # swarm.merge rules (or tables)
+    shares = [0.1, 0.2, 0.3]         # fraction of Byzantine sites
+    seeds = [0]                      # data, topology and placement seed of each repeat
+    placement = "random"             # or "spread" (see scenarios.attackers)
+    rounds = 12                      # optional override of [plan] rounds
+    timeout = 300                    # optional override of [scenario] timeout
+
+Besides the attack cells, every defence runs once per seed without an attack: the honest
+baseline each attacked cell is compared with. A defence that the scenario's topology
+cannot support (Krum's n >= 2f+3 in some neighbourhood) is refused before anything runs.
+Resumable like a sweep (same OUT layout: cells/, sweep.json); results in
+scenarios.attack_report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from swarm.config import check_keys, get_float, get_int, get_str, read_toml, table
+from swarm.errors import ConfigError
+
+from .config import ScenarioConfig
+from .sweep import _scenario_path, label
+
+STUDY_KEYS = ("scenario", "attacks", "defences", "shares", "seeds", "placement", "rounds", "timeout")
+NO_ATTACK = "none"
+
+
+@dataclass(frozen=True)
+class StudyCell:
+    attack: str  # label, e.g. "alie" or "none"
+    defence: str  # label, e.g. "krum-f1"
+    share: float  # 0 for the no-attack baseline
+    seed: int
+    config: ScenarioConfig
+
+    @property
+    def id(self) -> str:
+        return f"{self.attack}_{self.defence}_p{round(100 * self.share):02d}_s{self.seed}"
+
+    def describe(self) -> str:
+        attack = "no attack" if self.attack == NO_ATTACK else f"{self.attack} at {100 * self.share:.0f}%"
+        return f"{attack}, defence {self.defence}, seed {self.seed}"
+
+    def fingerprint(self) -> str:
+        config = self.config
+        settings = json.dumps({
+            "scenario": config.source, "topology": config.topology, "protocol": config.protocol, "nodes": config.nodes,
+            "data": config.data, "training": config.training, "model": config.model, "rounds": config.rounds,
+            "timeout": config.timeout, "merge": config.merge, "attack": config.attack,
+        }, sort_keys=True, default=str)
+        return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Study:
+    path: Path
+    source: str
+    cells: tuple[StudyCell, ...]
+
+
+def _tables(study: dict[str, Any], key: str, name_key: str, example: str) -> list[dict[str, Any]]:
+    values = study.get(key)
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f'study.{key}: must be a non-empty list of names or tables (example: {key} = ["{example}"])')
+    tables = []
+    for index, value in enumerate(values):
+        entry = {name_key: value} if isinstance(value, str) else dict(value) if isinstance(value, dict) else None
+        if entry is None or not isinstance(entry.get(name_key), str):
+            raise ConfigError(f'study.{key}[{index}]: must be a name or a table with {name_key} (example: {{{name_key} = "{example}"}})')
+        tables.append(entry)
+    return tables
+
+
+def _label(entry: dict[str, Any], name_key: str) -> str:
+    return label({"name": entry[name_key]} | {k: v for k, v in entry.items() if k != name_key})
+
+
+def load_study(path: Path) -> Study:
+    """Read and validate a study file and every cell's scenario before anything runs."""
+    path = Path(path)
+    values = read_toml(path, "study")
+    check_keys(values, ("study",), str(path))
+    study = table(values, "study", str(path))
+    check_keys(study, STUDY_KEYS, "study")
+    base = ScenarioConfig.load(_scenario_path(path, get_str(study, "scenario", "study", example="byzantine-base")))
+    base = replace(base, local_only=False, pooled=False)
+    if "timeout" in study:
+        base = replace(base, timeout=get_float(study, "timeout", "study", minimum=1.0, example=300.0))
+    rounds = get_int(study, "rounds", "study", minimum=1, maximum=1000, example=12) if "rounds" in study else None
+    attacks = _tables(study, "attacks", "kind", "alie")
+    defences = _tables(study, "defences", "rule", "median")
+    shares = study.get("shares", [0.1, 0.2, 0.3])
+    if not isinstance(shares, list) or not shares or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < 1 for s in shares):
+        raise ConfigError(f"study.shares: must be a non-empty list of fractions between 0 and 1, got {shares!r} (example: shares = [0.1, 0.2, 0.3])")
+    seeds = study.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"study.seeds: must be a non-empty list of integers >= 0, got {seeds!r} (example: seeds = [0])")
+    placement = get_str(study, "placement", "study", default="random", choices=("random", "spread"))
+    cells = []
+    for seed in seeds:
+        for defence in defences:
+            cells.append(_cell(base, None, defence, 0.0, seed, rounds, placement))
+            for attack in attacks:
+                for share in shares:
+                    cells.append(_cell(base, attack, defence, float(share), seed, rounds, placement))
+    ids = [cell.id for cell in cells]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("study: a cell appears twice; list each attack, defence, share and seed once")
+    return Study(path, path.read_text(), tuple(cells))
+
+
+def _cell(base: ScenarioConfig, attack: dict[str, Any] | None, defence: dict[str, Any], share: float, seed: int, rounds: int | None, placement: str) -> StudyCell:
+    attack_label = NO_ATTACK if attack is None else _label(attack, "kind")
+    cell = StudyCell(attack_label, _label(defence, "rule"), share, seed, base)
+    attack_table = {} if attack is None else attack | {"share": share, "placement": placement} | ({"seed": seed} if placement == "random" else {})
+    try:
+        config = base.with_overrides(rounds=rounds, seed=seed, name=cell.id)
+        config = replace(config, merge=defence, attack=attack_table)
+        config.check()  # refuses a rule the topology cannot support, and bad attack tables
+    except ConfigError as error:
+        raise ConfigError(f"study cell {cell.id}: {error}") from None
+    return replace(cell, config=config)

@@ -1,0 +1,130 @@
+"""Merge rules: how a node combines its own model with the models it pulled from peers.
+
+One rule per module, all with the interface of `MergeRule` (`base.py`):
+
+    mean          weighted mean, BrainTorrent's merge (not robust)     n >= 1
+    median        coordinate-wise median                               n >= 2f+1
+    trimmed_mean  coordinate-wise mean without the f lowest / highest  n >= 2f+1
+    krum          the candidate closest to its n-f-2 nearest others    n >= 2f+3
+    multi_krum    weighted mean of the m best Krum candidates          n >= 2f+3, n >= m+f
+    clipping      self-centred clipping with an adaptive radius        n >= 2
+    dos           softmax(-outlier score) weighted mean                n >= 3
+
+n counts the models in one merge, the node's own included; f is the number of Byzantine ones
+to tolerate. In a graph what counts is each neighbourhood: `check_neighbourhood` refuses, at
+load time, a rule that a node's degree cannot support. A plan chooses the rule in a table:
+
+    [merge]
+    rule = "multi_krum"
+    f = 1
+    m = 3
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from ..config import TableConfig, get_int, get_optional_int, get_str
+from ..errors import ConfigError
+from .base import Candidates, MergeRule
+from .clipping import SelfCentredClipping
+from .dos import DOS
+from .krum import Krum, MultiKrum
+from .mean import Mean, weighted_mean
+from .median import Median
+from .trimmed_mean import TrimmedMean
+
+MERGE_RULES: dict[str, type[MergeRule]] = {
+    rule.name: rule for rule in (Mean, Median, TrimmedMean, Krum, MultiKrum, SelfCentredClipping, DOS)
+}
+
+__all__ = [
+    "DOS", "MERGE_RULES", "Krum", "Mean", "Median", "MergeRule", "MergeSpec", "MultiKrum",
+    "SelfCentredClipping", "TrimmedMean", "check_neighbourhood", "parse_merge", "weighted_mean",
+]
+
+
+@dataclass(frozen=True)
+class MergeSpec(TableConfig):
+    """The `[merge]` table: which rule, the f it tolerates, and multi-Krum's m (None: n - f)."""
+
+    TABLE: ClassVar[str] = "merge"
+
+    rule: str = "mean"
+    f: int = 0
+    m: int | None = None
+
+    @staticmethod
+    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        rule = get_str(v, "rule", p, choices=list(MERGE_RULES), example="median")
+        f = get_int(v, "f", p, minimum=0, maximum=None, example=1)
+        m = get_optional_int(v, "m", p, minimum=1, maximum=None, example=3)
+        if f and not MERGE_RULES[rule].uses_f:
+            using_f = [name for name, cls in MERGE_RULES.items() if cls.uses_f]
+            raise ConfigError(f"{p}.f: rule {rule} does not use f, got f = {f!r}; "
+                              f"remove f, or choose a rule that does: {', '.join(using_f)}")
+        if m is not None and rule != MultiKrum.name:
+            raise ConfigError(f"{p}.m: only rule {MultiKrum.name} uses m, got rule = {rule!r}; remove m")
+        return {"rule": rule, "f": f, "m": m}
+
+    def build(self) -> MergeRule:
+        options = {} if self.m is None else {"m": self.m}
+        return MERGE_RULES[self.rule](**options)
+
+    def merge(self, candidates: Candidates) -> dict[str, Tensor]:
+        """Merge with this rule and f; candidate 0 is the node's own model."""
+        return self.build().merge(candidates, self.f)
+
+    def describe(self) -> str:
+        """e.g. "krum with f = 1", "multi_krum with f = 1, m = 3", "dos"."""
+        settings = [f"f = {self.f}"] if MERGE_RULES[self.rule].uses_f else []
+        settings += [] if self.m is None else [f"m = {self.m}"]
+        return self.rule + (f" with {', '.join(settings)}" if settings else "")
+
+
+def parse_merge(table: Mapping[str, Any], where: str = "merge") -> MergeSpec:
+    """A plan's merge table (keys rule, f, m; all optional); ConfigError names the field, the
+    bad value and the valid choices."""
+    return MergeSpec.from_dict(table, where)
+
+
+def check_neighbourhood(spec: MergeSpec, candidates: int, who: str, where: str = "merge") -> None:
+    """ConfigError unless `who`, merging at most `candidates` models (itself and its
+    neighbours), has enough of them for the rule and f of `spec`."""
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"check_neighbourhood: candidates must be an integer >= 1, got {candidates!r}")
+    rule = spec.build()
+    needed = rule.minimum_candidates(spec.f)
+    if candidates >= needed:
+        return
+    neighbours = candidates - 1
+    raise ConfigError(
+        f"{where}.rule {spec.describe()} needs at least {needed} models per merge ({rule.requirement}); "
+        f"{who} merges at most {candidates} (itself and {neighbours} neighbour{'' if neighbours == 1 else 's'}): "
+        f"{_remedies(spec, candidates)}"
+    )
+
+
+def _remedies(spec: MergeSpec, candidates: int) -> str:
+    rule = spec.build()
+    remedies = []
+    if rule.uses_f:
+        lower_f = next((f for f in range(spec.f - 1, -1, -1) if rule.minimum_candidates(f) <= candidates), None)
+        if lower_f is not None:
+            remedies.append(f"lower f to {lower_f}")
+    # Rules that take f must still tolerate one bad model, or they protect nothing.
+    fitting = [name for name, cls in MERGE_RULES.items()
+               if name not in (spec.rule, Mean.name)
+               and cls().minimum_candidates(max(spec.f, 1) if cls.uses_f else 0) <= candidates]
+    if fitting:
+        remedies.append("choose " + _one_of(fitting))
+    remedies.append("use a denser topology")
+    return remedies[0] if len(remedies) == 1 else ", ".join(remedies[:-1]) + ", or " + remedies[-1]
+
+
+def _one_of(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

@@ -1,0 +1,47 @@
+"""Self-centred clipping (He, Karimireddy, Jaggi: "Byzantine-robust decentralized learning via
+ClippedGossip", arXiv:2202.01545, 2022).
+
+A node moves from its own model towards each neighbour's, but by at most a radius tau:
+
+    x_own + sum_j w_j * clip(x_j - x_own, tau),   clip(v, tau) = v * min(1, tau / ||v||)
+
+with the weights normalised over all candidates (the own model's term is zero). The radius
+adapts each merge: the second-largest neighbour distance ||x_j - x_own||, so the farthest
+neighbour is pulled in to the distance of the next one and the others pass unchanged; with a
+single neighbour tau is its distance, i.e. no clipping. A Byzantine neighbour can move the
+node by at most w_j * tau, however far away it sends its model, which is why the rule is the
+one for sparse gossip graphs: it works with any n >= 2. f is not used. Candidate 0 must be
+the node's own model: the clipping is centred on it."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import FlatCandidates, MergeRule
+
+
+def adaptive_radius(distances: Tensor) -> Tensor:
+    """The second-largest of the neighbour distances, or the only one."""
+    if distances.numel() == 1:
+        return distances[0]
+    return distances.topk(2).values[1]
+
+
+class SelfCentredClipping(MergeRule):
+    name = "clipping"
+    requirement = "n >= 2"
+    uses_f = False
+
+    def minimum_candidates(self, f: int) -> int:
+        return 2
+
+    def combine(self, flat: FlatCandidates, f: int) -> Tensor:
+        own = flat.vectors[0]
+        differences = flat.vectors[1:] - own
+        distances = differences.norm(dim=1)
+        radius = adaptive_radius(distances)
+        # min(1, tau / ||v||), written so that a zero difference (scale irrelevant) does not divide by 0.
+        scales = torch.where(distances > radius, radius / distances.clamp_min(torch.finfo(torch.float64).tiny), 1.0)
+        coefficients = flat.weights[1:] / flat.weights.sum() * scales
+        return own + coefficients @ differences

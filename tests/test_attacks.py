@@ -1,0 +1,99 @@
+"""Simulated Byzantine sites: what each attack publishes, which sites a scenario poisons, and
+that a poisoned site's published model really differs from its honest one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodes.attacks import ATTACKS, parse_attack
+from nodes.data import SiteData
+from scenarios.attackers import byzantine_share, pick_attackers
+from swarm.errors import ConfigError
+
+
+def state(*values: float) -> dict[str, torch.Tensor]:
+    return {"w": torch.tensor(values, dtype=torch.float32), "steps": torch.tensor(7)}
+
+
+REF, TRAINED = state(1.0, 1.0), state(2.0, 0.0)
+SEEN = [state(0.0, 2.0), state(4.0, 2.0)]
+
+
+def craft(kind: str, **params: float) -> dict[str, torch.Tensor]:
+    attack = parse_attack({"kind": kind, **params})
+    return attack.craft(REF, TRAINED, SEEN, torch.Generator().manual_seed(0))
+
+
+def test_sign_flip_negates_the_trained_model_and_keeps_integer_buffers():
+    out = craft("sign_flip", scale=2.0)
+    assert out["w"].tolist() == [-4.0, 0.0] and out["w"].dtype == torch.float32
+    assert out["steps"].item() == 7
+
+
+def test_alie_and_ipm_use_the_models_the_attacker_saw():
+    # seen + trained, coordinate-wise: mean [2, 4/3], population std [sqrt(8/3), sqrt(8/9)]
+    alie = craft("alie", z=1.5)["w"]
+    assert alie.tolist() == pytest.approx([2 + 1.5 * (8 / 3) ** 0.5, 4 / 3 + 1.5 * (8 / 9) ** 0.5], rel=1e-6)
+    assert craft("ipm", epsilon=2.0)["w"].tolist() == pytest.approx([-4.0, -8 / 3])
+
+
+def test_scaled_replacement_boosts_the_poisoned_update():
+    assert craft("scaled_replacement", boost=5.0)["w"].tolist() == [6.0, -4.0]  # 1 + 5 * (2 - 1), 1 + 5 * (0 - 1)
+
+
+def test_gaussian_is_seeded_noise_and_free_riding_republishes_what_it_merged():
+    first, second = craft("gaussian", sigma=1.0), craft("gaussian", sigma=1.0)
+    assert torch.equal(first["w"], second["w"]) and not torch.equal(first["w"], TRAINED["w"])
+    assert craft("free_riding")["w"].tolist() == [4.0, 2.0]
+    assert not ATTACKS["free_riding"].trains
+
+
+def test_label_flip_poisons_only_the_training_labels():
+    data = SiteData("s", torch.zeros(4, 2), torch.tensor([0, 1, 2, 2]), torch.zeros(2, 2), torch.tensor([0, 2]), 2, 3)
+    poisoned = parse_attack({"kind": "label_flip"}).poison(data)
+    assert poisoned.train_y.tolist() == [2, 1, 0, 0] and poisoned.test_y.tolist() == [0, 2]
+
+
+def test_bad_attack_tables_name_the_field():
+    with pytest.raises(ConfigError, match="attack.kind"):
+        parse_attack({"kind": "teleport"})
+    with pytest.raises(ConfigError, match="z"):
+        parse_attack({"kind": "sign_flip", "z": 1.0})  # z belongs to alie
+    with pytest.raises(ConfigError, match="sigma"):
+        parse_attack({"kind": "gaussian", "sigma": "big"})
+    assert parse_attack({}) is None
+
+
+NAMES = [f"h{i}" for i in range(10)]
+RING = {n: [NAMES[(i - 1) % 10], NAMES[(i + 1) % 10]] for i, n in enumerate(NAMES)}
+
+
+def test_pick_attackers_by_share_count_sites_and_placement():
+    spread = pick_attackers({"kind": "alie", "share": 0.2, "placement": "spread", "z": 1.0}, NAMES, RING)
+    assert spread == {"h0": {"kind": "alie", "z": 1.0}, "h5": {"kind": "alie", "z": 1.0}}
+    randomly = pick_attackers({"kind": "ipm", "count": 3, "placement": "random", "seed": 4}, NAMES, RING)
+    assert len(randomly) == 3 and randomly == pick_attackers({"kind": "ipm", "count": 3, "placement": "random", "seed": 4}, NAMES, RING)
+    assert set(pick_attackers({"kind": "sign_flip", "sites": [1, 2]}, NAMES, RING)) == {"h1", "h2"}
+    assert pick_attackers({}, NAMES, RING) == {}
+
+
+@pytest.mark.parametrize(
+    "table, match",
+    [
+        ({"kind": "alie"}, "exactly one of share, count or sites"),
+        ({"kind": "alie", "share": 0.2, "count": 2}, "exactly one of"),
+        ({"kind": "alie", "share": 1.0}, "attack.share"),
+        ({"kind": "alie", "sites": [10]}, "attack.sites"),
+        ({"kind": "alie", "count": 10}, "attack.count"),
+        ({"kind": "alie", "share": 0.2, "seed": 3}, "attack.seed"),
+    ],
+)
+def test_bad_attacker_choices_are_refused(table, match):
+    with pytest.raises(ConfigError, match=match):
+        pick_attackers(table, NAMES, RING)
+
+
+def test_byzantine_share_of_each_honest_neighbourhood():
+    shares = byzantine_share({"h1", "h3"}, RING)
+    assert "h1" not in shares and shares["h2"] == pytest.approx(2 / 3) and shares["h0"] == pytest.approx(1 / 3) and shares["h5"] == 0.0
