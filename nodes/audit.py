@@ -1,4 +1,5 @@
-"""Auditing update logs: `swarm-node log verify` and `swarm-node log show`.
+"""Auditing update logs: `swarm-node log verify`, `swarm-node log show`, and the
+verification step of `swarm-node audit` (nodes.audit_report).
 
 Each site's own log is checked strictly (records, signatures, chain, sequence numbers,
 federation id, manifest membership, and each entry's model digest against the checkpoint
@@ -33,16 +34,45 @@ class Failure:
     where: str
     reason: str
     detail: str = ""
+    author: str = ""  # the member whose log or entry is at fault, when known
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
 
 
 @dataclass
+class LogSeen:
+    """One log file the audit read: at which site, holding whose entries."""
+
+    path: Path
+    site: str  # the site whose directory holds the file
+    author: str  # whose entries it holds: the site itself for its own log
+    entries: list[SignedEntry]  # those that passed every check, in file order
+    ok: bool
+
+    @property
+    def own(self) -> bool:
+        return self.site == self.author
+
+
+@dataclass
+class SiteSeen:
+    site: SiteDir
+    name: str
+    manifest: Manifest
+
+
+@dataclass
 class AuditReport:
+    """What `verify_sites` found, and what it read (so that later steps of an audit need not
+    read or verify anything again)."""
+
     logs_checked: int = 0
     entries_checked: int = 0
     failures: list[Failure] = field(default_factory=list)
+    logs: list[LogSeen] = field(default_factory=list)
+    sites: list[SiteSeen] = field(default_factory=list)
+    names: dict[bytes, str] = field(default_factory=dict)  # signing key -> member name
 
     @property
     def ok(self) -> bool:
@@ -94,7 +124,7 @@ def verify_sites(paths: Iterable[Path]) -> AuditReport:
     own_entries: dict[tuple[bytes, int], SignedEntry] = {}
     audited: set[bytes] = set()  # authors whose own log verified: their whole history is here
     copies: list[tuple[Path, SignedEntry]] = []
-    names: dict[bytes, str] = {}
+    names = report.names
     for root in find_sites(paths):
         site = SiteDir(root)
         try:
@@ -107,26 +137,31 @@ def verify_sites(paths: Iterable[Path]) -> AuditReport:
             continue
         federation = manifest.manifest
         names.update({m.signing_key: m.name for m in federation.members})
-        result = _verify_one(report, site.log_path, federation, lambda seq, s=site: _stored_digest(s, seq))
+        report.sites.append(SiteSeen(site, config.name, federation))
+        own = LogSeen(site.log_path, config.name, config.name, [], False)
+        result = _verify_one(report, own, federation, lambda seq, s=site: _stored_digest(s, seq))
         if result is not None:
             if any(e.author != me.signing_key for e in result):
-                report.failures.append(Failure(str(site.log_path), "wrong_author", f"entries not signed by {config.name}, whose site this is"))
+                report.failures.append(Failure(str(site.log_path), "wrong_author", f"entries not signed by {config.name}, whose site this is", config.name))
             else:
                 audited.add(me.signing_key)
             own_entries.update({(e.author, e.seq): e for e in result})
         for peer_log in sorted(site.peers_dir.glob("*.log")) if site.peers_dir.is_dir() else []:
-            copies += [(peer_log, e) for e in _verify_one(report, peer_log, federation, None) or []]
+            seen = LogSeen(peer_log, config.name, peer_log.stem, [], False)
+            copies += [(peer_log, e) for e in _verify_one(report, seen, federation, None) or []]
     _cross_check(report, own_entries, audited, copies, names)
     return report
 
 
-def _verify_one(report: AuditReport, path: Path, manifest: Manifest, digests) -> list[SignedEntry] | None:
+def _verify_one(report: AuditReport, seen: LogSeen, manifest: Manifest, digests) -> list[SignedEntry] | None:
     report.logs_checked += 1
-    result = verify_log_file(path, federation=manifest.federation_id, is_member=manifest.is_member_key, checkpoint_digest=digests)
+    result = verify_log_file(seen.path, federation=manifest.federation_id, is_member=manifest.is_member_key, checkpoint_digest=digests)
     report.entries_checked += result.entries_checked
+    seen.entries, seen.ok = result.entries, result.ok
+    report.logs.append(seen)
     if not result.ok:
         failure = result.failure
-        report.failures.append(Failure(failure.where or str(path), failure.reason, failure.detail))
+        report.failures.append(Failure(failure.where or str(seen.path), failure.reason, failure.detail, seen.author))
         return None
     return result.entries
 
@@ -141,12 +176,12 @@ def _cross_check(
     for path, copy in copies:
         original = own.get((copy.author, copy.seq))
         if original is not None and original.envelope != copy.envelope:
-            report.failures.append(Failure(f"{path} seq {copy.seq}", "fork", f"differs from {names.get(copy.author, '?')}'s own entry {copy.seq}"))
+            report.failures.append(Failure(f"{path} seq {copy.seq}", "fork", f"differs from {names.get(copy.author, '?')}'s own entry {copy.seq}", names.get(copy.author, "")))
         elif original is None and copy.author in audited:
             # A neighbour holds a signed, published version that its author's log lacks: the
             # author lost (or cut) history, and could re-publish other entries under that seq.
             report.failures.append(
-                Failure(f"{path} seq {copy.seq}", "missing_in_author_log", f"{names.get(copy.author, '?')}'s own log has no entry {copy.seq}")
+                Failure(f"{path} seq {copy.seq}", "missing_in_author_log", f"{names.get(copy.author, '?')}'s own log has no entry {copy.seq}", names.get(copy.author, ""))
             )
     for (author, seq), entry in own.items():
         for parent in entry.body.parents:
@@ -155,9 +190,9 @@ def _cross_check(
             source = own.get((parent.author, parent.seq))
             who = f"{names.get(author, '?')} seq {seq}"
             if source is None:
-                report.failures.append(Failure(who, "unknown_parent", f"{names.get(parent.author, '?')} seq {parent.seq} is not in its log"))
+                report.failures.append(Failure(who, "unknown_parent", f"{names.get(parent.author, '?')} seq {parent.seq} is not in its log", names.get(author, "")))
             elif source.body.digest != parent.digest:
-                report.failures.append(Failure(who, "parent_digest_mismatch", f"{names.get(parent.author, '?')} seq {parent.seq}"))
+                report.failures.append(Failure(who, "parent_digest_mismatch", f"{names.get(parent.author, '?')} seq {parent.seq}", names.get(author, "")))
 
 
 def describe_log(path: Path) -> list[str]:

@@ -97,3 +97,14 @@ def test_bad_attacker_choices_are_refused(table, match):
 def test_byzantine_share_of_each_honest_neighbourhood():
     shares = byzantine_share({"h1", "h3"}, RING)
     assert "h1" not in shares and shares["h2"] == pytest.approx(2 / 3) and shares["h0"] == pytest.approx(1 / 3) and shares["h5"] == 0.0
+
+
+def test_a_byzantine_site_toml_round_trips_and_a_bad_one_is_refused(tmp_path):
+    from nodes.site import SiteConfig, SiteDir, init_site
+
+    init_site(tmp_path / "s", "hospital-x", "tcp://127.0.0.1:7000", None, {"seed": 1}, {"kind": "alie", "z": 2.0})
+    site = SiteDir(tmp_path / "s")
+    assert site.load_config().attack == {"kind": "alie", "z": 2.0}
+    assert "SIMULATED BYZANTINE SITE" in site.config_path.read_text()
+    with pytest.raises(ConfigError, match="attack.kind"):
+        SiteConfig.from_dict({"site": {"name": "h"}, "node": {"endpoint": "tcp://127.0.0.1:7000"}, "attack": {"kind": "nope"}})

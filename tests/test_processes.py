@@ -52,6 +52,16 @@ def test_scenario_runner_runs_real_node_processes_and_the_logs_verify(tmp_path):
     assert verify.returncode == 0, verify.stderr
 
 
+def test_scenario_run_insecure_passes_the_flag_to_every_worker_and_says_so(tmp_path):
+    scenario = write_scenario(tmp_path, nodes=3, rounds=2)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out), "--insecure"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WITHOUT CurveZMQ" in result.stdout
+    for site in (out / "sites").iterdir():
+        assert "INSECURE MODE" in (site / "node.log").read_text()
+
+
 def test_a_node_killed_with_sigkill_resumes_from_its_last_published_version(small_federation, tmp_path):
     _, federation = small_federation(nodes=3, rounds=10, topology="complete")
     sites = federation.sites
