@@ -36,15 +36,17 @@ NO_ATTACK = "none"
 
 @dataclass(frozen=True)
 class StudyCell:
-    attack: str  # label, e.g. "alie" or "none"
-    defence: str  # label, e.g. "krum-f1"
+    attack: str  # as shown, e.g. "alie z=1.0" or "none"
+    defence: str  # as shown, e.g. "krum f=1"
     share: float  # 0 for the no-attack baseline
     seed: int
     config: ScenarioConfig
 
     @property
     def id(self) -> str:
-        return f"{self.attack}_{self.defence}_p{round(100 * self.share):02d}_s{self.seed}"
+        # "_" separates the parts of an id, so the names' own underscores become "-".
+        parts = [label(name.replace("_", "-").replace(" ", "-").replace("=", "")) for name in (self.attack, self.defence)]
+        return f"{parts[0]}_{parts[1]}_p{round(100 * self.share):02d}_s{self.seed}"
 
     def describe(self) -> str:
         attack = "no attack" if self.attack == NO_ATTACK else f"{self.attack} at {100 * self.share:.0f}%"
@@ -80,8 +82,10 @@ def _tables(study: dict[str, Any], key: str, name_key: str, example: str) -> lis
     return tables
 
 
-def _label(entry: dict[str, Any], name_key: str) -> str:
-    return label({"name": entry[name_key]} | {k: v for k, v in entry.items() if k != name_key})
+def _shown(entry: dict[str, Any], name_key: str) -> str:
+    """e.g. "krum f=1": the name, then its parameters (sorted)."""
+    params = " ".join(f"{key}={entry[key]}" for key in sorted(entry) if key != name_key)
+    return entry[name_key] + (f" {params}" if params else "")
 
 
 def load_study(path: Path) -> Study:
@@ -119,8 +123,8 @@ def load_study(path: Path) -> Study:
 
 
 def _cell(base: ScenarioConfig, attack: dict[str, Any] | None, defence: dict[str, Any], share: float, seed: int, rounds: int | None, placement: str) -> StudyCell:
-    attack_label = NO_ATTACK if attack is None else _label(attack, "kind")
-    cell = StudyCell(attack_label, _label(defence, "rule"), share, seed, base)
+    attack_label = NO_ATTACK if attack is None else _shown(attack, "kind")
+    cell = StudyCell(attack_label, _shown(defence, "rule"), share, seed, base)
     attack_table = {} if attack is None else attack | {"share": share, "placement": placement} | ({"seed": seed} if placement == "random" else {})
     try:
         config = base.with_overrides(rounds=rounds, seed=seed, name=cell.id)
