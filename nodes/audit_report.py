@@ -7,7 +7,7 @@ when asked, a model's provenance (nodes.provenance). Nothing is read or verified
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,18 @@ class AuthorSummary:
         return not self.failures and not self.forked_seqs
 
 
+@dataclass(frozen=True)
+class Republished:
+    """A version whose model is exactly a parent's by another member: published as its own
+    work without training on it (free riding), or the same model arrived twice by chance
+    (practically impossible once anyone trains). A suspicion, not a failure."""
+
+    author: str
+    seq: int
+    source: str
+    source_seq: int
+
+
 @dataclass
 class Audit:
     verification: AuditReport
@@ -46,6 +58,7 @@ class Audit:
     forks: list[Fork]
     other_failures: list[Failure]  # not tied to one author: a site's manifest, bad evidence
     provenance: Provenance | None
+    republished: list[Republished] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -62,7 +75,17 @@ def run_audit(paths: Iterable[Path], model: str | None = None) -> Audit:
     known = {a.name for a in authors}
     others = [f for f in report.failures if f.author not in known] + bad_evidence
     provenance = trace(report, ref, frozenset((fork.author, fork.seq) for fork in forks)) if ref else None
-    return Audit(report, authors, forks, others, provenance)
+    return Audit(report, authors, forks, others, provenance, find_republished(report))
+
+
+def find_republished(report: AuditReport) -> list[Republished]:
+    seen: dict[tuple[str, int], SignedEntry] = {(log.author, e.seq): e for log in report.logs for e in log.entries}
+    found = []
+    for (author, seq), entry in sorted(seen.items()):
+        for parent in entry.body.parents:
+            if parent.author != entry.author and parent.digest == entry.body.digest:
+                found.append(Republished(author, seq, report.names.get(parent.author, parent.author.hex()[:8]), parent.seq))
+    return found
 
 
 def _summarise_authors(report: AuditReport, forks: list[Fork]) -> list[AuthorSummary]:
@@ -92,6 +115,11 @@ def audit_lines(audit: Audit) -> list[str]:
     if audit.other_failures:
         lines.append("other failures:")
         lines += [f"  FAIL {failure}" for failure in audit.other_failures]
+    if audit.republished:
+        lines.append(f"republished models (possible free riding; not counted as a failure): {len(audit.republished)}")
+        lines += [f"  {r.author}#{r.seq} is {r.source}#{r.source_seq}'s model unchanged" for r in audit.republished[:20]]
+        if len(audit.republished) > 20:
+            lines.append(f"  ... and {len(audit.republished) - 20} more (see --json)")
     if audit.provenance:
         lines += _provenance_lines(audit.provenance)
     lines.append("result: OK" if audit.ok else "result: PROBLEMS FOUND")
@@ -159,6 +187,7 @@ def audit_json(audit: Audit) -> dict[str, Any]:
         "authors": [_author_json(author) for author in audit.authors],
         "forks": [_fork_json(fork) for fork in audit.forks],
         "other_failures": [_failure_json(failure) for failure in audit.other_failures],
+        "republished": [{"author": r.author, "seq": r.seq, "source": r.source, "source_seq": r.source_seq} for r in audit.republished],
     }
     if audit.provenance:
         document["provenance"] = _provenance_json(audit.provenance)

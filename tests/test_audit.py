@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from nodes.audit import AuditReport, find_sites, verify_sites
+from nodes.audit_report import audit_lines, run_audit
 from nodes.cli import main as node_cli
 from nodes.site import SiteDir
 from swarm.checkpoint import ALIGN, load_checkpoint, save_checkpoint
@@ -435,3 +436,21 @@ def test_unknown_or_ambiguous_models_are_usage_errors(sites: dict[str, SiteDir])
     again = sign_entry(replace(head.body, seq=head.seq + 1, prev=head.hash, digest=first_of_a.digest), load_site_keys(sites["hospital-c"].keys_dir).signing)
     copy.write_bytes(copy.read_bytes() + encode_record(again.envelope))
     assert_usage_error(run_audit_cli(root, "--model", first_of_a.digest.hex()[:8]), "ambiguous", "hospital-a#1", f"hospital-c#{again.seq}", "longer digest prefix")
+
+
+@pytest.mark.slow
+def test_audit_flags_a_free_rider_that_republishes_received_models(tmp_path: Path) -> None:
+    from scenarios.config import ScenarioConfig
+    from scenarios.run import run_scenario
+    from tests.conftest import write_scenario
+
+    path = write_scenario(tmp_path, nodes=4, rounds=4, topology="complete")
+    path.write_text(path.read_text() + '\n[attack]\nkind = "free_riding"\nsites = [1]\n')
+    out = tmp_path / "run"
+    summary = run_scenario(ScenarioConfig.load(path), out, lambda line: None)
+    assert summary["attack"]["sites"] == ["hospital-b"]
+    audit = run_audit([out])
+    assert audit.ok  # a suspicion, not a broken chain
+    assert audit.republished and {r.author for r in audit.republished} == {"hospital-b"}
+    assert all(r.source != "hospital-b" for r in audit.republished)
+    assert "possible free riding" in "\n".join(audit_lines(audit))
