@@ -2,7 +2,8 @@
 verification step of `swarm-node audit` (nodes.audit_report).
 
 Each site's own log is checked strictly (records, signatures, chain, sequence numbers,
-federation id, manifest membership, and each entry's model digest against the checkpoint
+federation id, membership in any of the site's manifest versions (a log may go on under a
+member's rotated key), and each entry's model digest against the checkpoint
 stored for it, loaded as strictly as the node loads it on restart). Copies of neighbours'
 entries kept under `peers/` are checked the same way, minus checkpoints. Across sites, every
 copy must be byte-identical to the author's own entry (anything else is a fork), must be in
@@ -25,6 +26,7 @@ from swarm.checkpoint import CheckpointError, load_checkpoint
 from swarm.errors import ConfigError, LogError, SwarmError
 from swarm.log import SignedEntry, open_entry, read_records, verify_log_file
 from swarm.manifest import Manifest, load_manifest
+from swarm.manifest_history import ManifestHistory, Members
 
 from .site import SiteDir
 
@@ -128,34 +130,35 @@ def verify_sites(paths: Iterable[Path]) -> AuditReport:
     for root in find_sites(paths):
         site = SiteDir(root)
         try:
-            manifest = load_manifest(site.manifest_path)
-            manifest.verify()
+            history = ManifestHistory.open(site.manifest_path, site.evidence_dir)  # versions 1..current
             config = site.load_config()
-            me = manifest.manifest.member(config.name)
+            (history.last_member(config.name) or history.current.manifest).member(config.name)
         except SwarmError as exc:
             report.failures.append(Failure(str(site.manifest_path), "manifest", str(exc)))
             continue
-        federation = manifest.manifest
-        names.update({m.signing_key: m.name for m in federation.members})
+        federation = history.current.manifest
+        members = history.members()
+        my_keys = members.keys[config.name]
+        names.update(members.names)
         report.sites.append(SiteSeen(site, config.name, federation))
         own = LogSeen(site.log_path, config.name, config.name, [], False)
-        result = _verify_one(report, own, federation, lambda seq, s=site: _stored_digest(s, seq))
+        result = _verify_one(report, own, members, lambda seq, s=site: _stored_digest(s, seq))
         if result is not None:
-            if any(e.author != me.signing_key for e in result):
+            if any(e.author not in my_keys for e in result):
                 report.failures.append(Failure(str(site.log_path), "wrong_author", f"entries not signed by {config.name}, whose site this is", config.name))
             else:
-                audited.add(me.signing_key)
+                audited.update(my_keys)
             own_entries.update({(e.author, e.seq): e for e in result})
         for peer_log in sorted(site.peers_dir.glob("*.log")) if site.peers_dir.is_dir() else []:
             seen = LogSeen(peer_log, config.name, peer_log.stem, [], False)
-            copies += [(peer_log, e) for e in _verify_one(report, seen, federation, None) or []]
+            copies += [(peer_log, e) for e in _verify_one(report, seen, members, None) or []]
     _cross_check(report, own_entries, audited, copies, names)
     return report
 
 
-def _verify_one(report: AuditReport, seen: LogSeen, manifest: Manifest, digests) -> list[SignedEntry] | None:
+def _verify_one(report: AuditReport, seen: LogSeen, members: Members, digests) -> list[SignedEntry] | None:
     report.logs_checked += 1
-    result = verify_log_file(seen.path, federation=manifest.federation_id, is_member=manifest.is_member_key, checkpoint_digest=digests)
+    result = verify_log_file(seen.path, federation=members.federation_id, is_member=members.is_member_key, checkpoint_digest=digests, key_history=members.key_history)
     report.entries_checked += result.entries_checked
     seen.entries, seen.ok = result.entries, result.ok
     report.logs.append(seen)
@@ -199,7 +202,7 @@ def describe_log(path: Path) -> list[str]:
     """A readable history of one site's log: who published which version, merged from whom."""
     site = SiteDir(find_sites([path])[0])
     manifest = load_manifest(site.manifest_path).manifest
-    names = {m.signing_key: m.name for m in manifest.members}
+    names = ManifestHistory.open(site.manifest_path, site.evidence_dir).members().names  # every version's keys
     lines = [f"federation {manifest.name} ({manifest.federation_id.hex()[:16]}), log {site.log_path}"]
     try:
         entries = _read_entries(site.log_path)

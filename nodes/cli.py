@@ -11,10 +11,8 @@ from typing import Any, Callable
 
 import click
 
-from swarm.config import read_toml, table
 from swarm.errors import SwarmError, UsageError
-from swarm.identity import load_site_keys
-from swarm.manifest import Member, build_manifest, load_manifest, save_manifest, SignedManifest
+from swarm.manifest import build_manifest, save_manifest, SignedManifest
 
 from .site import SiteDir, init_site
 
@@ -88,38 +86,43 @@ def federation() -> None:
 @federation.command("create")
 @click.option("--name", required=True, help="Federation name, e.g. brain-mri-2026.")
 @click.option("--member", "cards", multiple=True, required=True, type=click.Path(path_type=Path), help="A site's member.json (repeat per site).")
-@click.option("--plan", "plan_path", required=True, type=click.Path(path_type=Path), help="Plan TOML: [plan] rounds, [topology] (or name = \"explicit\" and a [neighbours] table), [protocol], [model], [training], [task].")
+@click.option("--plan", "plan_path", required=True, type=click.Path(path_type=Path), help="Plan TOML: [plan] rounds, [topology] (or name = \"explicit\" and a [neighbours] table), [protocol], [model], [training], [task], optional [merge].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the manifest.")
 @user_errors
 def federation_create(name: str, cards: tuple[Path, ...], plan_path: Path, out: Path) -> None:
-    """Write an unsigned manifest from member cards and a plan file."""
-    from .plan import build_plan
+    """Write an unsigned manifest (version 1) from member cards and a plan file."""
+    from .manifests import plan_from_toml, read_card
 
-    members = [Member.from_card(_read_json(card), str(card)) for card in cards]
-    values = read_toml(plan_path, "plan")
-    plan_table = table(values, "plan", str(plan_path))
-    plan = build_plan(
-        [m.name for m in members],
-        plan_table.get("rounds", 20),
-        table(values, "topology", str(plan_path)),
-        table(values, "protocol", str(plan_path)),
-        table(values, "model", str(plan_path)),
-        table(values, "training", str(plan_path)),
-        table(values, "task", str(plan_path)),
-        table(values, "neighbours", str(plan_path)),
-    )
+    members = [read_card(card) for card in cards]
+    plan = plan_from_toml(plan_path, [m.name for m in members])
     manifest = build_manifest(name, members, plan)
     save_manifest(out, SignedManifest(manifest, {}))
     click.echo(f"wrote {out} (federation id {manifest.federation_id.hex()}); every member now runs `swarm-node federation sign {out} --site DIR`")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError(f"{path}: not valid JSON") from None
+HISTORY_OPTION = click.option(
+    "--history", "history", multiple=True, type=click.Path(path_type=Path),
+    help="Earlier versions of the manifest: files, or a directory such as a site's federation/ (repeat).",
+)
+
+
+@federation.command("propose")
+@click.option("--from", "current_path", required=True, type=click.Path(path_type=Path), help="The current version of the manifest.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the next version (unsigned).")
+@click.option("--add", "added", multiple=True, type=click.Path(path_type=Path), help="A joining site's member.json (repeat).")
+@click.option("--remove", "removed", multiple=True, metavar="NAME", help="A member that leaves (repeat).")
+@click.option("--rotate", "rotated", multiple=True, type=click.Path(path_type=Path), help="A member's new member.json: new keys or endpoint (repeat).")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path), default=None, help="A new plan TOML, as for create (default: the current plan, its topology laid out again over the new members).")
+@click.option("--threshold", type=click.IntRange(min=1), default=None, help="How many members of the new version must sign the version after it (default: a majority if it was one, otherwise unchanged).")
+@user_errors
+def federation_propose(current_path: Path, out: Path, added: tuple[Path, ...], removed: tuple[str, ...], rotated: tuple[Path, ...], plan_path: Path | None, threshold: int | None) -> None:
+    """Write the next version of the manifest: members join, leave or change their keys,
+    or the plan changes. It needs the signatures of a threshold of the current version's
+    members and of every member that joins or changes its signing key."""
+    from .manifests import propose_version
+
+    for line in propose_version(current_path, out, added, removed, rotated, plan_path, threshold):
+        click.echo(line)
 
 
 @federation.command("sign")
@@ -127,53 +130,49 @@ def _read_json(path: Path) -> Any:
 @SITE_OPTION
 @user_errors
 def federation_sign(manifest_path: Path, site_dir: Path) -> None:
-    """Add this site's signature to MANIFEST's signatures file."""
-    site = SiteDir(site_dir)
-    config = site.load_config()
-    keys = load_site_keys(site.keys_dir)
-    signed = load_manifest(manifest_path)
-    signed.sign(config.name, keys.signing)
-    save_manifest(manifest_path, signed)
-    missing = [m.name for m in signed.manifest.members if m.name not in signed.signatures]
-    click.echo(f"signed as {config.name}; still to sign: {', '.join(missing) or 'nobody'}")
+    """Add this site's signature to MANIFEST's signatures file (any version)."""
+    from .manifests import sign_manifest
+
+    click.echo(sign_manifest(manifest_path, site_dir))
 
 
 @federation.command("verify")
 @click.argument("manifest_path", type=click.Path(path_type=Path))
+@HISTORY_OPTION
 @user_errors
-def federation_verify(manifest_path: Path) -> None:
-    """Check that every member signed MANIFEST; print the federation id."""
-    signed = load_manifest(manifest_path)
-    signed.verify()
-    click.echo(f"OK {signed.manifest.name} version {signed.manifest.version}: {len(signed.manifest.members)} members, all signed; federation id {signed.manifest.federation_id.hex()}")
+def federation_verify(manifest_path: Path, history: tuple[Path, ...]) -> None:
+    """Check MANIFEST's signatures: every member for version 1; for a later version, the
+    rotation rule against the versions before it (--history). Print the federation id."""
+    from .manifests import verify_manifest
+
+    click.echo(verify_manifest(manifest_path, history))
 
 
 @federation.command("show")
 @click.argument("manifest_path", type=click.Path(path_type=Path))
 @user_errors
 def federation_show(manifest_path: Path) -> None:
-    """Print the members, the plan and who has signed."""
-    signed = load_manifest(manifest_path)
-    manifest = signed.manifest
-    click.echo(f"federation {manifest.name} version {manifest.version}, id {manifest.federation_id.hex()}")
-    for member in manifest.members:
-        mark = "signed" if member.name in signed.signatures else "NOT SIGNED"
-        neighbours = ", ".join(manifest.plan.neighbours[member.name])
-        click.echo(f"  {member.name:<16} {member.endpoint:<26} {mark:<10} neighbours: {neighbours}")
-    plan = manifest.plan
-    click.echo(f"plan: {plan.rounds} rounds, protocol {plan.protocol}, topology {plan.topology}, model {plan.model}, training {plan.training}")
+    """Print the version, the previous version, the threshold, the members, the plan and
+    who has signed."""
+    from .manifests import describe_manifest
+
+    for line in describe_manifest(manifest_path):
+        click.echo(line)
 
 
 @federation.command("install")
 @click.argument("manifest_path", type=click.Path(path_type=Path))
 @SITE_OPTION
+@HISTORY_OPTION
 @user_errors
-def federation_install(manifest_path: Path, site_dir: Path) -> None:
-    """Verify MANIFEST and install it in the site, ready for `swarm-node run`."""
+def federation_install(manifest_path: Path, site_dir: Path, history: tuple[Path, ...]) -> None:
+    """Verify MANIFEST and install it in the site, ready for `swarm-node run`. A later
+    version is checked against the site's installed versions (a joining site passes the
+    earlier ones with --history); a node running at the site adopts it within a second."""
     from .launch import install_manifest
 
-    signed = install_manifest(manifest_path, site_dir)
-    click.echo(f"installed federation {signed.manifest.name} ({signed.manifest.federation_id.hex()[:16]}) in {site_dir}")
+    signed = install_manifest(manifest_path, site_dir, history)
+    click.echo(f"installed federation {signed.manifest.name} version {signed.manifest.version} ({signed.manifest.federation_id.hex()[:16]}) in {site_dir}")
 
 
 @main.command()
@@ -223,6 +222,26 @@ def log_show(path: Path) -> None:
         click.echo(line)
 
 
+@main.command("audit")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_ref", metavar="DIGEST|NAME#SEQ", default=None, help="Also trace this model's provenance: a digest prefix (8+ hex digits) or e.g. hospital-a#12.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@user_errors
+def audit_command(paths: tuple[Path, ...], model_ref: str | None, as_json: bool) -> None:
+    """Audit the logs and checkpoints of every site under PATHS: chain validity per author,
+    forks (from the logs and from evidence files) and, with --model, the model's ancestors.
+
+    Exit 0: every chain valid, no forks, and the model's provenance complete. Exit 1: the
+    audit found problems (failed chains, forks, bad evidence, missing or mismatched
+    ancestors). Exit 2: a usage mistake (bad path, unknown or ambiguous --model)."""
+    from .audit_report import audit_json, audit_lines, run_audit
+
+    result = run_audit(paths, model_ref)
+    click.echo(json.dumps(audit_json(result), indent=2) if as_json else "\n".join(audit_lines(result)))
+    if not result.ok:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--size-mb", type=click.FloatRange(min=0.001, max=4096), default=100.0, show_default=True, help="Model size in MiB.")
 @click.option("--repeats", type=click.IntRange(min=1, max=100), default=5, show_default=True, help="Timed transfers per path.")
@@ -234,3 +253,20 @@ def bench(size_mb: float, repeats: int, as_json: bool) -> None:
 
     result = run_bench(size_mb=size_mb, repeats=repeats)
     click.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
+
+
+@main.command()
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=60.0, show_default=True, help="Total run time, shared equally by the targets.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random generator (one stream per target).")
+@click.option("--crashes", "crashes_dir", type=click.Path(path_type=Path), default=Path("fuzz-crashes"), show_default=True, help="Where crashing inputs are saved.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@user_errors
+def fuzz(seconds: float, seed: int, crashes_dir: Path, as_json: bool) -> None:
+    """Feed mutated and random input to the wire decoder, the log reader, the entry opener
+    and the chain check. Exit 1 if any input raised anything but the documented refusal."""
+    from .fuzz import format_fuzz, run_fuzz
+
+    result = run_fuzz(seconds=seconds, seed=seed, crashes_dir=crashes_dir)
+    click.echo(json.dumps(result, indent=2) if as_json else format_fuzz(result))
+    if result["crashes"]:
+        sys.exit(1)

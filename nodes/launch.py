@@ -9,6 +9,7 @@ import resource
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +21,9 @@ from gossip.base import Resume
 from swarm.codec import Limits
 from swarm.errors import ConfigError, ManifestError, UsageError
 from swarm.identity import SiteKeys, load_site_keys
-from swarm.manifest import Manifest, SignedManifest, load_manifest, signatures_path
+from swarm.manifest import Manifest, SignedManifest, load_manifest, save_manifest, signatures_path
+from swarm.manifest_chain import verify_chain
+from swarm.manifest_history import ManifestHistory, load_versions
 from swarm.schedule import Schedule
 from swarm.tensors import FlatModel, flatten_state
 from swarm.transport.base import Transport
@@ -29,6 +32,7 @@ from swarm.transport.zeromq import Curve, ZmqSettings, ZmqTransport
 
 from .attacks import parse_attack
 from .learner import Learner
+from .manifest_sync import ManifestSync
 from .node import Node, NodeOutcome
 from .plan import check_plan, protocol_params, task_input_shape
 from .site import SiteConfig, SiteDir
@@ -45,12 +49,17 @@ def check_membership(manifest: Manifest, config: SiteConfig, keys: SiteKeys) -> 
         raise ManifestError(f"manifest: the transport key listed for {config.name!r} is not this site's key; wrong --site or wrong manifest?")
 
 
-def install_manifest(manifest_path: Path, site_root: Path) -> SignedManifest:
-    """Verify a fully signed manifest and copy it (with its signatures) into the site."""
+def install_manifest(manifest_path: Path, site_root: Path, history: Sequence[Path] = ()) -> SignedManifest:
+    """Verify a manifest and add it to the site. Version 1 must be signed by every member;
+    a later version is checked against the version before it, taken from the site or from
+    `history` (files or directories of the earlier versions, for a site that joins). A
+    node running at the site picks a new version up within a second."""
+    signed = load_manifest(manifest_path)
+    if signed.manifest.version > 1:
+        return _install_version(signed, SiteDir(site_root), load_versions(list(history)))
     site = SiteDir(site_root)
     config = site.load_config()
     keys = load_site_keys(site.keys_dir)
-    signed = load_manifest(manifest_path)
     signed.verify()
     check_membership(signed.manifest, config, keys)
     check_plan(signed.manifest.plan)
@@ -61,6 +70,27 @@ def install_manifest(manifest_path: Path, site_root: Path) -> SignedManifest:
     for source, target in ((Path(manifest_path), installed), (signatures_path(Path(manifest_path)), signatures_path(installed))):
         if source.resolve() != target.resolve():
             shutil.copyfile(source, target)
+    return signed
+
+
+def _install_version(signed: SignedManifest, site: SiteDir, earlier: list[SignedManifest]) -> SignedManifest:
+    config = site.load_config()
+    number = signed.manifest.version
+    if signed.manifest.member_or_none(config.name) is None:
+        raise ManifestError(f"manifest.members: {config.name!r} is not a member of version {number}; a site installs only versions it belongs to")
+    check_plan(signed.manifest.plan)
+    if not site.manifest_path.exists():  # a joining site: the whole history comes with it
+        chain = [v for v in earlier if v.manifest.version < number]
+        verify_chain([*chain, signed])
+        site.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        save_manifest(site.manifest_path, chain[0])
+    history = ManifestHistory.open(site.manifest_path, site.evidence_dir)
+    if history.versions[0].manifest.federation_id != signed.manifest.federation_id:
+        raise ManifestError(f"{site.manifest_path}: this site already belongs to another federation; use a new site directory")
+    for version in earlier:
+        if history.current.manifest.version < version.manifest.version < number:
+            history.add(version)
+    history.add(signed)
     return signed
 
 
@@ -108,9 +138,8 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     keys = load_site_keys(site.keys_dir)
     if not site.manifest_path.exists():
         raise ManifestError(f"{site.manifest_path}: no manifest installed; run `swarm-node federation install MANIFEST --site {site.root}`")
-    signed = load_manifest(site.manifest_path)
-    signed.verify()
-    manifest = signed.manifest
+    history = ManifestHistory.open(site.manifest_path, site.evidence_dir)
+    manifest = history.current.manifest
     check_membership(manifest, config, keys)
     plan = manifest.plan
     task = check_plan(plan)
@@ -131,7 +160,7 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     links = Links({p: manifest.member(p).endpoint for p in neighbours}, {p: manifest.member(p).transport_key for p in neighbours}, keys)
     transport = make_transport(config, links, settings)
     try:
-        store = VersionStore(site, manifest, keys.signing, neighbours)
+        store = VersionStore(site, manifest, keys.signing, neighbours, [v.manifest for v in history.versions])
     except BaseException:
         transport.close()
         raise
@@ -144,7 +173,7 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
         last_metrics=dict(head.body.metrics) if head else {},
     )
     protocol = protocol_cls(config.name, schedule, plan.rounds, learner.samples, params, random.Random(), resume)
-    node = Node(manifest, config.name, protocol, store, learner, transport, site.metrics_path, site.status_path, limits=limits)
+    node = Node(manifest, config.name, protocol, store, learner, transport, site.metrics_path, site.status_path, limits=limits, manifests=ManifestSync(history, time.monotonic))
     return node, transport
 
 

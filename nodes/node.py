@@ -12,26 +12,27 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from gossip.base import Action, Dropped, Finished, MergeAndTrain, ModelInfo, ProtocolMachine, PulledVersion, PushModel, Send, SendModel
+from gossip.base import ANNOUNCEMENT, Action, Dropped, Finished, MergeAndTrain, ModelInfo, ProtocolMachine, PulledVersion, PushModel, Send, SendModel
 from swarm.atomic import write_atomic
 from swarm.codec import Limits, decode_message, encode_message
 from swarm.errors import LogError, RejectedMessage
 from swarm.log import ParentRef, SignedEntry
-from swarm.manifest import Manifest
 from swarm.evidence import EvidenceStore, ForkEvidence, check_fork
-from swarm.messages import Evidence, ModelPush, ModelReply, Refusal
+from swarm.manifest import Manifest, SignedManifest
+from swarm.messages import Evidence, ManifestUpdate, ModelPush, ModelReply, Refusal, VersionReply
 from swarm.tensors import FlatModel, flatten_state, model_digest, rebuild_state
 from swarm.transport.base import Received, Transport
 
 from .backoff import PeerBackoff
 from .learner import Learner, RoundResult
+from .manifest_sync import ManifestSync, update_message, version_change
 from .round_timer import RoundTimer
 from .store import ForkDetected, VersionStore
 
@@ -92,8 +93,9 @@ class Node:
         status_path: Path,
         clock: Callable[[], float] = time.monotonic,
         limits: Limits = Limits(),
+        manifests: ManifestSync | None = None,
     ) -> None:
-        self.manifest = manifest
+        self.manifest = manifest  # the current version (manifests.current when given)
         self.name = name
         self.protocol = protocol
         self.store = store
@@ -118,6 +120,11 @@ class Node:
         # tensor names, dtypes and shapes, or merging it would fail (or be meaningless).
         self.expected_specs = flatten_state(learner.shared_state()).specs
         self.started = clock()
+        self.manifests = manifests  # None: the manifest never changes while this node runs
+        versions = [v.manifest for v in manifests.history.versions] if manifests else [manifest]
+        self.names = {m.signing_key: m.name for v in versions for m in v.members}  # every key any version listed
+        self.former_members = {m.name for v in versions for m in v.members} - {m.name for m in manifest.members}
+        self.halted: str | None = None  # why this node stopped early (a manifest version it cannot run under)
 
     # -- main loop -------------------------------------------------------------------------------
 
@@ -132,7 +139,7 @@ class Node:
         self._write_status("running")
         self._execute(self.protocol.start(self.clock()))
         try:
-            while not self.protocol.finished and not stop.is_set():
+            while not self.protocol.finished and not stop.is_set() and self.halted is None:
                 self._step()
             if self.job is not None:  # stopping mid-round: finish and publish what is training
                 self.job.result()
@@ -156,11 +163,16 @@ class Node:
         if self.job is not None and self.job.done():
             self._finish_round()
         self._execute(self.protocol.tick(self.clock()))
+        if self.manifests is not None:
+            self._follow_manifests()
 
     # -- incoming --------------------------------------------------------------------------------
 
     def _on_received(self, received: Received) -> None:
         peer = received.peer
+        if peer in self.former_members:  # removed by a manifest version; its connection may linger
+            self._reject(peer, "not_a_member")
+            return
         if self.backoff.blocked(peer, self.clock()):
             self.rejections.counts["peer_in_backoff"] += 1  # dropped unread; logged when it began
             return
@@ -185,6 +197,8 @@ class Node:
             self._on_model(peer, None, msg.entries, decoded.model)
         elif isinstance(msg, Evidence):
             self._on_evidence(peer, msg)
+        elif isinstance(msg, ManifestUpdate):
+            self._on_manifest(peer, msg)
         else:
             self._execute(self.protocol.receive(peer, msg, self.clock()))
 
@@ -259,6 +273,73 @@ class Node:
             if peer not in (source, evidence.author):
                 self._send(peer, frames)
 
+    # -- manifest versions -----------------------------------------------------------------------
+
+    def _on_manifest(self, peer: str, msg: ManifestUpdate) -> None:
+        if self.manifests is None:
+            self.dropped["manifest_ignored"] += 1
+            return
+        result = self.manifests.receive(peer, msg)
+        if result.rejected is not None:
+            self._reject(peer, *result.rejected)
+        if result.dropped is not None:
+            self.dropped[result.dropped] += 1
+        if result.equivocation is not None:
+            self.rejections.counts["manifest_equivocation"] += 1
+            log.error("MANIFEST EQUIVOCATION (from %s): %s", peer, result.equivocation)
+        for signed in result.reply:
+            self._send(peer, encode_message(self.federation, update_message(signed)))
+        for signed in result.adopted:
+            self._adopt(signed, peer)
+
+    def _follow_manifests(self) -> None:
+        assert self.manifests is not None
+        for signed in self.manifests.poll_disk():
+            self._adopt(signed, None)
+        if self.manifests.announce_due():
+            self._announce(self.manifests.current)
+
+    def _announce(self, signed: SignedManifest, skip: str | None = None, removed: Sequence[str] = ()) -> None:
+        """Send `signed` to the neighbours that are members of it (and, once, to those it
+        removes, so that they stop)."""
+        frames = encode_message(self.federation, update_message(signed))
+        for peer in self.protocol.neighbours:
+            if peer != skip and (signed.manifest.member_or_none(peer) is not None or peer in removed):
+                self._send(peer, frames)
+
+    def _adopt(self, signed: SignedManifest, sender: str | None) -> None:
+        """Run under version `signed` from now on, as far as a running node can (see
+        docs/ARCHITECTURE.md, "Manifest versions"): removed members and revoked keys are
+        refused at once; what needs new sockets, keys or a new plan waits for a restart."""
+        new = signed.manifest
+        change = version_change(self.manifest, new, self.name)
+        if self.manifests is not None:
+            self._announce(signed, skip=sender, removed=change.removed)
+            self.manifests.adopted_now()
+        self.manifest = new
+        self.store.use_manifest(new, [v.manifest for v in self.manifests.history.versions] if self.manifests else [new])
+        self.evidence.manifest = new
+        self.names |= {m.signing_key: m.name for m in new.members}
+        self.former_members = (self.former_members | set(change.removed)) - {m.name for m in new.members}
+        still = [p for p in self.protocol.neighbours if new.member_or_none(p) is not None]
+        self.transport.update_links({p: new.member(p).endpoint for p in still}, {p: new.member(p).transport_key for p in still})
+        for name in change.removed:
+            self.staged.pop(name, None)
+            if name in self.protocol.neighbours:
+                # For the protocol a removed member is a neighbour that finished with nothing
+                # more to give: no round waits for it, and lingering does not either.
+                self._execute(self.protocol.receive(name, VersionReply(ANNOUNCEMENT, 0, 0, True), self.clock()))
+        source = f"from {sender}" if sender else "installed in the site"
+        log.info("adopted manifest version %d (%s; %s; threshold %d)", new.version, source, change.summary(), new.threshold)
+        for sentence in change.later:
+            log.warning("manifest version %d brings %s", new.version, sentence)
+        self.halted = change.halt
+        if change.halt == "removed":
+            log.error("this site is not a member of manifest version %d: stopping; it can no longer take part in this federation", new.version)
+        elif change.halt == "own_card_changed":
+            log.warning("manifest version %d changes this site's own keys or endpoint: stopping; put the new keys in the site's keys/ (and the endpoint in site.toml) and start the node again", new.version)
+        self._write_status("running")
+
     # -- actions ---------------------------------------------------------------------------------
 
     def _execute(self, actions: list[Action]) -> None:
@@ -285,6 +366,9 @@ class Node:
                 log.warning("ignoring %s for %.0f s: it keeps sending messages we reject (last: %s)", peer, seconds, reason)
 
     def _send(self, peer: str, frames: list) -> None:
+        if peer in self.former_members:
+            self.dropped["not_a_member"] += 1
+            return
         if self.backoff.blocked(peer, self.clock()):
             self.dropped["peer_in_backoff"] += 1
             return
@@ -329,7 +413,7 @@ class Node:
             parents += [ParentRef(s.entry.body.author, s.entry.seq, s.entry.body.digest) for s in self.job_pulled]
             metrics = result.metrics | self.job_signed
             published = self.store.publish(result.round, result.flat, result.digest, self.learner.samples, parents, metrics, result.local_flat)
-        merged = {self.manifest.member_by_signing_key(s.entry.body.author).name: s.entry.seq for s in self.job_pulled}
+        merged = {self.names[s.entry.body.author]: s.entry.seq for s in self.job_pulled}
         self._append_metrics(result, metrics, published.entry.seq, merged, self.timer.take(self.protocol.activity))
         self.job_pulled = []
         self._execute(self.protocol.published(published.entry.seq, merged, self.clock()))
@@ -368,6 +452,8 @@ class Node:
             "rounds": self.protocol.rounds,
             "rejected": dict(self.rejections.counts),
             "quarantined": sorted(self.evidence.quarantined),
+            "manifest_version": self.manifest.version,
+            **({"halted": self.halted} if self.halted else {}),
             "dropped": dict(self.dropped),
             "bytes_sent": dict(self.transport.bytes_sent),
             "bytes_received": dict(self.transport.bytes_received),

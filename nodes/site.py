@@ -5,12 +5,14 @@
                                 only in robustness experiments)
       member.json               the public card other sites put in the manifest
       keys/                     signing.key, transport.key (0600), *.pub
-      federation/manifest.json  the signed federation manifest (+ manifest.json.sigs.json)
+      federation/manifest.json  the signed federation manifest, version 1 (+ manifest.json.sigs.json)
+      federation/v0002.json     later versions, each valid after the one before (swarm.manifest_history)
       log/updates.log           this site's signed, hash-chained update log
       peers/<name>.log          verified copies of neighbours' log entries
       checkpoints/<seq>.swt     one checkpoint per published version
       metrics.jsonl             one line per round
       status.json               counters and state, rewritten at exit
+      evidence/                 proofs of equivocation: forked log entries, conflicting manifests
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from swarm.checkpoint import load_checkpoint, save_checkpoint
@@ -18,6 +18,7 @@ from swarm.errors import LogError
 from swarm.identity import SigningKey
 from swarm.log import EntryBody, ParentRef, SignedEntry, UpdateLog, open_entry, sign_entry, verify_extension
 from swarm.manifest import Manifest
+from swarm.manifest_chain import key_history
 from swarm.tensors import FlatModel, model_digest
 
 from .site import SiteDir
@@ -42,12 +43,26 @@ class ForkDetected(LogError):
         self.received = received
 
 
+def earlier_keys(versions: Sequence[Manifest]) -> dict[bytes, tuple[bytes, ...]]:
+    """Each current member's signing key -> the keys it had before (manifest versions
+    1..current, oldest first): its log's older entries are signed with those."""
+    out = {}
+    for member in versions[-1].members:
+        keys = key_history(versions, member.name)
+        out[member.signing_key] = tuple(k for k in keys if k != member.signing_key)
+    return out
+
+
 class VersionStore:
-    def __init__(self, site: SiteDir, manifest: Manifest, key: SigningKey, neighbours: Sequence[str]) -> None:
+    """`history`: the manifest versions 1..current (default: just `manifest`), so that logs
+    signed partly with a member's earlier signing key still open."""
+
+    def __init__(self, site: SiteDir, manifest: Manifest, key: SigningKey, neighbours: Sequence[str], history: Sequence[Manifest] = ()) -> None:
         self.site = site
         self.manifest = manifest
         self.key = key
-        self.own_log = UpdateLog.open(site.log_path, manifest.federation_id, key.public)
+        self._learn_keys(history or [manifest])
+        self.own_log = UpdateLog.open(site.log_path, manifest.federation_id, key.public, self.earlier_keys.get(key.public, ()))
         if self.own_log.repaired_bytes:
             log.warning("update log: removed a torn last record (%d bytes) left by a crash", self.own_log.repaired_bytes)
         self.peer_logs: dict[str, UpdateLog] = {}
@@ -55,10 +70,25 @@ class VersionStore:
             self._remove_orphans()
             self.latest: Published | None = self._load_head()
             for peer in neighbours:
-                self.peer_logs[peer] = UpdateLog.open(site.peer_log_path(peer), manifest.federation_id, manifest.member(peer).signing_key)
+                current = manifest.member(peer).signing_key
+                self.peer_logs[peer] = UpdateLog.open(site.peer_log_path(peer), manifest.federation_id, current, self.earlier_keys.get(current, ()))
         except BaseException:
             self.close()  # release the logs' locks for whoever handles the error
             raise
+
+    def _learn_keys(self, versions: Sequence[Manifest]) -> None:
+        self.earlier_keys: Mapping[bytes, tuple[bytes, ...]] = earlier_keys(versions)
+        self.names = {m.signing_key: m.name for v in versions for m in v.members}  # every key any version listed
+
+    def use_manifest(self, manifest: Manifest, versions: Sequence[Manifest]) -> None:
+        """Go on under a new manifest version (versions 1..it): a neighbour whose signing key
+        changed continues its log under the new key; entries by the old one are refused."""
+        self.manifest = manifest
+        self._learn_keys(versions)
+        for peer, peer_log in self.peer_logs.items():
+            member = manifest.member_or_none(peer)
+            if member is not None and member.signing_key != peer_log.author:
+                peer_log.rotate_to(member.signing_key)
 
     # -- own versions --------------------------------------------------------------------------
 
@@ -129,11 +159,12 @@ class VersionStore:
     def merged_versions(self) -> dict[str, int]:
         """V_i of BrainTorrent, rebuilt from our own log: neighbour -> last version merged."""
         merged: dict[str, int] = {}
+        own = set(self.own_log.keys)
         for entry in self.own_log.entries:
             for parent in entry.body.parents:
-                member = self.manifest.member_by_signing_key(parent.author)
-                if member is not None and parent.author != self.key.public:
-                    merged[member.name] = max(merged.get(member.name, 0), parent.seq)
+                name = self.names.get(parent.author)
+                if name is not None and parent.author not in own:
+                    merged[name] = max(merged.get(name, 0), parent.seq)
         return merged
 
     # -- neighbours' entries ---------------------------------------------------------------------
@@ -158,7 +189,14 @@ class VersionStore:
                 opened.append(entry)
             else:
                 new_envelopes.append(envelope)
-        new = verify_extension(peer_log.head, new_envelopes, self.manifest.federation_id, self.manifest.member(peer).signing_key)
+        current = self.manifest.member(peer).signing_key
+        earlier = self.earlier_keys.get(current, ())
+        try:
+            new = verify_extension(peer_log.head, new_envelopes, self.manifest.federation_id, current, earlier_keys=earlier)
+        except LogError as exc:
+            if exc.reason == "revoked_key" or (exc.reason == "author_mismatch" and any(open_entry(e).author in earlier for e in new_envelopes)):
+                raise LogError("revoked_key", f"{peer} signed with a key that a manifest version replaced") from None
+            raise
         last = new[-1] if new else (opened[-1] if opened else None)
         if last is None:
             raise LogError("no_entries", f"{peer} sent a model without its log entry")

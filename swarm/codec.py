@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import RejectedMessage
+from .errors import RejectedMessage, brief
 from .log import refuse_ext
 from .messages import MAX_ENTRIES, MESSAGE_TYPES, Message, from_body, to_body
 from .tensors import FlatModel, TensorSpec, byte_view, validate_spec
@@ -138,7 +138,7 @@ def _check_header(header: Any, federation: bytes) -> Message:
         raise RejectedMessage("bad_header", "not a map with a version")
     # Version first: a future version may change every other key.
     if type(header["v"]) is not int or header["v"] != WIRE_VERSION:
-        raise RejectedMessage("wrong_version", f"{header['v']!r:.20}")
+        raise RejectedMessage("wrong_version", brief(header["v"]))
     if set(header) != HEADER_KEYS:
         raise RejectedMessage("bad_header", f"keys must be exactly {sorted(HEADER_KEYS)}")
     fed = header["fed"]

@@ -3,8 +3,34 @@
 `UsageError` and its subclasses are mistakes a user can fix (a bad config, a missing key
 file, a port in use); the CLIs print their message as one line and exit 2. `RejectedMessage`
 is raised by network-facing decoders and is always caught by the node, which logs and counts
-it instead of crashing. Everything else is a bug and keeps its traceback.
+it instead of crashing. Everything else is a bug and keeps its traceback. `brief` quotes an
+untrusted value in an error message.
 """
+
+import reprlib
+from typing import Any
+
+
+class _Brief(reprlib.Repr):
+    """repr() with bounded nesting and length. A peer's msgpack value can be nested about a
+    thousand deep, where repr() itself raises RecursionError, or be megabytes long."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = 40
+
+    def repr_bytes(self, value: bytes, level: int) -> str:
+        # reprlib has no bytes rule: it would repr the whole value and then cut it.
+        return repr(value[: self.maxstring]) + ("..." if len(value) > self.maxstring else "")
+
+
+_BRIEF = _Brief()
+
+
+def brief(value: Any) -> str:
+    """A short repr of `value`, safe for anything a peer can send."""
+    return _BRIEF.repr(value)
 
 
 class SwarmError(Exception):

@@ -11,23 +11,25 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from .errors import RejectedMessage
+from .errors import RejectedMessage, brief
 from .log import MAX_ENTRY_BYTES  # one limit for an entry, on disk and on the wire
+from .manifest import MAX_MANIFEST_BYTES
 
 MAX_UINT = 2**63 - 1  # everything counted on the wire fits a signed 64-bit int
 MAX_ENTRIES = 1024
 MAX_REASON_CHARS = 200
+MAX_SIGNATURES_BYTES = 1024 * 1024  # a manifest's .sigs.json document
 
 
 def check_uint(value: Any) -> None:
     # type() rather than isinstance(): bool is an int subclass, and True is not a seq.
     if type(value) is not int or not 0 <= value <= MAX_UINT:
-        raise ValueError(f"expected an int in [0, 2**63), got {value!r:.40}")
+        raise ValueError(f"expected an int in [0, 2**63), got {brief(value)}")
 
 
 def check_bool(value: Any) -> None:
     if type(value) is not bool:
-        raise ValueError(f"expected a bool, got {value!r:.40}")
+        raise ValueError(f"expected a bool, got {brief(value)}")
 
 
 def check_entries(value: Any) -> None:
@@ -42,6 +44,14 @@ def check_entry_pair(value: Any) -> None:
     check_entries(value)
     if len(value) != 2:
         raise ValueError("expected exactly 2 log entries")
+
+
+def _bytes_check(limit: int, what: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if type(value) is not bytes or not 0 < len(value) <= limit:
+            raise ValueError(f"{what} must be 1 to {limit} bytes")
+
+    return check
 
 
 def check_reason(value: Any) -> None:
@@ -137,6 +147,18 @@ class Evidence(Message):
 
 
 @dataclass(frozen=True)
+class ManifestUpdate(Message):
+    """A manifest version, its exact bytes and its .sigs.json document, sent when a node
+    adopts a version, now and then while its version is above 1, and to a neighbour that
+    is behind. The receiver checks it against the version before it before adopting it
+    (swarm.manifest_chain); a version it cannot place yet it answers with its own."""
+
+    KIND: ClassVar[str] = "manifest"
+    manifest: bytes = _field(_bytes_check(MAX_MANIFEST_BYTES, "a manifest"))
+    signatures: bytes = _field(_bytes_check(MAX_SIGNATURES_BYTES, "a signatures document"))
+
+
+@dataclass(frozen=True)
 class Refusal(Message):
     """The responder will not answer `req`, e.g. reason "no_model_yet"."""
 
@@ -146,7 +168,7 @@ class Refusal(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (VersionRequest, VersionReply, ModelRequest, ModelReply, ModelPush, PushAck, Evidence, Refusal)
+    cls.KIND: cls for cls in (VersionRequest, VersionReply, ModelRequest, ModelReply, ModelPush, PushAck, Evidence, ManifestUpdate, Refusal)
 }
 
 
@@ -159,7 +181,7 @@ def from_body(kind: Any, body: Any) -> Message:
     """Build a message from an untrusted kind and body, or raise RejectedMessage."""
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise RejectedMessage("unknown_kind", f"{kind!r:.40}")
+        raise RejectedMessage("unknown_kind", brief(kind))
     if not isinstance(body, dict):
         raise RejectedMessage("bad_body", f"{kind}: body is not a map")
     expected = {f.name for f in dataclasses.fields(cls)}

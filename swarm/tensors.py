@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from blake3 import blake3
 
+from .errors import brief
+
 if sys.byteorder != "little":  # the wire and checkpoint formats are raw little-endian bytes
     raise ImportError("swarm.tensors supports little-endian hosts only")
 
@@ -120,11 +122,11 @@ def validate_spec(
     except UnicodeEncodeError:
         raise ValueError(f"tensor name {name!r} is not valid unicode") from None
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise ValueError(f"tensor {name!r}: unsupported dtype {dtype!r}")
+        raise ValueError(f"tensor {name!r}: unsupported dtype {brief(dtype)}")
     if not isinstance(shape, (list, tuple)) or len(shape) > max_ndim:
         raise ValueError(f"tensor {name!r}: shape must be a list of at most {max_ndim} dims")
     if not all(type(dim) is int and 0 <= dim <= MAX_DIM for dim in shape):
-        raise ValueError(f"tensor {name!r}: dims must be non-negative ints, got {shape!r}")
+        raise ValueError(f"tensor {name!r}: dims must be non-negative ints, got {brief(shape)}")
     return TensorSpec(name, dtype, tuple(shape))
 
 

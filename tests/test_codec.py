@@ -182,7 +182,7 @@ def test_messages_refuse_invalid_fields(make: Any) -> None:
 
 
 def test_message_table() -> None:
-    assert set(MESSAGE_TYPES) == {"version_req", "version_reply", "model_req", "model_reply", "model_push", "push_ack", "evidence", "refusal"}
+    assert set(MESSAGE_TYPES) == {"version_req", "version_reply", "model_req", "model_reply", "model_push", "push_ack", "evidence", "manifest", "refusal"}
     assert sorted(kind for kind, cls in MESSAGE_TYPES.items() if cls.CARRIES_MODEL) == ["model_push", "model_reply"]
 
 

@@ -131,3 +131,41 @@ def test_a_curve_server_refuses_to_listen_without_a_running_authenticator():
     with pytest.raises(UsageError, match="ZAP authenticator"):
         transport.open()
     context.term()
+
+
+def reopen(name: str, endpoints, peers, curve: Curve, context) -> ZmqTransport:
+    """A restarted node's transport: its old socket may hold the port for a moment."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            return ZmqTransport(name, endpoints[name], peers, context=context, curve=curve).open()
+        except UsageError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_a_new_manifest_version_changes_who_gets_through(federation):
+    """update_links after a manifest version removed c and gave b new keys: b's new key gets
+    through both ways, c's key is refused from its next handshake on."""
+    transports, keys, endpoints, context, auth = federation
+    transports["b"].close()  # b restarts with its new keys
+    new_b = keypair()
+    transports["a"].update_links({"b": endpoints["b"]}, {"b": new_b[0].decode()})
+    assert set(transports["a"].dealers) == {"b"} and auth.allowed["a"] == {z85.decode(new_b[0]): "b"}
+    peer_of_a = {"a": endpoints["a"]}, {"a": keys["a"][0].decode()}
+    transports["b"] = reopen("b", endpoints, peer_of_a[0], Curve(*new_b, peer_of_a[1], auth), context)
+    send_until_queued(transports["b"], "a", [b"from the new b"])
+    received = receive_within(transports["a"], 5.0)
+    assert received.peer == "b" and received.rejected is None
+    send_until_queued(transports["a"], "b", [b"to the new b"])
+    assert bytes(receive_within(transports["b"], 5.0).frames[0]) == b"to the new b"
+
+    transports["c"].close()  # c comes back with the key the manifest no longer lists
+    denied = auth.denied["key_not_allowed"]
+    transports["c"] = reopen("c", endpoints, peer_of_a[0], Curve(*keys["c"], peer_of_a[1], auth), context)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        assert not transports["c"].send("a", [b"still here"])  # never connected: the handshake fails
+        time.sleep(0.1)
+    assert receive_within(transports["a"], 0.5) is None and auth.denied["key_not_allowed"] > denied

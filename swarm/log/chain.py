@@ -1,4 +1,12 @@
-"""Chain rules: which entry may follow which in an author's hash-chained log."""
+"""Chain rules: which entry may follow which in an author's hash-chained log.
+
+A member's log is one chain for the federation's life. When a manifest version gives the
+member a new signing key, the chain goes on under the new key: `keys` is the member's key
+history, oldest first (swarm.manifest_chain.key_history), and along the chain an entry's key
+may only be the same as its predecessor's or a later one. Entries signed with an earlier key
+are taken from a peer only when an entry signed with the current key follows them
+(verify_extension): whoever holds only a replaced key cannot add to the chain. A file
+written over time may hold each key in turn (verify_history)."""
 
 from __future__ import annotations
 
@@ -13,16 +21,17 @@ def link_after(head: SignedEntry | None) -> tuple[int, bytes]:
     return (1, ZERO_HASH) if head is None else (head.seq + 1, head.hash)
 
 
-def check_successor(prev: SignedEntry | None, entry: SignedEntry) -> None:
+def check_successor(prev: SignedEntry | None, entry: SignedEntry, keys: Sequence[bytes] = ()) -> None:
     """Raise LogError unless `entry` is the one entry that may follow `prev` (None: `entry`
-    must be its author's first). A different entry at a seq already taken is a fork."""
+    must be its author's first). A different entry at a seq already taken is a fork. The
+    author may change only to a later key of its key history `keys`."""
     if prev is None:
         if entry.seq != 1:
             raise LogError("bad_seq", f"the first entry must have seq 1, got {entry.seq}")
         if entry.prev != ZERO_HASH:
             raise LogError("broken_chain", "the first entry's prev must be 32 zero bytes")
         return
-    if entry.author != prev.author:
+    if entry.author != prev.author and not _later_key(keys, prev.author, entry.author):
         raise LogError("author_mismatch", "entry is by a different author than its predecessor")
     if entry.federation != prev.federation:
         raise LogError("wrong_federation", "entry is for a different federation than its "
@@ -31,6 +40,10 @@ def check_successor(prev: SignedEntry | None, entry: SignedEntry) -> None:
         raise LogError("bad_seq", _seq_problem(prev, entry))
     if entry.prev != prev.hash:
         raise LogError("broken_chain", f"seq {entry.seq} does not name seq {prev.seq}'s hash")
+
+
+def _later_key(keys: Sequence[bytes], old: bytes, new: bytes) -> bool:
+    return old in keys and new in keys and keys.index(new) > keys.index(old)
 
 
 def _seq_problem(prev: SignedEntry, entry: SignedEntry) -> str:
@@ -43,11 +56,15 @@ def _seq_problem(prev: SignedEntry, entry: SignedEntry) -> str:
 
 
 def verify_extension(head: SignedEntry | None, envelopes: Sequence[bytes],
-                     federation: bytes, author: bytes, location: str | None = None) -> list[SignedEntry]:
+                     federation: bytes, author: bytes, location: str | None = None,
+                     earlier_keys: Sequence[bytes] = ()) -> list[SignedEntry]:
     """Open and check entries that extend `author`'s chain after `head` (None: from the
-    start), sent by a peer or read from a file named `location`. Returns the opened entries;
+    start), sent by a peer or read from a file named `location`. They are signed by
+    `author`, or by one of the member's `earlier_keys` (oldest first) when a later entry
+    signed by `author` follows ("revoked_key" otherwise). Returns the opened entries;
     raises LogError at the first bad one."""
-    if head is not None and (head.author != author or head.federation != federation):
+    keys = (*earlier_keys, author)
+    if head is not None and (head.author not in keys or head.federation != federation):
         raise LogError("author_mismatch", "the head is not this author's in this federation")
     out: list[SignedEntry] = []
     prev = head
@@ -55,13 +72,37 @@ def verify_extension(head: SignedEntry | None, envelopes: Sequence[bytes],
         where = f"{location} entry {i + 1}" if location else f"extension entry {i + 1} of {len(envelopes)}"
         try:
             entry = open_entry(envelope)
-            if entry.author != author:
+            if entry.author not in keys:
                 raise LogError("author_mismatch", "entry is not signed by the expected author")
             if entry.federation != federation:
                 raise LogError("wrong_federation", "entry is for a different federation")
-            check_successor(prev, entry)
+            check_successor(prev, entry, keys)
         except LogError as exc:
             raise _located(exc, where) from None
+        out.append(entry)
+        prev = entry
+    if out and out[-1].author != author:
+        raise LogError("revoked_key", "the last entry is signed with a key the author no longer has; "
+                       "only its current key can vouch for older entries", location or "")
+    return out
+
+
+def verify_history(envelopes: Sequence[bytes], federation: bytes, keys: Sequence[bytes],
+                   location: str) -> list[SignedEntry]:
+    """Open and check a whole chain read from a file: signed with the keys of `keys` (the
+    author's key history, oldest first), each in turn."""
+    out: list[SignedEntry] = []
+    prev = None
+    for i, envelope in enumerate(envelopes):
+        try:
+            entry = open_entry(envelope)
+            if entry.author not in keys:
+                raise LogError("author_mismatch", "entry is not signed by the expected author")
+            if entry.federation != federation:
+                raise LogError("wrong_federation", "entry is for a different federation")
+            check_successor(prev, entry, keys)
+        except LogError as exc:
+            raise _located(exc, f"{location} entry {i + 1}") from None
         out.append(entry)
         prev = entry
     return out

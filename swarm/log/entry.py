@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from ..errors import LogError
+from ..errors import LogError, brief
 from ..identity import SIGNATURE_BYTES, SigningKey, verify_signature
 
 ENTRY_TYPE = "swarm.log.entry/1"
@@ -261,7 +261,7 @@ def _parse_envelope(envelope: bytes) -> tuple[bytes, bytes, bytes]:
     if type(env) is not dict or tuple(env) != _ENVELOPE_KEYS:
         raise LogError("bad_envelope", f"expected a map with keys {list(_ENVELOPE_KEYS)}")
     if env["t"] != ENTRY_TYPE:
-        raise LogError("bad_envelope", f"unknown entry type {env['t']!r}")
+        raise LogError("bad_envelope", f"unknown entry type {brief(env['t'])}")
     author, payload, signature = env["a"], env["p"], env["s"]
     if not (_is_hash(author) and type(payload) is bytes and type(signature) is bytes
             and len(signature) == SIGNATURE_BYTES):

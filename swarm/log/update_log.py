@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..atomic import fsync_dir
 from ..errors import LogError
-from .chain import _located, check_successor, verify_extension
+from .chain import _located, check_successor, verify_history
 from .entry import SignedEntry, _is_hash, _is_int, open_entry
 from .records import _Scan, _scan, encode_record
 
@@ -27,10 +27,11 @@ class UpdateLog:
 
     def __init__(self, path: Path, fd: int, federation: bytes, author: bytes,
                  entries: list[SignedEntry], size: int, repaired_bytes: int,
-                 pending_dir_syncs: list[Path]) -> None:
+                 pending_dir_syncs: list[Path], earlier_keys: tuple[bytes, ...] = ()) -> None:
         self.path = path
         self.federation = federation
-        self.author = author
+        self.author = author  # the current key: every new entry is signed with it
+        self.keys = (*earlier_keys, author)  # the author's key history, oldest first
         self.repaired_bytes = repaired_bytes
         self._fd: int | None = fd
         self._entries = entries
@@ -40,7 +41,10 @@ class UpdateLog:
         self._failed: str | None = None
 
     @classmethod
-    def open(cls, path: Path, federation: bytes, author: bytes) -> UpdateLog:
+    def open(cls, path: Path, federation: bytes, author: bytes,
+             earlier_keys: tuple[bytes, ...] = ()) -> UpdateLog:
+        """`earlier_keys`: the signing keys the author had before `author` (manifest
+        versions that rotated its key), oldest first; older entries may be signed with them."""
         path = Path(path)
         if not (_is_hash(federation) and _is_hash(author)):
             raise ValueError("federation and author must be 32 bytes each")
@@ -55,7 +59,7 @@ class UpdateLog:
         try:
             _lock_file(fd, path)
             data = _read_all(fd)
-            entries, scan = _verify_own(data, str(path), federation, author)
+            entries, scan = _verify_own(data, str(path), federation, (*earlier_keys, author))
             repaired = 0
             if scan.torn is not None:
                 os.ftruncate(fd, scan.good_end)
@@ -68,7 +72,7 @@ class UpdateLog:
             raise
         # The new file (and any new directories) become durable with the first append.
         pending = [path.parent, *[d.parent for d in new_dirs]] if created else []
-        return cls(path, fd, federation, author, entries, scan.good_end, repaired, pending)
+        return cls(path, fd, federation, author, entries, scan.good_end, repaired, pending, tuple(earlier_keys))
 
     @property
     def entries(self) -> list[SignedEntry]:
@@ -91,6 +95,16 @@ class UpdateLog:
         """The entry with `seq`, or None."""
         return self._entries[seq - 1] if _is_int(seq, 1) and seq <= len(self._entries) else None
 
+    def rotate_to(self, author: bytes) -> None:
+        """From now on entries are signed with `author`, the author's new key (a manifest
+        version rotated it); the chain goes on."""
+        if not _is_hash(author):
+            raise ValueError("author must be 32 bytes")
+        with self._lock:
+            if author not in self.keys:
+                self.keys = (*self.keys, author)
+            self.author = author
+
     def append(self, entry: SignedEntry) -> None:
         """Append `entry` durably: when this returns, the entry survives a crash."""
         with self._lock:
@@ -104,7 +118,7 @@ class UpdateLog:
                 raise LogError("wrong_federation", "entry is for a different federation",
                                str(self.path))
             try:
-                check_successor(self.head, entry)
+                check_successor(self.head, entry, self.keys)
             except LogError as exc:
                 raise _located(exc, f"{self.path} append seq {entry.seq}") from None
             self._write(fd, encode_record(entry.envelope))
@@ -185,8 +199,8 @@ def _read_all(fd: int) -> bytes:
 
 
 def _verify_own(data: bytes, name: str, federation: bytes,
-                author: bytes) -> tuple[list[SignedEntry], _Scan]:
+                keys: tuple[bytes, ...]) -> tuple[list[SignedEntry], _Scan]:
     scan = _scan(data, name)
     if scan.damage is not None:
         raise scan.damage
-    return verify_extension(None, scan.envelopes, federation, author, location=name), scan
+    return verify_history(scan.envelopes, federation, keys, location=name), scan

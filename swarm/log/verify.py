@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,14 +24,17 @@ class VerifyResult:
 
 
 def verify_log_file(path: Path, *, federation: bytes | None, is_member: Callable[[bytes], bool],
-                    checkpoint_digest: Callable[[int], bytes | None] | None = None
+                    checkpoint_digest: Callable[[int], bytes | None] | None = None,
+                    key_history: Callable[[bytes], Sequence[bytes]] | None = None
                     ) -> VerifyResult:
     """Audit a log file strictly: every record, signature and link, the federation (when
     given; otherwise all entries must agree), the author's membership and, when
     `checkpoint_digest` is given, that each entry's model checkpoint exists and matches
     (`checkpoint_digest(seq)` returns the checkpoint's digest, None when there is none, or
-    raises LogError, e.g. "bad_checkpoint", for a damaged one). Any damage, a torn last
-    record included, is a failure. Never modifies the file."""
+    raises LogError, e.g. "bad_checkpoint", for a damaged one). `key_history(key)`, when
+    given, is the signing keys of the member that had `key`, oldest first: the log may go
+    on under a later one (a manifest version rotated it). Any damage, a torn last record
+    included, is a failure. Never modifies the file."""
     name = str(path)
     try:
         data = Path(path).read_bytes()
@@ -45,7 +48,8 @@ def verify_log_file(path: Path, *, federation: bytes | None, is_member: Callable
         try:
             entry = open_entry(envelope)
             where = f"{name} entry {i} (seq {entry.seq})"
-            _audit_entry(prev, entry, federation, is_member, checkpoint_digest)
+            keys = key_history(prev.author) if key_history is not None and prev is not None else ()
+            _audit_entry(prev, entry, federation, is_member, checkpoint_digest, keys)
         except LogError as exc:
             return VerifyResult(False, i - 1, _located(exc, where), entries)
         entries.append(entry)
@@ -60,10 +64,11 @@ def verify_log_file(path: Path, *, federation: bytes | None, is_member: Callable
 
 def _audit_entry(prev: SignedEntry | None, entry: SignedEntry, federation: bytes | None,
                  is_member: Callable[[bytes], bool],
-                 checkpoint_digest: Callable[[int], bytes | None] | None) -> None:
+                 checkpoint_digest: Callable[[int], bytes | None] | None,
+                 keys: Sequence[bytes] = ()) -> None:
     if federation is not None and entry.federation != federation:
         raise LogError("wrong_federation", "entry is for a different federation")
-    check_successor(prev, entry)
+    check_successor(prev, entry, keys)
     if not is_member(entry.author):
         raise LogError("not_member", f"author {entry.author.hex()} is not in the manifest")
     if checkpoint_digest is not None:

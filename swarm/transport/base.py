@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,5 +33,9 @@ class Transport(Protocol):
 
     def wake(self) -> None:
         """Make the current or next receive() return at once; safe from any thread."""
+
+    def update_links(self, peers: Mapping[str, str], peer_keys: Mapping[str, str]) -> None:
+        """Replace the neighbours (name -> endpoint) and their transport keys after a new
+        manifest version: removed members' keys are no longer admitted."""
 
     def close(self) -> None: ...

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .base import Buffer, Received
 
@@ -75,6 +75,9 @@ class InMemoryTransport:
 
     def wake(self) -> None:
         self.network._wake(self.name)
+
+    def update_links(self, peers: Mapping[str, str], peer_keys: Mapping[str, str]) -> None:
+        self.links = dict(peers)  # no keys in memory: recorded for tests to look at
 
     def close(self) -> None:
         pass

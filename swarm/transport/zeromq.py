@@ -101,16 +101,7 @@ class ZmqTransport:
                 ) from None
             raise UsageError(f"cannot listen on {self.listen}: {exc.strerror}; check [node] listen in site.toml") from None
         for peer, endpoint in self.peers.items():
-            dealer = self._socket(zmq.DEALER)
-            dealer.setsockopt(zmq.ROUTING_ID, self.name.encode())
-            dealer.setsockopt(zmq.SNDHWM, self.settings.send_hwm)
-            dealer.setsockopt(zmq.IMMEDIATE, 1)  # do not queue for a peer that is not connected
-            if self.curve is not None:
-                dealer.setsockopt(zmq.CURVE_SERVERKEY, self.curve.peer_keys[peer].encode())
-                dealer.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.public)
-                dealer.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
-            dealer.connect(endpoint)
-            self.dealers[peer] = dealer
+            self.dealers[peer] = self._dealer(peer, endpoint)
         # wake() comes from other threads, which must not touch a ZeroMQ socket: a pipe
         # polled beside the ROUTER lets them interrupt receive() safely.
         self._wake_r, self._wake_w = os.pipe()
@@ -119,6 +110,39 @@ class ZmqTransport:
         self._poller.register(self.router, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
         return self
+
+    def _dealer(self, peer: str, endpoint: str) -> zmq.Socket:
+        dealer = self._socket(zmq.DEALER)
+        dealer.setsockopt(zmq.ROUTING_ID, self.name.encode())
+        dealer.setsockopt(zmq.SNDHWM, self.settings.send_hwm)
+        dealer.setsockopt(zmq.IMMEDIATE, 1)  # do not queue for a peer that is not connected
+        if self.curve is not None:
+            dealer.setsockopt(zmq.CURVE_SERVERKEY, self.curve.peer_keys[peer].encode())
+            dealer.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.public)
+            dealer.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
+        dealer.connect(endpoint)
+        return dealer
+
+    def update_links(self, peers: Mapping[str, str], peer_keys: Mapping[str, str]) -> None:
+        """Follow a new manifest version: `peers` (name -> endpoint) and their CURVE keys
+        replace the neighbours. The allow-list of this node's ZAP domain is replaced, so
+        a removed member's key is refused from its next handshake on; a neighbour whose
+        endpoint or key changed gets a new DEALER. (A connection a removed member already
+        has stays up until it drops: the node refuses what comes over it.)"""
+        old_keys = dict(self.curve.peer_keys) if self.curve is not None else {}
+        if self.curve is not None:
+            missing = sorted(set(peers) - set(peer_keys))
+            if missing:
+                raise UsageError(f"no transport key for neighbour {missing[0]!r} in the manifest")
+            self.curve = Curve(self.curve.public, self.curve.secret, {p: peer_keys[p] for p in peers}, self.curve.authenticator)
+            self.curve.authenticator.allow(self.name, self.curve.peer_keys)
+        for peer in list(self.dealers):
+            if self.peers.get(peer) != peers.get(peer) or old_keys.get(peer) != (self.curve.peer_keys.get(peer) if self.curve else None):
+                self.dealers.pop(peer).close()
+        self.peers = dict(peers)
+        for peer, endpoint in self.peers.items():
+            if peer not in self.dealers:
+                self.dealers[peer] = self._dealer(peer, endpoint)
 
     def _socket(self, kind: int) -> zmq.Socket:
         socket = self.context.socket(kind)
