@@ -124,7 +124,7 @@ def sites(cluster, tmp_path):
 
 def run_python(monkeypatch, sites: list[Path], code: str) -> RayWorker:
     """A RayWorker that runs `python -c CODE` on the sites' host instead of the node."""
-    monkeypatch.setattr("scenarios.ray_backend.node_arguments", lambda _sites: ["-c", code])
+    monkeypatch.setattr("scenarios.ray_backend.node_arguments", lambda _sites, _insecure=False: ["-c", code])
     return RayWorker(sites, worker_log_path(sites))
 
 
