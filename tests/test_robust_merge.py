@@ -123,7 +123,7 @@ def test_multi_krum_m_must_be_positive():
 
 def test_clipping_radius_is_the_second_largest_neighbour_distance():
     assert float(adaptive_radius(torch.tensor([5.0, 2.0, 100.0], dtype=torch.float64))) == 5.0
-    assert float(adaptive_radius(torch.tensor([7.0], dtype=torch.float64))) == 7.0
+    assert float(adaptive_radius(torch.tensor([7.0, 3.0], dtype=torch.float64))) == 3.0
 
 
 def clipping_candidates(outlier_scale=20.0):
@@ -147,9 +147,10 @@ def test_clipping_bounds_the_pull_however_far_the_outlier_is(scale):
     assert close(merged["w"], [1.5], tol=1e-5) and close(merged["b"], [2.5], tol=1e-5)
 
 
-def test_clipping_with_one_neighbour_does_not_clip():
-    candidates = models([0.0, 0.0], [3.0, 4.0], weights=[1, 3])
-    assert close(merged_x(SelfCentredClipping(), candidates), [2.25, 3.0])
+def test_clipping_needs_two_neighbours_to_have_a_radius():
+    # With one neighbour its own distance would be the radius: nothing clipped, however far.
+    with pytest.raises(ValueError, match="needs at least 3"):
+        SelfCentredClipping().merge(models([0.0, 0.0], [3.0, 4.0], weights=[1, 3]))
 
 
 def test_clipping_is_centred_on_candidate_0():
@@ -299,7 +300,7 @@ def test_malformed_candidates_are_refused(rule, candidates, message):
 @pytest.mark.parametrize(
     "rule, f, count",
     [(Median(), 1, 2), (TrimmedMean(), 1, 2), (TrimmedMean(), 2, 4), (Krum(), 1, 4), (Krum(), 0, 2),
-     (MultiKrum(), 1, 4), (MultiKrum(m=4), 1, 4), (SelfCentredClipping(), 0, 1), (DOS(), 0, 2)],
+     (MultiKrum(), 1, 4), (MultiKrum(m=4), 1, 4), (SelfCentredClipping(), 0, 2), (DOS(), 0, 2)],
     ids=lambda v: getattr(v, "name", str(v)),
 )
 def test_too_few_candidates_are_refused(rule, f, count):
@@ -316,7 +317,7 @@ def test_f_must_be_a_non_negative_integer(f):
 @pytest.mark.parametrize(
     "rule, minimums",
     [(Mean(), [1, 1, 1]), (Median(), [1, 3, 5]), (TrimmedMean(), [1, 3, 5]), (Krum(), [3, 5, 7]),
-     (MultiKrum(), [3, 5, 7]), (MultiKrum(m=6), [6, 7, 8]), (SelfCentredClipping(), [2, 2, 2]), (DOS(), [3, 3, 3])],
+     (MultiKrum(), [3, 5, 7]), (MultiKrum(m=6), [6, 7, 8]), (SelfCentredClipping(), [3, 3, 3]), (DOS(), [3, 3, 3])],
     ids=repr,
 )
 def test_minimum_candidates(rule, minimums):
@@ -393,11 +394,11 @@ def test_check_neighbourhood_refuses_trimmed_mean_with_n_at_most_2f():
 
 def test_check_neighbourhood_for_rules_without_f():
     with pytest.raises(ConfigError, match=r"merge\.rule dos needs at least 3 .*itself and 1 neighbour\): "
-                                          r"choose clipping, or use a denser topology"):
+                                          r"use a denser topology$"):
         check_neighbourhood(parse_merge({"rule": "dos"}), 2, "hospital-c")
-    with pytest.raises(ConfigError, match=r"clipping needs at least 2 .*: use a denser topology$"):
-        check_neighbourhood(parse_merge({"rule": "clipping"}), 1, "hospital-c")
-    check_neighbourhood(parse_merge({"rule": "clipping"}), 2, "hospital-c")
+    with pytest.raises(ConfigError, match=r"clipping needs at least 3 .*: use a denser topology$"):
+        check_neighbourhood(parse_merge({"rule": "clipping"}), 2, "hospital-c")
+    check_neighbourhood(parse_merge({"rule": "clipping"}), 3, "hospital-c")
     check_neighbourhood(parse_merge({}), 1, "hospital-c")
 
 

@@ -7,7 +7,7 @@ One rule per module, all with the interface of `MergeRule` (`base.py`):
     trimmed_mean  coordinate-wise mean without the f lowest / highest  n >= 2f+1
     krum          the candidate closest to its n-f-2 nearest others    n >= 2f+3
     multi_krum    weighted mean of the m best Krum candidates          n >= 2f+3, n >= m+f
-    clipping      self-centred clipping with an adaptive radius        n >= 2
+    clipping      self-centred clipping with an adaptive radius        n >= 3
     dos           softmax(-outlier score) weighted mean                n >= 3
 
 n counts the models in one merge, the node's own included; f is the number of Byzantine ones

@@ -7,11 +7,13 @@ A node moves from its own model towards each neighbour's, but by at most a radiu
 
 with the weights normalised over all candidates (the own model's term is zero). The radius
 adapts each merge: the second-largest neighbour distance ||x_j - x_own||, so the farthest
-neighbour is pulled in to the distance of the next one and the others pass unchanged; with a
-single neighbour tau is its distance, i.e. no clipping. A Byzantine neighbour can move the
-node by at most w_j * tau, however far away it sends its model, which is why the rule is the
-one for sparse gossip graphs: it works with any n >= 2. f is not used. Candidate 0 must be
-the node's own model: the clipping is centred on it."""
+neighbour is pulled in to the distance of the next one and the others pass unchanged. A
+Byzantine neighbour can move the node by at most w_j * tau, however far away it sends its
+model, which is why the rule suits sparse graphs. It needs two neighbours (n >= 3): with a
+single one there is no second distance, tau would be that neighbour's own distance and
+nothing would be clipped (the attack study showed a lone Byzantine neighbour in the last
+round then wrecking the node), so a merge with one neighbour keeps the own model instead.
+f is not used. Candidate 0 must be the node's own model: the clipping is centred on it."""
 
 from __future__ import annotations
 
@@ -22,19 +24,17 @@ from .base import FlatCandidates, MergeRule
 
 
 def adaptive_radius(distances: Tensor) -> Tensor:
-    """The second-largest of the neighbour distances, or the only one."""
-    if distances.numel() == 1:
-        return distances[0]
+    """The second-largest of the neighbour distances (at least two of them)."""
     return distances.topk(2).values[1]
 
 
 class SelfCentredClipping(MergeRule):
     name = "clipping"
-    requirement = "n >= 2"
+    requirement = "n >= 3"
     uses_f = False
 
     def minimum_candidates(self, f: int) -> int:
-        return 2
+        return 3
 
     def combine(self, flat: FlatCandidates, f: int) -> Tensor:
         own = flat.vectors[0]
