@@ -70,3 +70,11 @@ def test_a_rule_the_topology_cannot_support_is_refused_when_the_plan_is_built():
     plan = build_plan(names, 3, *args, merge={"rule": "median"})
     assert plan["merge"] == {"rule": "median"}
     assert merge_candidates("gossip", ["a", "b", "c"]) == 2 and merge_candidates("dpsgd", ["a", "b"]) == 3
+
+
+def test_gossip_learning_merges_pairwise_so_only_a_fixed_radius_clipping_fits():
+    names = [f"h{i}" for i in range(6)]
+    args = ({"name": "random-regular", "degree": 4}, {"name": "gossip"}, {"name": "logreg"}, {}, {"num_features": 2, "num_classes": 2})
+    with pytest.raises(ConfigError, match=r"clipping needs at least 3 models per merge.*\(gossip\) merges at most 2"):
+        build_plan(names, 3, *args, merge={"rule": "clipping"})
+    assert build_plan(names, 3, *args, merge={"rule": "clipping", "tau": 1.0})["merge"] == {"rule": "clipping", "tau": 1.0}

@@ -352,7 +352,7 @@ def test_spec_merges_with_its_rule_and_f():
     [
         ({"rule": "krun"}, r"plan\.merge\.rule: must be one of: mean, median, trimmed_mean, krum, multi_krum, clipping, dos, got 'krun'"),
         ({"rule": 3}, r"plan\.merge\.rule: must be one of"),
-        ({"rule": "krum", "fault": 1}, r"plan\.merge\.fault: unknown key, got 'fault' = 1 \(known keys: rule, f, m\)"),
+        ({"rule": "krum", "fault": 1}, r"plan\.merge\.fault: unknown key, got 'fault' = 1 \(known keys: rule, f, m, tau\)"),
         ({"rule": "krum", "f": -1}, r"plan\.merge\.f: must be an integer >= 0, got -1"),
         ({"rule": "krum", "f": 1.5}, r"plan\.merge\.f: must be an integer"),
         ({"rule": "krum", "f": True}, r"plan\.merge\.f: must be an integer"),
@@ -407,3 +407,16 @@ def test_check_neighbourhood_counts_multi_krum_m():
     with pytest.raises(ConfigError, match=r"multi_krum with f = 1, m = 5 needs at least 6 .*n >= 2f\+3 and n >= m\+f"):
         check_neighbourhood(spec, 5, "hospital-d")
     check_neighbourhood(spec, 6, "hospital-d")
+
+
+def test_clipping_with_a_fixed_radius_works_with_one_neighbour():
+    # Pairwise gossip: own (0, 0), one neighbour at distance 5 clipped to tau = 1.
+    merged = parse_merge({"rule": "clipping", "tau": 1.0}).merge(models([0.0, 0.0], [3.0, 4.0], weights=[1, 1]))
+    assert close(merged["x"], [0.3, 0.4])
+    assert SelfCentredClipping(tau=1.0).minimum_candidates(0) == 2
+    check_neighbourhood(parse_merge({"rule": "clipping", "tau": 0.5}), 2, "hospital-c")
+    assert parse_merge({"rule": "clipping", "tau": 0.5}).describe() == "clipping with tau = 0.5"
+    with pytest.raises(ConfigError, match=r"merge\.tau: only rule clipping uses tau"):
+        parse_merge({"rule": "median", "tau": 1.0})
+    with pytest.raises(ConfigError, match=r"merge\.tau"):
+        parse_merge({"rule": "clipping", "tau": 0})

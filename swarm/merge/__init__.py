@@ -8,6 +8,7 @@ One rule per module, all with the interface of `MergeRule` (`base.py`):
     krum          the candidate closest to its n-f-2 nearest others    n >= 2f+3
     multi_krum    weighted mean of the m best Krum candidates          n >= 2f+3, n >= m+f
     clipping      self-centred clipping with an adaptive radius        n >= 3
+                  (or with a fixed radius tau, for pairwise gossip)    n >= 2
     dos           softmax(-outlier score) weighted mean                n >= 3
 
 n counts the models in one merge, the node's own included; f is the number of Byzantine ones
@@ -28,7 +29,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ..config import TableConfig, get_int, get_optional_int, get_str
+from ..config import TableConfig, get_float, get_int, get_optional_int, get_str
 from ..errors import ConfigError
 from .base import Candidates, MergeRule
 from .clipping import SelfCentredClipping
@@ -50,13 +51,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class MergeSpec(TableConfig):
-    """The `[merge]` table: which rule, the f it tolerates, and multi-Krum's m (None: n - f)."""
+    """The `[merge]` table: which rule, the f it tolerates, multi-Krum's m (None: n - f) and
+    clipping's fixed radius tau (None: adaptive)."""
 
     TABLE: ClassVar[str] = "merge"
 
     rule: str = "mean"
     f: int = 0
     m: int | None = None
+    tau: float | None = None
 
     @staticmethod
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
@@ -69,11 +72,17 @@ class MergeSpec(TableConfig):
                               f"remove f, or choose a rule that does: {', '.join(using_f)}")
         if m is not None and rule != MultiKrum.name:
             raise ConfigError(f"{p}.m: only rule {MultiKrum.name} uses m, got rule = {rule!r}; remove m")
-        return {"rule": rule, "f": f, "m": m}
+        tau = get_float(v, "tau", p, minimum=0.0, min_open=True, example=1.0) if v.get("tau") is not None else None
+        if tau is not None and rule != SelfCentredClipping.name:
+            raise ConfigError(f"{p}.tau: only rule {SelfCentredClipping.name} uses tau, got rule = {rule!r}; remove tau")
+        return {"rule": rule, "f": f, "m": m, "tau": tau}
 
     def build(self) -> MergeRule:
-        options = {} if self.m is None else {"m": self.m}
-        return MERGE_RULES[self.rule](**options)
+        if self.m is not None:
+            return MERGE_RULES[self.rule](m=self.m)
+        if self.tau is not None:
+            return MERGE_RULES[self.rule](tau=self.tau)
+        return MERGE_RULES[self.rule]()
 
     def merge(self, candidates: Candidates) -> dict[str, Tensor]:
         """Merge with this rule and f; candidate 0 is the node's own model."""
@@ -83,11 +92,12 @@ class MergeSpec(TableConfig):
         """e.g. "krum with f = 1", "multi_krum with f = 1, m = 3", "dos"."""
         settings = [f"f = {self.f}"] if MERGE_RULES[self.rule].uses_f else []
         settings += [] if self.m is None else [f"m = {self.m}"]
+        settings += [] if self.tau is None else [f"tau = {self.tau:g}"]
         return self.rule + (f" with {', '.join(settings)}" if settings else "")
 
 
 def parse_merge(table: Mapping[str, Any], where: str = "merge") -> MergeSpec:
-    """A plan's merge table (keys rule, f, m; all optional); ConfigError names the field, the
+    """A plan's merge table (keys rule, f, m, tau; all optional); ConfigError names the field, the
     bad value and the valid choices."""
     return MergeSpec.from_dict(table, where)
 

@@ -13,7 +13,9 @@ model, which is why the rule suits sparse graphs. It needs two neighbours (n >= 
 single one there is no second distance, tau would be that neighbour's own distance and
 nothing would be clipped (the attack study showed a lone Byzantine neighbour in the last
 round then wrecking the node), so a merge with one neighbour keeps the own model instead.
-f is not used. Candidate 0 must be the node's own model: the clipping is centred on it."""
+Pairwise gossip, which merges one neighbour at a time, needs a fixed radius instead: `tau`
+in the plan (in parameter units; e.g. a little above the distance honest neighbours' models
+usually are apart), which works with any n >= 2. f is not used. Candidate 0 must be the node's own model: the clipping is centred on it."""
 
 from __future__ import annotations
 
@@ -30,17 +32,22 @@ def adaptive_radius(distances: Tensor) -> Tensor:
 
 class SelfCentredClipping(MergeRule):
     name = "clipping"
-    requirement = "n >= 3"
     uses_f = False
 
+    def __init__(self, tau: float | None = None) -> None:
+        if tau is not None and not tau > 0:
+            raise ValueError(f"clipping: tau must be > 0, got {tau!r}")
+        self.tau = tau
+        self.requirement = "n >= 3" if tau is None else "n >= 2 with a fixed tau"
+
     def minimum_candidates(self, f: int) -> int:
-        return 3
+        return 3 if self.tau is None else 2
 
     def combine(self, flat: FlatCandidates, f: int) -> Tensor:
         own = flat.vectors[0]
         differences = flat.vectors[1:] - own
         distances = differences.norm(dim=1)
-        radius = adaptive_radius(distances)
+        radius = adaptive_radius(distances) if self.tau is None else torch.tensor(self.tau, dtype=distances.dtype)
         # min(1, tau / ||v||), written so that a zero difference (scale irrelevant) does not divide by 0.
         scales = torch.where(distances > radius, radius / distances.clamp_min(torch.finfo(torch.float64).tiny), 1.0)
         coefficients = flat.weights[1:] / flat.weights.sum() * scales
