@@ -34,6 +34,10 @@ class Limits:
     max_model_bytes: int = 4 * 1024**3
     max_tensors: int = 4096
     max_map_len: int = 64  # the header and bodies are small fixed maps
+    # Elements and containers in the whole header. A header of nothing but empty arrays
+    # turns each byte into a Python object (about 64 bytes held per byte received); a real
+    # one holds at most MAX_ENTRIES entries and max_tensors specs of up to 12 objects each.
+    max_header_objects: int = 2**17
     max_ndim: int = 8
     max_name_chars: int = 256
 
@@ -112,7 +116,23 @@ def _check_frame_sizes(header_bytes: int, tensor_bytes: list[int], limits: Limit
         raise RejectedMessage("model_too_large", f"{sum(tensor_bytes)} > {limits.max_model_bytes}")
 
 
+def _object_budget(limit: int) -> Callable[[Any], Any]:
+    """A list/object hook that counts every container and its elements, and aborts the
+    unpacking once the header holds more than `limit` of them."""
+    left = limit
+
+    def count(container: Any) -> Any:
+        nonlocal left
+        left -= len(container) + 1
+        if left < 0:
+            raise ValueError(f"more than {limit} objects in the header")
+        return container
+
+    return count
+
+
 def _unpack_header(raw: memoryview, limits: Limits) -> Any:
+    budget = _object_budget(limits.max_header_objects)
     try:
         return msgpack.unpackb(
             raw,
@@ -125,6 +145,8 @@ def _unpack_header(raw: memoryview, limits: Limits) -> Any:
             max_array_len=max(limits.max_tensors, MAX_ENTRIES, limits.max_ndim),
             max_map_len=limits.max_map_len,
             max_ext_len=0,
+            list_hook=budget,
+            object_hook=budget,
         )
     # StackError and ExtraData are ValueErrors; deep nesting in the pure-Python fallback
     # raises RecursionError.
