@@ -383,6 +383,15 @@ class Node:
         with self.timer.measure("transfer", self.protocol.activity):
             entries = self.store.entries_after(have, MAX_ENTRIES_PER_REPLY)
             msg = message(tuple(entries))
+            if latest.entry.author != self.store.key.public:
+                # Our latest version was signed with the key a manifest version replaced
+                # (we restarted with new keys): neighbours take entries signed with an earlier
+                # key only with one signed with our current key after them (swarm.log.chain),
+                # so until we publish again there is nothing they could accept.
+                self.dropped["head_under_old_key"] += 1
+                if isinstance(msg, ModelReply):
+                    self._send(peer, encode_message(self.federation, Refusal(msg.req, "head_under_old_key")))
+                return
             try:
                 frames = encode_message(self.federation, msg, latest.flat, self.limits)
             except ValueError as exc:  # e.g. the entries would not fit the header limit

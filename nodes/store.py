@@ -203,8 +203,9 @@ class VersionStore:
         return new, last
 
     def append_peer_entries(self, peer: str, entries: Sequence[SignedEntry]) -> None:
-        for entry in entries:
-            self.peer_logs[peer].append(entry)
+        """Keep what check_peer_entries returned: after a rotation it may start with entries
+        signed with the neighbour's earlier key, vouched for by the new-key entry after them."""
+        self.peer_logs[peer].extend(entries)
 
     def entries_after(self, have: int, limit: int) -> list[bytes]:
         """Our entries after seq `have` (at least the head, so the model always has its entry)."""

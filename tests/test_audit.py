@@ -372,16 +372,21 @@ def test_provenance_of_a_final_model_reaches_every_hospitals_initial_model(sites
     for key, entry in expected.items():
         assert versions[key]["status"] == "ok" and versions[key]["samples"] == entry.body.samples
         assert versions[key]["digest"] == entry.digest.hex()
+    # It reaches the initial models: the versions without parents, each a hospital's first
+    # (a first version may itself merge a neighbour's first one, if that came earlier).
+    roots = [key for key, v in versions.items() if v["parents"] == []]
+    assert roots and all(seq == 1 for _, seq in roots)
+    assert all(versions[(name, 1)]["parents"] == [] or all(p["seq"] == 1 for p in versions[(name, 1)]["parents"]) for name in NAMES)
     for name in NAMES:
-        assert versions[(name, 1)]["parents"] == []  # an initial model
         mine = [entry for (author, _), entry in expected.items() if author == name]
         share = provenance["contributions"][name]
         assert share["versions"] == len(mine) and share["samples"] == sum(e.body.samples for e in mine)
     assert (provenance["versions"][0]["author"], provenance["versions"][0]["seq"]) == ("hospital-a", ROUNDS)
     text = run_audit_cli(sites["hospital-a"].root.parent, "--model", expected[("hospital-a", ROUNDS)].digest.hex()[:10])
     assert text.exit_code == 0 and f"provenance of hospital-a#{ROUNDS} (model" in text.stdout
-    [first_of_b] = [line for line in text.stdout.splitlines() if line.startswith("  hospital-b#1 ")]
-    assert first_of_b.endswith("<- initial model")
+    author, seq = roots[0]
+    [root_line] = [line for line in text.stdout.splitlines() if line.startswith(f"  {author}#{seq} ")]
+    assert root_line.endswith("<- initial model")
 
 
 def test_provenance_marks_ancestors_no_given_log_holds(sites: dict[str, SiteDir]) -> None:

@@ -1,12 +1,14 @@
 """A live key rotation with real `swarm-node run` processes over loopback TCP and CurveZMQ:
 hospital-b gets new signing and transport keys (README, "Changing the federation") while
 the federation trains. b stops when it adopts the version that changes its own card, comes
-back with the new keys, and its neighbours take its log on under the new key."""
+back with the new keys, and its neighbours take its log on under the new key: c, made to
+lag behind, through the reply that mixes b's last old-key entries with its first new-key one."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from scenarios.config import ScenarioConfig
 from scenarios.federation import create_federation
 from swarm.identity import load_site_keys
 from swarm.log import open_entry, read_records
+from swarm.manifest import load_manifest
 from tests.conftest import write_scenario
 from tests.test_processes import ENV, log_entries, swarm_node
 
@@ -26,13 +29,16 @@ pytestmark = pytest.mark.slow
 ROUNDS = 30
 ROUND_INTERVAL = 0.4  # slow enough that the rotation happens with most rounds to go
 ROTATED = "hospital-b"
+LAGGING = "hospital-c"
 HALT_LINE = "manifest version 2 changes this site's own keys or endpoint: stopping"
 
 
 def federation_of_three(tmp_path: Path):
-    """The conftest's small scenario, complete topology, with a slower round timer."""
+    """The conftest's small scenario, complete topology, with a slower round timer and a
+    shorter wait for a silent neighbour."""
     scenario = write_scenario(tmp_path, nodes=3, rounds=ROUNDS, topology="complete")
-    scenario.write_text(scenario.read_text().replace("round_interval = 0.05", f"round_interval = {ROUND_INTERVAL}"))
+    text = scenario.read_text().replace("round_interval = 0.05", f"round_interval = {ROUND_INTERVAL}")
+    scenario.write_text(text.replace("poll_timeout = 2.0", "poll_timeout = 1.0"))  # rounds go on soon while c stalls
     return create_federation(ScenarioConfig.load(scenario), tmp_path / "run")
 
 
@@ -41,7 +47,10 @@ def start(site: Path) -> subprocess.Popen:
 
 
 def peer_copy(site: Path, peer: str) -> list:
-    envelopes, torn = read_records(site / "peers" / f"{peer}.log")
+    path = site / "peers" / f"{peer}.log"
+    if not path.exists():
+        return []
+    envelopes, torn = read_records(path)
     assert not torn
     return [open_entry(e) for e in envelopes]
 
@@ -67,18 +76,27 @@ def test_a_live_key_rotation_keeps_the_federation_training_under_the_new_keys(tm
         new_key = load_site_keys(new_keys / "keys").signing.public
         v2 = tmp_path / "manifest-v2.json"
         cli("federation", "propose", "--from", federation.manifest_path, "--rotate", new_keys / "member.json", "--out", v2)
+        card = load_manifest(v2).manifest.member(ROTATED)
+        assert card.signing_key == new_key and card.transport_key != federation.manifest.member(ROTATED).transport_key
         cli("federation", "sign", v2, "--site", new_keys)
         assert "with its old key of version 1" in cli("federation", "sign", v2, "--site", b_site)
         assert "enough signatures" in cli("federation", "sign", v2, "--site", sites["hospital-a"])
-        # ... and installed at every site while the nodes train (b last: it hears of it from a or c first).
         deadline = time.monotonic() + 60
         while min(len(log_entries(site)) for site in sites.values()) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert min(len(log_entries(site)) for site in sites.values()) >= 3, "the nodes did not start training"
-        for name in ("hospital-a", "hospital-c", ROTATED):
-            cli("federation", "install", v2, "--site", sites[name])
+        # c stalls (SIGSTOP) while b publishes two more versions, so that c's copy of b's log
+        # lags behind: when b is back, c's first pull from it is the reply that mixes b's last
+        # old-key entries with its first new-key one.
+        processes[LAGGING].send_signal(signal.SIGSTOP)
+        stalled_at = len(log_entries(b_site))
+        deadline = time.monotonic() + 30
+        while len(log_entries(b_site)) < stalled_at + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # ... and installed at every site while the nodes run: at a first, which tells b.
+        cli("federation", "install", v2, "--site", sites["hospital-a"])
 
-        # b stops on its own once it adopts version 2 (from disk or from a neighbour).
+        # b stops on its own once it adopts version 2.
         stdout, _ = processes[ROTATED].communicate(timeout=60)
         assert processes[ROTATED].returncode == 0 and stdout.startswith("stopped at version")
         assert HALT_LINE in (b_site / "node.log").read_text()
@@ -86,8 +104,12 @@ def test_a_live_key_rotation_keeps_the_federation_training_under_the_new_keys(tm
         assert status["state"] == "stopped" and status["halted"] == "own_card_changed"
         before = log_entries(b_site)
         assert {e.author for e in before} == {old_key}
-        assert len(before) < ROUNDS - 5, "b should be rotated with rounds to go"
-        assert all(process.poll() is None for process in processes.values() if process is not processes[ROTATED]), "a and c should still be training"
+        assert len(before) < ROUNDS - 8, "b should be rotated with rounds to go"
+        assert len(peer_copy(sites[LAGGING], ROTATED)) <= stalled_at < len(before) - 1, "c's copy of b's log should lag behind"
+        processes[LAGGING].send_signal(signal.SIGCONT)
+        assert all(processes[name].poll() is None for name in ("hospital-a", LAGGING)), "a and c should still be training"
+        for name in (LAGGING, ROTATED):
+            cli("federation", "install", v2, "--site", sites[name])
 
         # The new keys into b's site, and b starts again.
         for path in (new_keys / "keys").iterdir():
@@ -118,7 +140,13 @@ def test_a_live_key_rotation_keeps_the_federation_training_under_the_new_keys(tm
         assert max(merged) > rotation, f"{name} merged no version b signed with its new key"
         status = json.loads((site / "status.json").read_text())
         assert status["state"] == "finished" and status["manifest_version"] == 2
-        assert status["rejected"].get("revoked_key", 0) == 0 and status["rejected"].get("author_mismatch", 0) == 0, status["rejected"]
+        # Nothing of b's was refused, except at most one reply b sent with its old key just
+        # before it heard of version 2 and arrived after this node adopted it (revoked_key).
+        # While c stalled past the 5 s heartbeat timeout, its neighbours reconnected; what was
+        # still queued on the stale connections comes with a ZeroMQ-made id (bad_sender_id).
+        rejected = status["rejected"]
+        assert rejected.get("revoked_key", 0) <= 1 and "author_mismatch" not in rejected, rejected
+        assert set(rejected) <= {"revoked_key", *(["bad_sender_id"] if name == LAGGING else [])}, rejected
     assert json.loads((b_site / "status.json").read_text())["state"] == "finished"
 
     out = tmp_path / "run"

@@ -17,7 +17,8 @@ from swarm.codec import decode_message, encode_message
 from swarm.identity import SigningKey, load_site_keys
 from swarm.manifest import SignedManifest, load_manifest, save_manifest
 from swarm.manifest_chain import propose
-from swarm.messages import ManifestUpdate, VersionReply
+from swarm.log import UpdateLog
+from swarm.messages import ManifestUpdate, ModelRequest, Refusal, VersionReply
 from swarm.transport import InMemoryNetwork, Received
 from tests.conftest import join
 from tests.test_node_verification import b_model, entry, reply
@@ -210,3 +211,48 @@ def test_after_a_signing_key_rotation_the_old_key_is_refused_and_the_new_one_con
     node._on_received(reply(fed, pull_from_b(node, fed, 2), [second], flat))
     assert node.store.peer_logs["hospital-b"].head.envelope == second.envelope and node.rejections.counts["revoked_key"] == 1
     assert node.names[new_key.public] == node.names[old_key.public] == "hospital-b"
+
+
+def test_a_reply_with_old_key_entries_then_a_new_key_one_is_kept_whole(node_a):
+    """A neighbour that missed b's last entries under its old key gets them, after the
+    rotation, in the same reply as b's first new-key entry, which vouches for them."""
+    from swarm.manifest import Member
+
+    node, federation, _ = node_a
+    fed = federation.manifest.federation_id
+    old_key, new_key = load_site_keys(federation.sites["hospital-b"] / "keys").signing, SigningKey.generate()
+    flat = b_model(node)
+    first = entry(fed, old_key, flat)
+    node._on_received(reply(fed, pull_from_b(node, fed, 1), [first], flat))
+    node.job.result()
+    node._finish_round()
+    card = federation.manifest.member("hospital-b")
+    v2 = signed_version(federation, federation.manifest, ["hospital-a", "hospital-c"], rotate=[Member(card.name, new_key.public, card.transport_key, card.endpoint)])
+    v2.sign("hospital-b", new_key, federation.manifest)
+    node._on_received(Received("hospital-c", encode_message(fed, update_message(v2))))
+    second = entry(fed, old_key, flat, seq=2, prev=first.hash)  # published before b stopped; a never pulled it
+    third = entry(fed, new_key, flat, seq=3, prev=second.hash)
+    node._on_received(reply(fed, pull_from_b(node, fed, 3), [second, third], flat))
+    assert sum(node.rejections.counts.values()) == 0 and [s.entry.seq for s in node.job_pulled] == [3]  # merging it
+    node.job.result()
+    peer_log = node.store.peer_logs["hospital-b"]
+    assert [e.envelope for e in peer_log.entries] == [first.envelope, second.envelope, third.envelope]
+    peer_log.close()  # what was written opens again with b's key history
+    reopened = UpdateLog.open(peer_log.path, fed, new_key.public, earlier_keys=(old_key.public,))
+    assert [e.seq for e in reopened.entries] == [1, 2, 3]
+    reopened.close()
+
+
+def test_a_node_restarted_with_new_keys_refuses_to_send_its_old_key_head(node_a):
+    """Until it publishes under its new key, what it holds is signed with the replaced key,
+    which its neighbours refuse (revoked_key): it says so instead of sending it."""
+    node, federation, inboxes = node_a
+    fed = federation.manifest.federation_id
+    flat = b_model(node)
+    node._on_received(reply(fed, pull_from_b(node, fed, 1), [entry(fed, load_site_keys(federation.sites["hospital-b"] / "keys").signing, flat)], flat))
+    node.job.result()
+    node._finish_round()
+    sent_to(inboxes["hospital-b"], fed)
+    node.store.key = SigningKey.generate()  # as after a restart with the keys of a rotation
+    node._execute(node.protocol.receive("hospital-b", ModelRequest(7, 0), 0.0))
+    assert sent_to(inboxes["hospital-b"], fed) == [Refusal(7, "head_under_old_key")] and node.dropped["head_under_old_key"] == 1

@@ -268,6 +268,33 @@ def test_a_members_log_goes_on_under_its_rotated_key_and_not_back(tmp_path):
         verify_extension(e3, [entry(old, 4, e3.hash).envelope, entry(new, 5, e3.hash).envelope], fed, new.public, earlier_keys=(old.public,))
 
 
+def test_a_peer_log_takes_old_key_entries_only_with_a_new_key_entry_after_them(tmp_path):
+    from swarm.errors import LogError
+    from swarm.log import EntryBody, UpdateLog, sign_entry
+
+    fed, old, new = b"\x07" * 32, SigningKey.generate(), SigningKey.generate()
+
+    def entry(key, seq, prev):
+        return sign_entry(EntryBody(fed, key.public, seq, prev, "update", b"\x01" * 32, 1, (), seq, {}, 0.0), key)
+
+    e1 = entry(old, 1, bytes(32))
+    e2 = entry(old, 2, e1.hash)
+    e3 = entry(new, 3, e2.hash)
+    with UpdateLog.open(tmp_path / "b.log", fed, old.public) as log:
+        log.append(e1)
+        log.rotate_to(new.public)  # our copy of b's log, when we adopt b's new key
+        with pytest.raises(LogError, match="revoked_key"):
+            log.extend([e2])  # nothing signed with the new key vouches for it
+        with pytest.raises(LogError, match="author_mismatch"):
+            log.append(e2)
+        log.extend([e2, e3])
+        with pytest.raises(LogError, match="author_mismatch"):  # no going back to the old key
+            log.extend([entry(old, 4, e3.hash), entry(new, 5, e3.hash)])
+        assert [e.seq for e in log.entries] == [1, 2, 3]
+    with UpdateLog.open(tmp_path / "b.log", fed, new.public, earlier_keys=(old.public,)) as log:
+        assert [e.envelope for e in log.entries] == [e1.envelope, e2.envelope, e3.envelope]
+
+
 def test_what_a_running_node_applies_at_once_and_what_at_its_next_start(genesis):
     from nodes.manifest_sync import version_change
 

@@ -10,7 +10,7 @@ written over time may hold each key in turn (verify_history)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import LogError
 from .entry import ZERO_HASH, SignedEntry, open_entry
@@ -66,21 +66,8 @@ def verify_extension(head: SignedEntry | None, envelopes: Sequence[bytes],
     keys = (*earlier_keys, author)
     if head is not None and (head.author not in keys or head.federation != federation):
         raise LogError("author_mismatch", "the head is not this author's in this federation")
-    out: list[SignedEntry] = []
-    prev = head
-    for i, envelope in enumerate(envelopes):
-        where = f"{location} entry {i + 1}" if location else f"extension entry {i + 1} of {len(envelopes)}"
-        try:
-            entry = open_entry(envelope)
-            if entry.author not in keys:
-                raise LogError("author_mismatch", "entry is not signed by the expected author")
-            if entry.federation != federation:
-                raise LogError("wrong_federation", "entry is for a different federation")
-            check_successor(prev, entry, keys)
-        except LogError as exc:
-            raise _located(exc, where) from None
-        out.append(entry)
-        prev = entry
+    out = _check_chain(head, envelopes, federation, keys,
+                       lambda i: f"{location} entry {i + 1}" if location else f"extension entry {i + 1} of {len(envelopes)}")
     if out and out[-1].author != author:
         raise LogError("revoked_key", "the last entry is signed with a key the author no longer has; "
                        "only its current key can vouch for older entries", location or "")
@@ -91,8 +78,12 @@ def verify_history(envelopes: Sequence[bytes], federation: bytes, keys: Sequence
                    location: str) -> list[SignedEntry]:
     """Open and check a whole chain read from a file: signed with the keys of `keys` (the
     author's key history, oldest first), each in turn."""
+    return _check_chain(None, envelopes, federation, tuple(keys), lambda i: f"{location} entry {i + 1}")
+
+
+def _check_chain(prev: SignedEntry | None, envelopes: Sequence[bytes], federation: bytes,
+                 keys: tuple[bytes, ...], where: Callable[[int], str]) -> list[SignedEntry]:
     out: list[SignedEntry] = []
-    prev = None
     for i, envelope in enumerate(envelopes):
         try:
             entry = open_entry(envelope)
@@ -102,7 +93,7 @@ def verify_history(envelopes: Sequence[bytes], federation: bytes, keys: Sequence
                 raise LogError("wrong_federation", "entry is for a different federation")
             check_successor(prev, entry, keys)
         except LogError as exc:
-            raise _located(exc, f"{location} entry {i + 1}") from None
+            raise _located(exc, where(i)) from None
         out.append(entry)
         prev = entry
     return out

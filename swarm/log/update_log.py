@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..atomic import fsync_dir
@@ -123,6 +124,33 @@ class UpdateLog:
                 raise _located(exc, f"{self.path} append seq {entry.seq}") from None
             self._write(fd, encode_record(entry.envelope))
             self._entries.append(entry)
+
+    def extend(self, entries: Sequence[SignedEntry]) -> None:
+        """Append a neighbour's entries, as verify_extension took them, durably and in one
+        write. Across a key rotation the first of them may be signed with an earlier key of
+        the author's history, as long as the last one is signed with the current key (only
+        that key vouches for older entries; `append` takes current-key entries only)."""
+        with self._lock:
+            fd = self._writable_fd()
+            opened = [open_entry(entry.envelope) for entry in entries]
+            if not opened:
+                return
+            if opened[-1].author != self.author:
+                raise LogError("revoked_key", "the last entry is not signed with the author's current key",
+                               str(self.path))
+            prev = self.head
+            for entry in opened:
+                if entry.author not in self.keys:
+                    raise LogError("author_mismatch", "entry is not by this log's author", str(self.path))
+                if entry.federation != self.federation:
+                    raise LogError("wrong_federation", "entry is for a different federation", str(self.path))
+                try:
+                    check_successor(prev, entry, self.keys)
+                except LogError as exc:
+                    raise _located(exc, f"{self.path} append seq {entry.seq}") from None
+                prev = entry
+            self._write(fd, b"".join(encode_record(entry.envelope) for entry in opened))
+            self._entries.extend(opened)
 
     def _writable_fd(self) -> int:
         if self._fd is None:
