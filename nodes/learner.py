@@ -108,7 +108,8 @@ class Learner:
                 self.model.load_state_dict(merged, strict=not self.local_names)
         timings["merge"] = time.perf_counter() - started
         started = time.perf_counter()
-        reference = self.shared_state() if self.attack else None
+        # A copy: state_dict() tensors are the parameters themselves, which training changes.
+        reference = {k: v.detach().clone() for k, v in self.shared_state().items()} if self.attack else None
         seed = derive_seed(self.task.init_seed, "train", self.name, round_no)
         if self.attack is None or self.attack.trains:
             train_stats = train_local(self.model, self.data, self.task.training, seed, privacy=self.privacy)

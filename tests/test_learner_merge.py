@@ -78,3 +78,17 @@ def test_gossip_learning_merges_pairwise_so_only_a_fixed_radius_clipping_fits():
     with pytest.raises(ConfigError, match=r"clipping needs at least 3 models per merge.*\(gossip\) merges at most 2"):
         build_plan(names, 3, *args, merge={"rule": "clipping"})
     assert build_plan(names, 3, *args, merge={"rule": "clipping", "tau": 1.0})["merge"] == {"rule": "clipping", "tau": 1.0}
+
+
+def test_scaled_replacement_boosts_the_update_from_the_model_before_training(monkeypatch):
+    def one_step(model, data, config, seed, privacy=None):  # training moves every weight by +1
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        return {"loss": 0.0}
+
+    monkeypatch.setattr(learner_module, "train_local", one_step)
+    learner = make(attack={"kind": "scaled_replacement", "boost": 5.0})
+    learner.load(filled(learner, 2.0))
+    out = published(learner, [])
+    assert all(torch.allclose(t, torch.full_like(t, 2.0 + 5.0 * 1.0)) for t in out.values())
