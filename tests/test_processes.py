@@ -173,7 +173,15 @@ def _attack_node_a(federation, insecure: bool, curve_key_of_a: bytes | None = No
             time.sleep(0.05)  # written once the node listens
         for payload in GARBAGE:
             for sock in sockets:
-                sock.send_multipart(payload)
+                if insecure:
+                    sock.send_multipart(payload)
+                    continue
+                # A refused CURVE handshake leaves the DEALER without a pipe until it
+                # reconnects, and a blocking send would then wait forever.
+                try:
+                    sock.send_multipart(payload, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
         sockets[1].close()  # lingers until sent; the real hospital-b then reconnects and the run goes on
         for process in processes:
             assert process.wait(120) == 0
