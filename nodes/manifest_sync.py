@@ -97,6 +97,7 @@ class ManifestSync:
         self._last_disk_check = -1e18
         _, self._disk_stamp = history.changed_since(None)
         self._refused: set[bytes] = set()  # digests of manifests already refused as equivocation
+        self._adopted = len(history.versions)  # versions the node has been told to adopt
 
     @property
     def current(self) -> SignedManifest:
@@ -109,7 +110,16 @@ class ManifestSync:
             return []
         self._last_disk_check = now
         changed, self._disk_stamp = self.history.changed_since(self._disk_stamp)
-        return self.history.read_new() if changed else []
+        if changed:
+            self.history.read_new()
+        return self._fresh()
+
+    def _fresh(self) -> list[SignedManifest]:
+        """Versions the history gained since the node last adopted, however they came: from
+        disk, from a peer, or read from disk while a peer's version was being added."""
+        fresh = self.history.versions[self._adopted :]
+        self._adopted = len(self.history.versions)
+        return fresh
 
     def announce_due(self) -> bool:
         """Time to send the current version to every neighbour again."""
@@ -143,10 +153,10 @@ class ManifestSync:
             self.history.add(signed)
         except ManifestEquivocation as exc:
             self._refused.add(manifest.digest)
-            return SyncResult(equivocation=exc)
+            return SyncResult(equivocation=exc, adopted=self._fresh())
         except ManifestError as exc:
-            return SyncResult(rejected=("bad_manifest", str(exc)))
-        return SyncResult(adopted=[signed])
+            return SyncResult(rejected=("bad_manifest", str(exc)), adopted=self._fresh())
+        return SyncResult(adopted=self._fresh())
 
     def _reply(self, peer: str, versions: list[SignedManifest]) -> list[SignedManifest]:
         now = self.clock()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic
-from .errors import ConfigError, ManifestError
+from .errors import ConfigError, ManifestError, brief
 from .identity import SigningKey, parse_public_key_hex, public_key_hex, verify_signature
 from .schedule import parse_graphs
 from .topology import check_neighbour_lists
@@ -153,11 +153,24 @@ def build_manifest(
 
 
 def parse_manifest(raw: bytes) -> Manifest:
+    """The manifest in `raw`; ManifestError for anything wrong with it. A neighbour's
+    `manifest` message lands here, so no other exception may escape."""
+    try:
+        return _parse_manifest(raw)
+    except ManifestError:
+        raise
+    except Exception as exc:  # e.g. a TypeError deep in a hand-made plan section
+        raise ManifestError(f"manifest: malformed ({type(exc).__name__}: {brief(exc)})") from None
+
+
+def _parse_manifest(raw: bytes) -> Manifest:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"manifest: larger than {MAX_MANIFEST_BYTES} bytes")
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # a neighbour may send "[[[[..."
+    # A neighbour may send "[[[[..." (RecursionError) or an int of more than 4300 digits
+    # (a plain ValueError); JSONDecodeError and UnicodeDecodeError are ValueErrors too.
+    except (ValueError, RecursionError) as exc:
         raise ManifestError(f"manifest: not valid JSON ({exc}); recreate it with `swarm-node federation create`") from None
     if not isinstance(document, dict) or document.get("format") != MANIFEST_FORMAT:
         raise ManifestError(f"manifest.format: expected {MANIFEST_FORMAT!r}; is this a swarm federation manifest?")

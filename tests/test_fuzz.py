@@ -798,3 +798,16 @@ def test_a_crash_is_saved_and_fails_the_fuzz_command(tmp_path: Path, monkeypatch
     saved = sorted(crashes.iterdir())
     assert saved and all(d.name.startswith("decode-") for d in saved)
     assert "IndexError: a decoder bug" in (saved[0] / "error.txt").read_text() and list(saved[0].glob("part-*.bin"))
+
+
+def test_a_neighbours_manifest_never_raises_anything_but_manifest_error(small_federation) -> None:
+    # Found in review: an int of more than 4300 digits makes json.loads raise a plain
+    # ValueError, and a schedule whose member list mixes types made sorted() raise TypeError;
+    # either, in a `manifest` message, would have stopped the node.
+    _, federation = small_federation(nodes=3, rounds=2)
+    with pytest.raises(ManifestError):
+        parse_manifest(b'{"format": ' + b"1" * 5000 + b"}")
+    document = json.loads(federation.manifest.raw)
+    document["plan"]["schedule"] = {"members": [1, "a"], "directed": True, "graphs": [[]]}
+    with pytest.raises(ManifestError):
+        parse_manifest(json.dumps(document).encode())

@@ -256,3 +256,19 @@ def test_a_node_restarted_with_new_keys_refuses_to_send_its_old_key_head(node_a)
     node.store.key = SigningKey.generate()  # as after a restart with the keys of a rotation
     node._execute(node.protocol.receive("hospital-b", ModelRequest(7, 0), 0.0))
     assert sent_to(inboxes["hospital-b"], fed) == [Refusal(7, "head_under_old_key")] and node.dropped["head_under_old_key"] == 1
+
+
+def test_a_version_read_from_disk_while_a_peers_version_is_refused_is_still_adopted(node_a, tmp_path):
+    # Found in review: v2 (removing b) installed in the site, then, before the node's next
+    # look at the directory, b sends a bad version 2. Adding b's version reads v2 from disk
+    # first; the node must adopt it, not lose it and go on under v1 with b a member.
+    node, federation, _ = node_a
+    fed = federation.manifest.federation_id
+    v2 = signed_version(federation, federation.manifest, ["hospital-a", "hospital-c"], remove=["hospital-b"])
+    save_manifest(tmp_path / "v2.json", v2)
+    install_manifest(tmp_path / "v2.json", federation.sites["hospital-a"])
+    forged = signed_version(federation, federation.manifest, ["hospital-b"], threshold=3)  # 1 of the 2 needed
+    node._on_received(Received("hospital-b", encode_message(fed, update_message(forged))))
+    assert node.manifest.version == 2 and node.transport.links == {"hospital-c": v2.manifest.member("hospital-c").endpoint}
+    node._follow_manifests()
+    assert node.manifest.version == 2
