@@ -103,9 +103,18 @@ def test_multi_krum_averages_the_m_best_by_their_weights():
     candidates = models(*KRUM_POINTS, weights=[1, 2, 3, 4, 5])
     # m = 3: candidates 1, 0, 2 (scores 2, 5, 5): (0*1 + 1*2 + 2*3) / (1 + 2 + 3)
     assert close(merged_x(MultiKrum(m=3), candidates, f=1), [8 / 6])
-    # m defaults to n - f = 4: candidate 3 joins, the outlier never does: (2 + 6 + 16) / 10
-    assert close(merged_x(MultiKrum(), candidates, f=1), [2.4])
+    # m defaults to n - f = 4: candidate 3 joins with its weight 4 capped at the median 3,
+    # the outlier never does: (0*1 + 1*2 + 2*3 + 4*3) / (1 + 2 + 3 + 3)
+    assert close(merged_x(MultiKrum(), candidates, f=1), [20 / 9])
     assert close(merged_x(Mean(), candidates), [524 / 15], tol=1e-5)
+
+
+def test_claimed_weights_cannot_buy_a_candidate_the_merge():
+    # A chosen candidate (or a clipped neighbour) claiming 10^18 samples counts as the median.
+    candidates = models(*KRUM_POINTS, weights=[1, 1, 1e18, 1, 1])
+    assert close(merged_x(MultiKrum(m=3), candidates, f=1), [1.0])  # (0 + 1 + 2) / 3
+    clipped = SelfCentredClipping().merge(models([0.0], [1.0], [2.0], [100.0], weights=[1, 1, 1, 1e18]))
+    assert close(clipped["x"], [1.25])  # 0 + (1 + 2 + 2) / 4, as with equal weights
 
 
 def test_multi_krum_refuses_when_the_chosen_have_no_weight():

@@ -112,6 +112,13 @@ def check_f(f: int, who: str) -> int:
     return f
 
 
+def capped_weights(weights: Tensor) -> Tensor:
+    """The weights, none above their median. Weights are sample counts or ages that the
+    candidates claim themselves: uncapped, one Byzantine candidate claiming 10^18 samples
+    would be the whole merge of any rule that weights by them."""
+    return weights.clamp(max=float(weights.median()))
+
+
 def pairwise_distances(vectors: Tensor) -> Tensor:
     """(n, n) Euclidean distances between rows, exactly 0 on the diagonal."""
     # Summing the differences directly, not by the |a|^2 + |b|^2 - 2ab expansion, which

@@ -5,7 +5,8 @@ A node moves from its own model towards each neighbour's, but by at most a radiu
 
     x_own + sum_j w_j * clip(x_j - x_own, tau),   clip(v, tau) = v * min(1, tau / ||v||)
 
-with the weights normalised over all candidates (the own model's term is zero). The radius
+with the weights, capped at their median (they are claimed by the candidates), normalised
+over all candidates (the own model's term is zero). The radius
 adapts each merge: the second-largest neighbour distance ||x_j - x_own||, so the farthest
 neighbour is pulled in to the distance of the next one and the others pass unchanged. A
 Byzantine neighbour can move the node by at most w_j * tau, however far away it sends its
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import FlatCandidates, MergeRule
+from .base import FlatCandidates, MergeRule, capped_weights
 
 
 def adaptive_radius(distances: Tensor) -> Tensor:
@@ -50,5 +51,6 @@ class SelfCentredClipping(MergeRule):
         radius = adaptive_radius(distances) if self.tau is None else torch.tensor(self.tau, dtype=distances.dtype)
         # min(1, tau / ||v||), written so that a zero difference (scale irrelevant) does not divide by 0.
         scales = torch.where(distances > radius, radius / distances.clamp_min(torch.finfo(torch.float64).tiny), 1.0)
-        coefficients = flat.weights[1:] / flat.weights.sum() * scales
+        weights = capped_weights(flat.weights)
+        coefficients = weights[1:] / weights.sum() * scales
         return own + coefficients @ differences

@@ -4,7 +4,8 @@ Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017).
 Each candidate is scored by the sum of squared Euclidean distances to its n - f - 2 nearest
 other candidates: a model surrounded by others scores low, an outlier high. Krum returns the
 candidate with the lowest score; multi-Krum averages the m lowest-scoring ones, weighted by
-their given weights (m defaults to n - f, at most n - f). Ties go to the lower index, so to
+their given weights capped at the median weight (claimed sample counts cannot buy a
+candidate the merge; m defaults to n - f, at most n - f). Ties go to the lower index, so to
 the node's own model first. The analysis needs n >= 2f+3; the distances are taken over all
 floating tensors of a model at once."""
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import FlatCandidates, MergeRule, pairwise_distances
+from .base import FlatCandidates, MergeRule, capped_weights, pairwise_distances
 
 
 def krum_scores(vectors: Tensor, f: int) -> Tensor:
@@ -61,7 +62,7 @@ class MultiKrum(MergeRule):
     def combine(self, flat: FlatCandidates, f: int) -> Tensor:
         m = flat.count - f if self.m is None else self.m
         chosen = krum_ranking(flat.vectors, f)[:m]
-        weights = flat.weights[chosen]
+        weights = capped_weights(flat.weights)[chosen]
         total = weights.sum()
         if not total > 0:
             raise ValueError(f"multi_krum: the {m} candidates chosen ({chosen.tolist()}) all have weight 0")
