@@ -56,6 +56,7 @@ class RoundResult:
     local_flat: FlatModel | None  # the tensors that stay at this site, if any
     metrics: dict[str, float]
     timings: dict[str, float]  # seconds spent merging, training, evaluating, hashing
+    merge_skipped: bool = False  # the pulled models were not merged (too few for the rule)
 
 
 class Learner:
@@ -137,5 +138,5 @@ class Learner:
             metrics["merge_skipped"] = 1.0
         if "epsilon" in train_stats:
             metrics["epsilon"] = float(train_stats["epsilon"])
-        return RoundResult(round_no, flat, digest, local_flat, metrics, timings)
+        return RoundResult(round_no, flat, digest, local_flat, metrics, timings, merge_skipped)
 

@@ -419,6 +419,8 @@ class Node:
         with self.timer.measure("publish", self.protocol.activity):
             previous = self.store.latest
             parents = [ParentRef(previous.entry.body.author, previous.entry.seq, previous.entry.body.digest)] if previous else []
+            if result.merge_skipped:  # too few models for the merge rule: none was used
+                self.job_pulled = []
             parents += [ParentRef(s.entry.body.author, s.entry.seq, s.entry.body.digest) for s in self.job_pulled]
             metrics = result.metrics | self.job_signed
             published = self.store.publish(result.round, result.flat, result.digest, self.learner.samples, parents, metrics, result.local_flat)
