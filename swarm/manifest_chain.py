@@ -131,12 +131,33 @@ def check_next_version(previous: Manifest, signed: SignedManifest) -> Approval:
     return result
 
 
+def check_keys_not_reused(earlier: Sequence[Manifest], manifest: Manifest) -> None:
+    """A signing key that some version replaced never comes back, for its member or any
+    other: a member's log may only move forward through its keys (swarm.log.chain), and an
+    old key may be in someone else's hands."""
+    current = {m.signing_key: m.name for m in manifest.members}
+    for version in earlier:
+        for member in version.members:
+            now = current.get(member.signing_key)
+            if now is None:
+                continue
+            if now != member.name or key_history([*earlier, manifest], member.name)[-1] != member.signing_key:
+                raise ManifestError(
+                    f"manifest.members: {now}'s signing key was {member.name}'s in version {version.version} and later replaced; "
+                    "a replaced key never comes back: create new keys with `swarm-node init`"
+                )
+
+
 def verify_chain(versions: Sequence[SignedManifest]) -> list[Approval]:
     """Check versions 1..N in order: the genesis rule for 1, the rotation rule for each next."""
     if not versions or versions[0].manifest.version != 1:
         raise ManifestError("manifest history: must start at version 1, the genesis manifest; pass it with --history")
     versions[0].verify()
-    return [check_next_version(a.manifest, b) for a, b in zip(versions, versions[1:])]
+    approvals = []
+    for index in range(1, len(versions)):
+        check_keys_not_reused([v.manifest for v in versions[:index]], versions[index].manifest)
+        approvals.append(check_next_version(versions[index - 1].manifest, versions[index]))
+    return approvals
 
 
 def key_history(versions: Sequence[Manifest], name: str) -> tuple[bytes, ...]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from .atomic import write_atomic
 from .errors import ManifestError, SwarmError
 from .manifest import Manifest, SignedManifest, load_manifest, save_manifest, signatures_document, signatures_path
-from .manifest_chain import approval, check_next_version
+from .manifest_chain import approval, check_keys_not_reused, check_next_version
 
 log = logging.getLogger("swarm.manifest")
 
@@ -106,13 +106,17 @@ class ManifestHistory:
         while (path := self.path(len(self.versions) + 1)).exists():
             try:
                 signed = load_manifest(path)
-                check_next_version(self.current.manifest, signed)
+                self._check_next(signed)
             except ManifestError as exc:
                 log.warning("%s: not a valid next version, ignored: %s", path, exc)
                 break
             self.versions.append(signed)
             found.append(signed)
         return found
+
+    def _check_next(self, signed: SignedManifest) -> None:
+        check_keys_not_reused([v.manifest for v in self.versions], signed.manifest)
+        check_next_version(self.current.manifest, signed)
 
     def add(self, signed: SignedManifest) -> bool:
         """Add the next version after checking it; False when it is held already. Raises
@@ -126,7 +130,7 @@ class ManifestHistory:
                 if held.manifest.raw == signed.manifest.raw:
                     return False
                 raise self._conflict(held, signed)
-            check_next_version(self.current.manifest, signed)  # also names a gap or a foreign federation
+            self._check_next(signed)  # also names a gap or a foreign federation
             path = self.path(number)
             write_atomic(signatures_path(path), signatures_document(signed))
             write_atomic(path, signed.manifest.raw)

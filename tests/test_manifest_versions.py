@@ -13,7 +13,7 @@ import zmq
 from swarm.errors import ManifestError
 from swarm.identity import SigningKey
 from swarm.manifest import Member, SignedManifest, build_manifest, load_manifest, parse_manifest, save_manifest, signatures_path
-from swarm.manifest_chain import approval, check_next_version, key_history, propose, verify_chain
+from swarm.manifest_chain import approval, check_keys_not_reused, check_next_version, key_history, propose, verify_chain
 from swarm.manifest_history import ManifestEquivocation, ManifestHistory
 
 
@@ -311,3 +311,19 @@ def test_what_a_running_node_applies_at_once_and_what_at_its_next_start(genesis)
     assert rotation.rotated == ("hospital-b",) and rotation.halt is None and rotation.later == ()
     plan = json.loads(v1.raw)["plan"] | {"rounds": 9}
     assert version_change(v1, propose(v1, plan=plan), "hospital-a").later == ("a new training plan (rounds): this run keeps its plan; the new one applies from the next start",)
+
+
+def test_a_replaced_signing_key_never_comes_back(genesis):
+    # Found in review: rotating b A -> B -> A made b's own log refuse its next entry (keys
+    # may only move forward), and an old key may be in someone else's hands.
+    signed, keys = genesis
+    old_card = signed.manifest.member("hospital-b")
+    new_card, _ = member("hospital-b", 7001)
+    v2 = propose(signed.manifest, rotate=[new_card])
+    back = propose(v2, rotate=[old_card])
+    with pytest.raises(ManifestError, match="hospital-b's signing key was hospital-b's in version 1 and later replaced"):
+        check_keys_not_reused([signed.manifest, v2], back)
+    stolen = propose(v2, rotate=[Member("hospital-c", old_card.signing_key, signed.manifest.member("hospital-c").transport_key, signed.manifest.member("hospital-c").endpoint)])
+    with pytest.raises(ManifestError, match="hospital-c's signing key was hospital-b's"):
+        check_keys_not_reused([signed.manifest, v2], stolen)
+    check_keys_not_reused([signed.manifest, v2], propose(v2, threshold=3))  # unchanged keys are fine
