@@ -59,16 +59,22 @@ def pull_from_b(node, fed, b_seq: int) -> int:
     return node.protocol.pending["hospital-b"]
 
 
-def test_a_member_removed_in_v2_is_accepted_before_and_refused_after_adoption(node_a, tmp_path, caplog):
-    node, federation, inboxes = node_a
+def merge_first_from_b(node, federation):
+    """a pulls, verifies and merges b's first version (signed with b's key of version 1)."""
     fed = federation.manifest.federation_id
-    b_key = load_site_keys(federation.sites["hospital-b"] / "keys").signing
+    key = load_site_keys(federation.sites["hospital-b"] / "keys").signing
     flat = b_model(node)
-    first = entry(fed, b_key, flat)
+    first = entry(fed, key, flat)
     node._on_received(reply(fed, pull_from_b(node, fed, 1), [first], flat))
     assert node.rejections.counts == {} and node.store.peer_logs["hospital-b"].head.seq == 1  # accepted under v1
     node.job.result()
     node._finish_round()
+    return fed, key, flat, first
+
+
+def test_a_member_removed_in_v2_is_accepted_before_and_refused_after_adoption(node_a, tmp_path, caplog):
+    node, federation, inboxes = node_a
+    fed, b_key, flat, first = merge_first_from_b(node, federation)
 
     for inbox in inboxes.values():
         sent_to(inbox, fed)  # what the rounds so far sent
@@ -189,13 +195,7 @@ def test_after_a_signing_key_rotation_the_old_key_is_refused_and_the_new_one_con
     from swarm.manifest import Member
 
     node, federation, _ = node_a
-    fed = federation.manifest.federation_id
-    old_key = load_site_keys(federation.sites["hospital-b"] / "keys").signing
-    flat = b_model(node)
-    first = entry(fed, old_key, flat)
-    node._on_received(reply(fed, pull_from_b(node, fed, 1), [first], flat))
-    node.job.result()
-    node._finish_round()
+    fed, old_key, flat, first = merge_first_from_b(node, federation)
     new_key = SigningKey.generate()
     card = federation.manifest.member("hospital-b")
     v2 = signed_version(federation, federation.manifest, ["hospital-a", "hospital-c"], rotate=[Member(card.name, new_key.public, card.transport_key, card.endpoint)])
@@ -219,13 +219,8 @@ def test_a_reply_with_old_key_entries_then_a_new_key_one_is_kept_whole(node_a):
     from swarm.manifest import Member
 
     node, federation, _ = node_a
-    fed = federation.manifest.federation_id
-    old_key, new_key = load_site_keys(federation.sites["hospital-b"] / "keys").signing, SigningKey.generate()
-    flat = b_model(node)
-    first = entry(fed, old_key, flat)
-    node._on_received(reply(fed, pull_from_b(node, fed, 1), [first], flat))
-    node.job.result()
-    node._finish_round()
+    fed, old_key, flat, first = merge_first_from_b(node, federation)
+    new_key = SigningKey.generate()
     card = federation.manifest.member("hospital-b")
     v2 = signed_version(federation, federation.manifest, ["hospital-a", "hospital-c"], rotate=[Member(card.name, new_key.public, card.transport_key, card.endpoint)])
     v2.sign("hospital-b", new_key, federation.manifest)

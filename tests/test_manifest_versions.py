@@ -231,9 +231,10 @@ def test_a_second_valid_manifest_for_a_held_version_is_refused_and_kept_as_evide
 # -- a member's log across a key rotation --------------------------------------------------------
 
 
-def test_a_members_log_goes_on_under_its_rotated_key_and_not_back(tmp_path):
-    from swarm.errors import LogError
-    from swarm.log import EntryBody, UpdateLog, sign_entry, verify_extension, verify_log_file
+def rotation_chain():
+    """b's chain across a rotation: entries 1 and 2 under its old key, 3 under its new one;
+    and a maker of further entries, entry(key, seq, prev)."""
+    from swarm.log import EntryBody, sign_entry
 
     fed, old, new = b"\x07" * 32, SigningKey.generate(), SigningKey.generate()
 
@@ -242,7 +243,14 @@ def test_a_members_log_goes_on_under_its_rotated_key_and_not_back(tmp_path):
 
     e1 = entry(old, 1, bytes(32))
     e2 = entry(old, 2, e1.hash)
-    e3 = entry(new, 3, e2.hash)
+    return fed, old, new, entry, (e1, e2, entry(new, 3, e2.hash))
+
+
+def test_a_members_log_goes_on_under_its_rotated_key_and_not_back(tmp_path):
+    from swarm.errors import LogError
+    from swarm.log import UpdateLog, verify_extension, verify_log_file
+
+    fed, old, new, entry, (e1, e2, e3) = rotation_chain()
     with UpdateLog.open(tmp_path / "b.log", fed, old.public) as log:
         log.append(e1)
         log.append(e2)
@@ -270,16 +278,9 @@ def test_a_members_log_goes_on_under_its_rotated_key_and_not_back(tmp_path):
 
 def test_a_peer_log_takes_old_key_entries_only_with_a_new_key_entry_after_them(tmp_path):
     from swarm.errors import LogError
-    from swarm.log import EntryBody, UpdateLog, sign_entry
+    from swarm.log import UpdateLog
 
-    fed, old, new = b"\x07" * 32, SigningKey.generate(), SigningKey.generate()
-
-    def entry(key, seq, prev):
-        return sign_entry(EntryBody(fed, key.public, seq, prev, "update", b"\x01" * 32, 1, (), seq, {}, 0.0), key)
-
-    e1 = entry(old, 1, bytes(32))
-    e2 = entry(old, 2, e1.hash)
-    e3 = entry(new, 3, e2.hash)
+    fed, old, new, entry, (e1, e2, e3) = rotation_chain()
     with UpdateLog.open(tmp_path / "b.log", fed, old.public) as log:
         log.append(e1)
         log.rotate_to(new.public)  # our copy of b's log, when we adopt b's new key
