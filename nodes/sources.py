@@ -9,6 +9,12 @@ task (input shape, number of classes) comes from the source without loading anyt
 - `phantom`: generated 2-D phantoms with organ and lesion masks, segmentation (Dice).
 - `medmnist`: a MedMNIST `.npz` file on this disk, partitioned across sites.
 - `breast-cancer`: the Wisconsin table from scikit-learn (optional extra), with site shift.
+
+Every source also names a federation-wide held-out test set that no site trains on
+(`global_test()`), for experiments that score every method on the same data: a file's
+official test split where it has one (MedMNIST `test_*`), fresh class-balanced patients
+from every site's scanner for the generated image sources, and otherwise the union of the
+sites' own test splits. A deployed node never reads it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+import torch
 
 from swarm.config import TableConfig, get_float, get_int, get_optional_int, get_str
 from swarm.errors import ConfigError
@@ -51,6 +58,26 @@ class DataSource(Protocol):
 
     def load_site(self, site: int) -> SiteData: ...
 
+    def global_test(self) -> Samples:
+        """The federation-wide held-out test set (see the module docstring)."""
+        ...
+
+    def global_test_origin(self) -> str:
+        """Where `global_test()` comes from, in words, for reports."""
+        ...
+
+
+def union_of_site_tests(source: DataSource) -> Samples:
+    """Every site's own test split, pooled: the held-out set of a source without an
+    official one (each sample keeps the preprocessing of the site that holds it)."""
+    kind = source.task_shape().kind
+    parts = []
+    for k in range(source.sites):
+        data = source.load_site(k)
+        parts.append(Samples(data.test_x, data.test_y, kind, data.num_classes,
+                             torch.full((data.test_samples,), k, dtype=torch.int64)))
+    return concat(parts)
+
 
 def _site_data(name: str, train: Samples, test: Samples, val: Samples) -> SiteData:
     return SiteData(name, train.x, train.y, test.x, test.y, math.prod(train.x.shape[1:]), train.num_classes, val.x, val.y)
@@ -64,6 +91,9 @@ def _split(samples: Samples, test_samples: int, val_fraction: float, seed: int, 
     val = val_fraction * (n - test_samples) / n
     split = split_site(np.arange(n), val, test_samples / n, (seed, site), labels=labels, name=f"site {site}")
     return _site_data(f"site-{site}", samples.subset(split.train), samples.subset(split.test), samples.subset(split.val))
+
+
+_TAG_CLASS_PRIOR = 0x6370  # "cp"
 
 
 def _site_size(seed: int, site: int, mean: int, quantity_skew: float) -> int:
@@ -91,7 +121,11 @@ def _generated(v: Mapping[str, Any], p: str, default_size: int) -> dict[str, Any
         "noise": get_float(v, "noise", p, maximum=1.0, example=0.04),
         "lesion_contrast": get_float(v, "lesion_contrast", p, maximum=5.0, min_open=True, example=1.0),
         "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
+        "global_test_per_site": get_int(v, "global_test_per_site", p, minimum=1, maximum=1_000_000, example=100),
     }
+
+
+_GLOBAL_TEST_STREAM = 1  # the generators' stream for patients that no site holds
 
 
 @dataclass(frozen=True)
@@ -111,13 +145,22 @@ class _GeneratedSource(TableConfig):
     noise: float = 0.04
     lesion_contrast: float = 1.0
     val_fraction: float = 0.1  # of the training part, kept as this site's validation split
+    global_test_per_site: int = 100  # held-out patients per site's scanner that no site trains on
 
-    def _generate(self, site: int, n: int) -> Samples:
+    def _generate(self, site: int, n: int, stream: int = 0) -> Samples:
         raise NotImplementedError
 
     def load_site(self, site: int) -> SiteData:
         n = _site_size(self.seed, site, self.samples_per_site, self.quantity_skew) + self.test_samples
         return _split(self._generate(site, n), self.test_samples, self.val_fraction, self.seed, site)
+
+    def global_test(self) -> Samples:
+        """`global_test_per_site` new patients through every site's scanner, drawn from the
+        population (classes balanced), none of them in any site's data."""
+        return concat([self._generate(k, self.global_test_per_site, _GLOBAL_TEST_STREAM) for k in range(self.sites)])
+
+    def global_test_origin(self) -> str:
+        return f"{self.global_test_per_site} generated held-out patients per site's scanner, classes balanced"
 
 
 @dataclass(frozen=True)
@@ -127,21 +170,39 @@ class ImagingConfig(_GeneratedSource):
     source: str = "synthetic-imaging"
     classes: int = 2
     label_skew: float = 0.5
+    alpha: float | None = None  # Dirichlet label skew: each site's class prior ~ Dir(alpha)
+    one_class_sites: int = 0  # the last sites hold a single class (a screening or referral centre)
 
     @staticmethod
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        sites = get_int(v, "sites", p, minimum=2, maximum=10_000, example=6)
+        alpha = None if v.get("alpha") is None else get_float(v, "alpha", p, minimum=0.0, min_open=True, maximum=1000.0, example=0.5)
         return {"source": "synthetic-imaging"} | _generated(v, p, 28) | {
             "classes": get_int(v, "classes", p, minimum=2, maximum=10, example=2),
             "label_skew": get_float(v, "label_skew", p, maximum=1.0, example=0.5),
+            "alpha": alpha,
+            "one_class_sites": get_int(v, "one_class_sites", p, maximum=sites - 1, example=1),
         }
 
     def task_shape(self) -> TaskShape:
         return TaskShape((1, self.size, self.size), self.classes, "classification")
 
-    def _generate(self, site: int, n: int) -> Samples:
+    def class_prior(self, site: int) -> np.ndarray | None:
+        """Site `site`'s class proportions: Dirichlet(alpha) draws (Hsu et al. 2019) when
+        `alpha` is set, one class only for the last `one_class_sites` sites (the class its
+        draw favours), else None (the generator's `label_skew` mix)."""
+        one_class = site >= self.sites - self.one_class_sites
+        if self.alpha is None and not one_class:
+            return None
+        rng = np.random.default_rng([self.seed, _TAG_CLASS_PRIOR, site])
+        prior = rng.dirichlet(np.full(self.classes, self.alpha or 1.0))
+        return np.eye(self.classes)[int(np.argmax(prior))] if one_class else prior
+
+    def _generate(self, site: int, n: int, stream: int = 0) -> Samples:
+        prior = np.full(self.classes, 1.0 / self.classes) if stream else self.class_prior(site)
         return generate_imaging_site(
             self.seed, site, n, self.classes, size=self.size, shift=self.shift, noise=self.noise,
-            lesion_contrast=self.lesion_contrast, label_skew=self.label_skew,
+            lesion_contrast=self.lesion_contrast, label_skew=self.label_skew, class_prior=prior, stream=stream,
         )
 
 
@@ -163,8 +224,9 @@ class PhantomConfig(_GeneratedSource):
     def task_shape(self) -> TaskShape:
         return TaskShape((1, self.size, self.size), 3, "segmentation")
 
-    def _generate(self, site: int, n: int) -> Samples:
-        return generate_phantom_site(self.seed, site, n, self.size, shift=self.shift, noise=self.noise, lesion_contrast=self.lesion_contrast)
+    def _generate(self, site: int, n: int, stream: int = 0) -> Samples:
+        return generate_phantom_site(self.seed, site, n, self.size, shift=self.shift, noise=self.noise,
+                                     lesion_contrast=self.lesion_contrast, stream=stream)
 
 
 def _partition_fields(v: Mapping[str, Any], p: str) -> dict[str, Any]:
@@ -202,9 +264,11 @@ class _PartitionedSource(TableConfig):
 
 @dataclass(frozen=True)
 class MedMNISTConfig(_PartitionedSource):
-    """`source = "medmnist"`: a MedMNIST .npz file (all its splits pooled), partitioned across
-    sites with `partition` ("iid", "dirichlet" with `alpha`, "quantity" with `skew`); each
-    site keeps its own test split (`test_fraction`)."""
+    """`source = "medmnist"`: a MedMNIST .npz file. Its official test split is the
+    federation-wide held-out set, which no site trains on; its train and val splits are
+    pooled and partitioned across sites with `partition` ("iid", "dirichlet" with `alpha`,
+    "quantity" with `skew`), and each site keeps its own local test split
+    (`test_fraction`) and validation split from its part."""
 
     TABLE: ClassVar[str] = "data"
     source: str = "medmnist"
@@ -217,23 +281,34 @@ class MedMNISTConfig(_PartitionedSource):
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
         path = v["path"]
         if not isinstance(path, str) or (path and not Path(path).is_file()):
-            raise ConfigError(f"{p}.path: {path!r} is not a file; point it at a MedMNIST .npz on this disk (nothing is downloaded)")
+            raise ConfigError(f"{p}.path: {path!r} is not a file; point it at a MedMNIST .npz on this disk, "
+                              "e.g. with --data-path (nothing is downloaded)")
         return _common(v, p) | {"source": "medmnist", "path": path} | _partition_fields(v, p)
 
-    def _pooled(self) -> Samples:
+    def _splits(self) -> dict[str, Samples]:
         if not self.path:
-            raise ConfigError('data.path: missing; set the MedMNIST .npz file (example: path = "/data/medmnist/pneumoniamnist.npz")')
-        splits = load_medmnist(self.path)
-        return concat([splits[name] for name in ("train", "val", "test")])
+            raise ConfigError('data.path: missing; set the MedMNIST .npz file (example: path = "/data/medmnist/pneumoniamnist.npz", '
+                              "or --data-path)")
+        return load_medmnist(self.path)
+
+    def _training_pool(self) -> Samples:
+        splits = self._splits()
+        return concat([splits["train"], splits["val"]])
 
     def task_shape(self) -> TaskShape:
-        pooled = self._pooled()
-        return TaskShape(tuple(pooled.x.shape[1:]), pooled.num_classes, "classification")
+        train = self._splits()["train"]
+        return TaskShape(tuple(train.x.shape[1:]), train.num_classes, "classification")
 
     def load_site(self, site: int) -> SiteData:
-        pooled = self._pooled()
+        pooled = self._training_pool()
         split = _site_splits(self, pooled)[site]
         return _site_data(f"site-{site}", pooled.subset(split.train), pooled.subset(split.test), pooled.subset(split.val))
+
+    def global_test(self) -> Samples:
+        return self._splits()["test"]
+
+    def global_test_origin(self) -> str:
+        return f"the official test split of {Path(self.path).name}"
 
 
 @dataclass(frozen=True)
@@ -268,6 +343,12 @@ class BreastCancerConfig(_PartitionedSource):
         scaled = [replace(part, x=(part.x - mean) / std) for part in (train, test, val)]
         return _site_data(f"site-{site}", *scaled)
 
+    def global_test(self) -> Samples:
+        return union_of_site_tests(self)
+
+    def global_test_origin(self) -> str:
+        return "the union of the sites' own test splits (the table has no official one)"
+
 
 class _TabularSource:
     """Adapts the tabular default (nodes.data.DataConfig) to the DataSource shape."""
@@ -284,6 +365,12 @@ class _TabularSource:
         from .data import load_site
 
         return load_site(self.config, site)
+
+    def global_test(self) -> Samples:
+        return union_of_site_tests(self)
+
+    def global_test_origin(self) -> str:
+        return "the union of the sites' own test splits (generated with each site's class prior)"
 
 
 SOURCES: dict[str, type] = {

@@ -38,13 +38,25 @@ def test_each_source_gives_its_task_shape_and_own_site_only():
     assert tabular.task_shape().input_shape == (32,)
 
 
-def test_medmnist_is_partitioned_across_sites_without_overlap(tmp_path):
+def _fingerprints(images):
+    return [tuple(x.flatten()[:64].tolist()) for x in images]
+
+
+def test_medmnist_keeps_its_official_test_split_and_partitions_the_rest(tmp_path):
     path = write_npz(tmp_path / "tiny.npz", rgb=True)
     table = {"source": "medmnist", "path": str(path), "sites": 3, "partition": "iid", "min_samples": 5}
-    assert data_source(table).task_shape().input_shape == (3, 28, 28)
+    source = data_source(table)
+    assert source.task_shape().input_shape == (3, 28, 28)
     sites = load_every_site(table)
-    seen = [tuple(x.flatten()[:64].tolist()) for s in sites for x in (*s.train_x, *s.val_x, *s.test_x)]
-    assert len(seen) == len(set(seen)) == 60 + 20 + 20
+    held_by_sites = _fingerprints(x for s in sites for x in (*s.train_x, *s.val_x, *s.test_x))
+    assert len(held_by_sites) == len(set(held_by_sites)) == 60 + 20  # train + val, each image at one site
+    with np.load(path) as arrays:
+        official = _fingerprints(torch.from_numpy(arrays["test_images"]).permute(0, 3, 1, 2).float() / 255.0)
+        official_labels = arrays["test_labels"].reshape(-1)
+    held_out = source.global_test()
+    assert _fingerprints(held_out.x) == official and held_out.y.tolist() == official_labels.tolist()
+    assert not set(official) & set(held_by_sites)  # no site trains or tests on the official test split
+    assert "official test split of tiny.npz" in source.global_test_origin()
 
 
 def test_bad_data_tables_name_the_field(tmp_path):
@@ -119,3 +131,33 @@ def test_compare_reads_every_segmentation_metric_from_the_nodes(tmp_path):
     results = run_compare(ScenarioConfig.load(path), 1, tmp_path / "out", lambda line: None)
     overall = results["methods"]["braintorrent"]["overall"]
     assert set(overall) == {"dice", "pixel_accuracy"} and not any(math.isnan(v["mean"]) for v in overall.values())
+
+
+def test_generated_images_take_dirichlet_label_skew_one_class_sites_and_a_balanced_held_out_set():
+    table = {"source": "synthetic-imaging", "sites": 4, "alpha": 0.3, "one_class_sites": 1, "samples_per_site": 60,
+             "test_samples": 20, "global_test_per_site": 30, "classes": 3}
+    source = data_source(table)
+    sites = load_every_site(table)
+    last = sites[-1]
+    assert len(set(last.train_y.tolist())) == 1 and set(last.test_y.tolist()) == set(last.train_y.tolist())
+    for k, site in enumerate(sites[:-1]):  # the others follow their own Dirichlet draw
+        counts = np.bincount(site.train_y.numpy(), minlength=3) + np.bincount(site.test_y.numpy(), minlength=3) \
+            + np.bincount(site.val_y.numpy(), minlength=3)
+        assert np.abs(counts / counts.sum() - source.class_prior(k)).max() < 0.05
+    held_out = source.global_test()
+    assert len(held_out) == 4 * 30 and np.bincount(held_out.y.numpy()).tolist() == [40, 40, 40]
+    assert held_out.site.tolist() == [k for k in range(4) for _ in range(30)]
+    seen = set(_fingerprints(x for s in sites for x in (*s.train_x, *s.val_x, *s.test_x)))
+    assert not seen & set(_fingerprints(held_out.x))  # new patients, not any site's
+    again = data_source(table).global_test()
+    assert torch.equal(again.x, held_out.x)  # deterministic from the seed
+
+
+def test_without_an_official_test_split_the_held_out_set_is_the_union_of_the_sites_tests():
+    table = {"sites": 3, "samples_per_site": 40, "test_samples": 25}
+    source = data_source(table)
+    held_out = source.global_test()
+    sites = load_every_site(table)
+    assert torch.equal(held_out.x, torch.cat([s.test_x for s in sites]))
+    assert torch.equal(held_out.y, torch.cat([s.test_y for s in sites]))
+    assert "union" in source.global_test_origin()

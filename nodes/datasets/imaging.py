@@ -144,6 +144,7 @@ def generate_imaging_site(
     seed: int, site: int, n: int, num_classes: int = 2, *,
     size: int = 28, shift: float = 1.0, noise: float = 0.04, noise_kind: str = "rician",
     lesion_contrast: float = 1.0, label_skew: float = 0.0,
+    class_prior: np.ndarray | None = None, stream: int = 0,
 ) -> Samples:
     """Site `site`'s `n` images: x float32 [n, 1, size, size] in [0, 1], y int64 [n] in
     [0, num_classes), site = `site` for every sample.
@@ -151,7 +152,11 @@ def generate_imaging_site(
     shift: spread of the scanner parameters between sites (0: identical scanners).
     noise / noise_kind: base noise level and model ("rician" or "gaussian").
     lesion_contrast: multiplies every lesion's contrast (lower: harder task).
-    label_skew: 0 gives balanced classes; 1 a fully random site class prior."""
+    label_skew: 0 gives balanced classes; 1 a fully random site class prior.
+    class_prior: the site's class proportions (they sum to 1; a zero keeps a class out of
+    the site), instead of the `label_skew` mix.
+    stream: 0 draws the site's own patients; another value draws other patients through
+    the same scanner (a held-out test set of that site's population)."""
     where = "data"
     seed = get_int({"seed": seed}, "seed", where, maximum=2**63 - 1, example=0)
     site = get_int({"site": site}, "site", where, example=0)
@@ -164,10 +169,14 @@ def generate_imaging_site(
     label_skew = get_float({"label_skew": label_skew}, "label_skew", where, maximum=1.0, example=0.0)
     scanner = site_effects(seed, site, shift=shift, noise=noise, noise_kind=noise_kind, where=where)
 
-    rng = np.random.default_rng([seed, _TAG_IMAGING, site])
+    rng = np.random.default_rng([seed, _TAG_IMAGING, site] + ([stream] if stream else []))
     prior = np.full(num_classes, 1.0 / num_classes)
     preference = rng.dirichlet(np.ones(num_classes))
     prior = (1.0 - label_skew) * prior + label_skew * preference
+    if class_prior is not None:
+        prior = np.asarray(class_prior, dtype=np.float64)
+        if prior.shape != (num_classes,) or (prior < 0).any() or not math.isclose(prior.sum(), 1.0, abs_tol=1e-6):
+            raise ValueError(f"class_prior: must be {num_classes} non-negative proportions summing to 1, got {prior}")
     labels = rng.permutation(np.repeat(np.arange(num_classes), apportion(prior, n)))
 
     table = {k: _kind(seed, k) for k in range(1, max(num_classes, len(_KINDS) + 1))}

@@ -52,7 +52,7 @@ def _erode(mask: np.ndarray) -> np.ndarray:
 def generate_phantom_site(
     seed: int, site: int, n: int, size: int = 32, *,
     shift: float = 1.0, noise: float = 0.04, noise_kind: str = "rician",
-    lesion_prob: float = 0.9, lesion_contrast: float = 1.0,
+    lesion_prob: float = 0.9, lesion_contrast: float = 1.0, stream: int = 0,
 ) -> Samples:
     """Site `site`'s `n` phantoms: x float32 [n, 1, size, size] in [0, 1], y int64 masks
     [n, size, size] (0 background, 1 organ, 2 lesion), task "segmentation", 3 classes,
@@ -61,7 +61,8 @@ def generate_phantom_site(
     shift: spread of the scanner parameters between sites (0: identical scanners).
     noise / noise_kind: base noise level and model ("rician" or "gaussian").
     lesion_prob: share of patients with lesions. lesion_contrast: multiplies the lesions'
-    contrast against the organ (lower: harder)."""
+    contrast against the organ (lower: harder). stream: 0 draws the site's own patients;
+    another value draws other patients through the same scanner (a held-out test set)."""
     where = "data"
     seed = get_int({"seed": seed}, "seed", where, maximum=2**63 - 1, example=0)
     site = get_int({"site": site}, "site", where, example=0)
@@ -71,7 +72,7 @@ def generate_phantom_site(
     lesion_contrast = get_float({"lesion_contrast": lesion_contrast}, "lesion_contrast", where,
                                 maximum=5.0, min_open=True, example=1.0)
     scanner = site_effects(seed, site, shift=shift, noise=noise, noise_kind=noise_kind, where=where)
-    rng = np.random.default_rng([seed, _TAG_PHANTOM, site])
+    rng = np.random.default_rng([seed, _TAG_PHANTOM, site] + ([stream] if stream else []))
     yy, xx = grid(size, size)
 
     # Body: a wide ellipse, slightly shifted and rotated.
