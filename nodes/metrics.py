@@ -8,6 +8,9 @@ degenerate input, only on malformed input (wrong shapes, labels out of range).
 
 Definitions (class 1 is the positive class in the binary case):
   accuracy     = (TP + TN) / n                  fraction of argmax predictions that are right
+  balanced accuracy = mean over the classes present of each class's recall
+                 (binary with both classes: (sensitivity + specificity) / 2; a constant
+                 prediction scores 1 / classes present, whatever the class mix)
   sensitivity  = TP / (TP + FN)                 recall / true-positive rate
   specificity  = TN / (TN + FP)                 true-negative rate
   AUC          = P(score(pos) > score(neg)) + 1/2 P(score(pos) == score(neg)),
@@ -19,13 +22,14 @@ Definitions (class 1 is the positive class in the binary case):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["classification_metrics", "roc_auc", "dice", "segmentation_metrics", "mean_and_std"]
+__all__ = ["classification_metrics", "roc_auc", "dice", "segmentation_metrics", "mean_and_std", "site_means"]
 
 _NAN = math.nan
 # Rows within this of summing to 1, with every entry in [0, 1], are taken as probabilities.
@@ -110,7 +114,7 @@ def roc_auc(scores: Tensor | np.ndarray, positive: Tensor | np.ndarray) -> float
 
 
 def classification_metrics(logits_or_probs: Tensor, labels: Tensor) -> dict[str, float]:
-    """{"accuracy", "sensitivity", "specificity", "auc"} of [n, C] scores against [n]
+    """{"accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc"} of [n, C] scores against [n]
     integer labels (a [n, 1] label column is accepted too).
 
     Scores may be logits or probabilities: rows that are all in [0, 1] and sum to 1 are
@@ -129,6 +133,9 @@ def classification_metrics(logits_or_probs: Tensor, labels: Tensor) -> dict[str,
     per-class value that is undefined (e.g. specificity when only one class is present)
     is left out of the mean.
 
+    Balanced accuracy is the mean recall over the classes present in `labels` (defined
+    whenever there is a sample).
+
     Undefined metrics are NaN, never an exception: empty input gives all NaN; a single
     class in `labels` gives NaN AUC, and NaN specificity (binary with only positives, or
     multi-class) or NaN sensitivity (binary with only negatives)."""
@@ -137,9 +144,11 @@ def classification_metrics(logits_or_probs: Tensor, labels: Tensor) -> dict[str,
     y = _as_labels(labels, n)
     _check_range(y, num_classes, "labels")
     if n == 0:
-        return {"accuracy": _NAN, "sensitivity": _NAN, "specificity": _NAN, "auc": _NAN}
+        return {"accuracy": _NAN, "balanced_accuracy": _NAN, "sensitivity": _NAN, "specificity": _NAN, "auc": _NAN}
     pred = scores.argmax(axis=1)
     accuracy = float((pred == y).mean())
+    present = np.unique(y).tolist()
+    balanced = math.fsum(float(np.mean(pred[y == c] == c)) for c in present) / len(present)
 
     def one_vs_rest(c: int) -> tuple[float, float, float]:
         pos, called = y == c, pred == c
@@ -152,11 +161,12 @@ def classification_metrics(logits_or_probs: Tensor, labels: Tensor) -> dict[str,
     if num_classes == 2:
         sensitivity, specificity, auc = one_vs_rest(1)
     else:
-        per_class = [one_vs_rest(c) for c in np.unique(y).tolist()]
+        per_class = [one_vs_rest(c) for c in present]
         sensitivity = _nanmean([m[0] for m in per_class])
         specificity = _nanmean([m[1] for m in per_class])
         auc = _nanmean([m[2] for m in per_class])
-    return {"accuracy": accuracy, "sensitivity": sensitivity, "specificity": specificity, "auc": auc}
+    return {"accuracy": accuracy, "balanced_accuracy": balanced, "sensitivity": sensitivity,
+            "specificity": specificity, "auc": auc}
 
 
 def _label_map(mask: Tensor | np.ndarray, what: str) -> np.ndarray:
@@ -231,3 +241,32 @@ def mean_and_std(values: Sequence[float]) -> dict[str, float]:
         return {"mean": mean, "std": 0.0}
     var = math.fsum((v - mean) ** 2 for v in kept) / (len(kept) - 1)
     return {"mean": mean, "std": math.sqrt(var)}
+
+
+def site_means(rows: Mapping[str, Mapping[str, float]], weights: Mapping[str, float],
+               metrics: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per metric, the mean over sites of `rows` ({site: {metric: value}}) both unweighted
+    and weighted by `weights` (e.g. each site's test-set size), and which sites it is
+    undefined at: {"mean", "weighted_mean", "defined": count, "undefined": [sites]}.
+
+    An undefined value (NaN, None or missing: a site whose test split holds one class
+    has no AUC) is left out of both means but named in "undefined", never dropped in
+    silence; a metric undefined everywhere has NaN means."""
+    out: dict[str, dict[str, Any]] = {}
+    for metric in metrics:
+        defined: list[tuple[float, float]] = []
+        undefined: list[str] = []
+        for site, row in rows.items():
+            value = row.get(metric)
+            if value is None or math.isnan(float(value)):
+                undefined.append(site)
+            else:
+                defined.append((float(value), float(weights.get(site, 0.0))))
+        total = math.fsum(w for _, w in defined)
+        out[metric] = {
+            "mean": math.fsum(v for v, _ in defined) / len(defined) if defined else _NAN,
+            "weighted_mean": math.fsum(v * w for v, w in defined) / total if total > 0 else _NAN,
+            "defined": len(defined),
+            "undefined": undefined,
+        }
+    return out

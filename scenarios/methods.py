@@ -21,10 +21,13 @@ What every method shares, so that rows of the comparison table differ only in th
   `derive_seed(seed, "train", i, r)`, whichever method it is part of (so Cross trains
   exactly the models Single trains, and FedAvg over one site is exactly Single);
 - `train.prox_mu` is ignored (set to 0) except by FedProx, which sets it to its own `mu`;
-- metrics from `nodes.metrics` on each site's OWN held-out test split (Cross: on the other
-  sites' test splits): accuracy, sensitivity, specificity, auc for classification (labels
-  [n]); dice and pixel_accuracy for segmentation (masks [n, H, W], scores [n, C, H, W]);
-  means over sites are unweighted (NaN values left out).
+- the same scoring (`scenarios.scoring`): the method's model(s) on each site's OWN test
+  split (Cross: on the other sites' test splits), and, when a `held_out` set is given,
+  on that federation-wide held-out set (a method with one model per site: the mean over
+  its sites' models). Metrics: accuracy, balanced accuracy, sensitivity, specificity and
+  AUC for classification (labels [n]); dice and pixel_accuracy for segmentation (masks
+  [n, H, W], scores [n, C, H, W]). Means over sites come unweighted and weighted by
+  test-split size, with the sites where a metric is undefined named.
 
 Everything is deterministic given `seed` (training forks the global random state, so the
 caller's is untouched). How many threads torch uses is the caller's business.
@@ -41,23 +44,20 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from nodes.metrics import classification_metrics, mean_and_std, segmentation_metrics
+from nodes.metrics import mean_and_std, site_means
 from nodes.models import build_model
 from nodes.training import TrainConfig, check_output, derive_seed, train_local
 from swarm.errors import ConfigError
 from swarm.merge import weighted_mean
 
+from .scoring import TASK_METRICS, HeldOut, site_metrics
+
 __all__ = [
     "SiteLike", "MethodResult", "METHODS", "METHOD_NAMES", "METHOD_PARAMS", "TASK_METRICS", "run_method",
     "run_single", "run_cross", "run_mix", "run_fedavg", "run_fedsgd", "run_fedprox",
-    "task_of", "site_metrics",
+    "task_of",
 ]
 
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("accuracy", "sensitivity", "specificity", "auc"),
-    "segmentation": ("dice", "pixel_accuracy"),
-}
-_EVAL_CHUNK = 512            # test samples per forward pass when evaluating
 _DEFAULT_SERVER_LR = 0.5     # FedSGD's server step size (plain gradient descent)
 _DEFAULT_MU = 0.01           # FedProx's proximal weight when neither mu nor train.prox_mu is set
 
@@ -94,8 +94,15 @@ class MethodResult:
     sites:   {site name: {metric: value}} -- each site's metrics on its own test split
              (Cross: keyed by TRAINING site, the mean over the other sites' test splits).
     overall: {metric: unweighted mean over `sites`}.
+    site_means: `nodes.metrics.site_means` of `sites`, weighted by test-split size:
+             {metric: {"mean", "weighted_mean", "defined", "undefined": [sites]}}.
+    global_: {metric: value} on the held-out set ({} without one): the one model's score,
+             or the unweighted mean over the per-site models.
+    global_models: {model name: {metric: value}} on the held-out set: "global"/"pooled" or
+             one entry per site's model.
     history: one entry per round, {"round": 1..rounds, metric: mean over sites after that
-             round, ..., "train_loss": mean training loss over sites in that round}
+             round, ..., "train_loss": mean training loss over sites in that round, and
+             with a held-out set "global": {metric: value} and "global_models"}
              (only the last round when run with history=False).
     details: method-specific extras, JSON-friendly (Cross: the full "matrix"
              {train site: {test site: metrics}}; FedSGD: "steps", "server_lr"; ...).
@@ -107,9 +114,12 @@ class MethodResult:
     metrics: tuple[str, ...]
     sites: dict[str, dict[str, float]]
     overall: dict[str, float]
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     details: dict[str, Any] = field(default_factory=dict)
     states: dict[str, dict[str, Tensor]] = field(default_factory=dict, repr=False)
+    site_means: dict[str, dict[str, Any]] = field(default_factory=dict)
+    global_: dict[str, float] = field(default_factory=dict)
+    global_models: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +128,9 @@ class MethodResult:
             "metrics": list(self.metrics),
             "sites": self.sites,
             "overall": self.overall,
+            "site_means": self.site_means,
+            "global": self.global_,
+            "global_models": self.global_models,
             "history": self.history,
             "details": self.details,
         }
@@ -154,28 +167,6 @@ def _site_names(sites: Sequence[SiteLike]) -> list[str]:
     return [f"site-{i}" for i in range(len(sites))]
 
 
-@torch.no_grad()
-def _scores(model: nn.Module, x: Tensor) -> Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        return torch.cat([model(x[i:i + _EVAL_CHUNK]) for i in range(0, int(x.shape[0]), _EVAL_CHUNK)])
-    finally:
-        model.train(was_training)
-
-
-def site_metrics(model: nn.Module, x: Tensor, y: Tensor, task: str) -> dict[str, float]:
-    """The task's metrics (TASK_METRICS[task]) of `model` on (x, y), in eval mode; all NaN
-    for an empty split."""
-    if int(y.shape[0]) == 0:
-        return {name: math.nan for name in TASK_METRICS[task]}
-    scores = _scores(model, x)
-    check_output(scores, y)
-    if task == "classification":
-        return classification_metrics(scores, y)
-    return segmentation_metrics(scores, y)
-
-
 def _mean_over(rows: Sequence[Mapping[str, float]], names: Sequence[str]) -> dict[str, float]:
     return {name: mean_and_std([row[name] for row in rows])["mean"] for name in names}
 
@@ -195,8 +186,9 @@ class _Run:
     def __init__(self, method: str, sites: Sequence[SiteLike], model_name: str,
                  model_params: Mapping[str, Any] | None, input_shape: int | Sequence[int],
                  num_classes: int, train: TrainConfig, rounds: int, seed: int,
-                 history: bool, progress: Progress | None) -> None:
+                 history: bool, progress: Progress | None, held_out: HeldOut | None = None) -> None:
         self.method = method
+        self.held_out = held_out
         self.sites = list(sites)
         self.names = _site_names(self.sites)
         self.task = task_of(self.sites)
@@ -211,7 +203,9 @@ class _Run:
         self.seed = seed
         self.want_history = history
         self.progress = progress
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
+        self.last_rows: dict[str, dict[str, float]] = {}
+        self.last_global: dict[str, dict[str, float]] = {}
 
     def model(self) -> nn.Module:
         """The common initial model (identical weights for every method)."""
@@ -223,14 +217,29 @@ class _Run:
     def last_round(self, r: int) -> bool:
         return r == self.rounds - 1
 
-    def record(self, r: int, rows: Sequence[Mapping[str, float]] | None, losses: Sequence[float]) -> None:
-        """History entry for round r (0-based) from the per-site metric rows."""
-        entry: dict[str, float] = {"round": r + 1}
-        if rows is not None:
-            entry.update(_mean_over(rows, self.metric_names))
+    def record(self, r: int, models: Mapping[str, nn.Module], losses: Sequence[float],
+               site_rows: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        """History entry for round r (0-based). `models` are the method's models after the
+        round: {"global" or "pooled": model} or {site name: model}. Each site is scored
+        with its own model, or the one model, on its own test split (unless `site_rows`
+        gives the rows, as Cross does), and every model on the held-out set."""
+        entry: dict[str, Any] = {"round": r + 1}
+        if self.wants_eval(r):
+            per_site = set(models) == set(self.names)
+            rows = dict(site_rows) if site_rows is not None else {
+                name: self.evaluate(models[name] if per_site else next(iter(models.values())), site)
+                for name, site in zip(self.names, self.sites)
+            }
+            self.last_rows = {name: dict(row) for name, row in rows.items()}
+            entry.update(_mean_over(list(rows.values()), self.metric_names))
+            if self.held_out is not None:
+                self.last_global = {name: site_metrics(model, self.held_out.x, self.held_out.y, self.task)
+                                    for name, model in models.items()}
+                entry["global"] = _mean_over(list(self.last_global.values()), self.metric_names)
+                entry["global_models"] = self.last_global
         finite = [v for v in losses if not math.isnan(v)]
         entry["train_loss"] = math.fsum(finite) / len(finite) if finite else math.nan
-        if rows is not None:
+        if self.wants_eval(r):
             self.history.append(entry)
         if self.progress is not None:
             self.progress({"method": self.method, "rounds": self.rounds, **entry})
@@ -238,12 +247,17 @@ class _Run:
     def wants_eval(self, r: int) -> bool:
         return self.want_history or self.last_round(r)
 
-    def result(self, sites: dict[str, dict[str, float]], details: dict[str, Any] | None = None,
+    def result(self, details: dict[str, Any] | None = None,
                states: dict[str, dict[str, Tensor]] | None = None) -> MethodResult:
+        sites = self.last_rows
+        test_sizes = {name: float(int(site.test_y.shape[0])) for name, site in zip(self.names, self.sites)}
         return MethodResult(
             method=self.method, task=self.task, metrics=self.metric_names, sites=sites,
             overall=_mean_over(list(sites.values()), self.metric_names),
             history=self.history, details=details or {}, states=states or {},
+            site_means=site_means(sites, test_sizes, self.metric_names),
+            global_=_mean_over(list(self.last_global.values()), self.metric_names) if self.last_global else {},
+            global_models=self.last_global,
         )
 
 
@@ -256,14 +270,11 @@ def _single(run: _Run) -> MethodResult:
     """Single (local only): each site trains its own model on its own training split for
     rounds x epochs epochs and is tested on its own test split. No exchange at all."""
     models = [run.model() for _ in run.sites]
-    rows = None
     for r in range(run.rounds):
         losses = [train_local(m, s, run.train, _train_seed(run.seed, i, r))["loss"]
                   for i, (m, s) in enumerate(zip(models, run.sites))]
-        rows = [run.evaluate(m, s) for m, s in zip(models, run.sites)] if run.wants_eval(r) else None
-        run.record(r, rows, losses)
-    return run.result(dict(zip(run.names, rows or [])),
-                      states={n: _state_copy(m) for n, m in zip(run.names, models)})
+        run.record(r, dict(zip(run.names, models)), losses)
+    return run.result(states={n: _state_copy(m) for n, m in zip(run.names, models)})
 
 
 def _cross(run: _Run) -> MethodResult:
@@ -279,18 +290,15 @@ def _cross(run: _Run) -> MethodResult:
     for r in range(run.rounds):
         losses = [train_local(m, s, run.train, _train_seed(run.seed, i, r))["loss"]
                   for i, (m, s) in enumerate(zip(models, run.sites))]
-        if not run.wants_eval(r):
-            run.record(r, None, losses)
-            continue
-        matrix = {
-            run.names[i]: {run.names[j]: run.evaluate(model, other)
-                           for j, other in enumerate(run.sites) if j != i}
-            for i, model in enumerate(models)
-        }
-        run.record(r, [_mean_over(list(row.values()), run.metric_names) for row in matrix.values()], losses)
-    sites = {name: _mean_over(list(row.values()), run.metric_names) for name, row in matrix.items()}
-    return run.result(sites, details={"matrix": matrix},
-                      states={n: _state_copy(m) for n, m in zip(run.names, models)})
+        if run.wants_eval(r):
+            matrix = {
+                run.names[i]: {run.names[j]: run.evaluate(model, other)
+                               for j, other in enumerate(run.sites) if j != i}
+                for i, model in enumerate(models)
+            }
+        rows = {name: _mean_over(list(row.values()), run.metric_names) for name, row in matrix.items()}
+        run.record(r, dict(zip(run.names, models)), losses, site_rows=rows)
+    return run.result(details={"matrix": matrix}, states={n: _state_copy(m) for n, m in zip(run.names, models)})
 
 
 def _mix(run: _Run) -> MethodResult:
@@ -304,13 +312,10 @@ def _mix(run: _Run) -> MethodResult:
         test_y=run.sites[0].test_y[:0],
     )
     model = run.model()
-    rows = None
     for r in range(run.rounds):
         loss = train_local(model, pooled, run.train, _train_seed(run.seed, "pooled", r))["loss"]
-        rows = [run.evaluate(model, s) for s in run.sites] if run.wants_eval(r) else None
-        run.record(r, rows, [loss])
-    return run.result(dict(zip(run.names, rows or [])), details={"train_samples": int(pooled.train_y.shape[0])},
-                      states={"pooled": _state_copy(model)})
+        run.record(r, {"pooled": model}, [loss])
+    return run.result(details={"train_samples": int(pooled.train_y.shape[0])}, states={"pooled": _state_copy(model)})
 
 
 # --------------------------------------------------------------------------------------
@@ -333,9 +338,8 @@ def _federated_averaging(run: _Run, train: TrainConfig) -> MethodResult:
                 updates.append((float(report["samples"]), _state_copy(worker)))
         if updates:  # the server: average weighted by training samples
             model.load_state_dict(weighted_mean(updates))
-        rows = [run.evaluate(model, s) for s in run.sites] if run.wants_eval(r) else None
-        run.record(r, rows, losses)
-    return run.result(dict(zip(run.names, rows or [])), states={"global": _state_copy(model)})
+        run.record(r, {"global": model}, losses)
+    return run.result(states={"global": _state_copy(model)})
 
 
 def _fedavg(run: _Run) -> MethodResult:
@@ -450,10 +454,8 @@ def _fedsgd(run: _Run, server_lr: float = _DEFAULT_SERVER_LR, batch_size: int | 
             step += 1
             finite = [v for v in step_losses if not math.isnan(v)]
             losses.append(math.fsum(finite) / len(finite) if finite else math.nan)
-        rows = [run.evaluate(model, s) for s in run.sites] if run.wants_eval(r) else None
-        run.record(r, rows, losses[-1:])
-    return run.result(dict(zip(run.names, rows or [])),
-                      details={"steps": step, "server_lr": server_lr, "batch_size": batch_size},
+        run.record(r, {"global": model}, losses[-1:])
+    return run.result(details={"steps": step, "server_lr": server_lr, "batch_size": batch_size},
                       states={"global": _state_copy(model)})
 
 
@@ -520,7 +522,7 @@ def run_method(name: str, sites: Sequence[SiteLike], model_name: str,
                model_params: Mapping[str, Any] | None, input_shape: int | Sequence[int],
                num_classes: int, train: TrainConfig, rounds: int, seed: int, *,
                history: bool = True, progress: Progress | None = None,
-               **method_params: Any) -> MethodResult:
+               held_out: HeldOut | None = None, **method_params: Any) -> MethodResult:
     """Run comparison method `name` (one of METHOD_NAMES) on `sites` and return its
     MethodResult. See the module docstring for what every method shares.
 
@@ -529,7 +531,8 @@ def run_method(name: str, sites: Sequence[SiteLike], model_name: str,
     budget is rounds x train.epochs passes over the data. `history=False` evaluates only
     after the last round (history holds that round only). `progress`, if given, is called after
     every round with {"method", "rounds", "round", metric means..., "train_loss"} (metrics
-    only where that round was evaluated).
+    only where that round was evaluated). `held_out`: the federation-wide test set (x, y)
+    every model is also scored on (`MethodResult.global_`).
 
     method_params: fedsgd: server_lr (0.5), batch_size (None: full local batch),
     chunk_size (1024); fedprox: mu (train.prox_mu if > 0, else 0.01).
@@ -556,7 +559,7 @@ def run_method(name: str, sites: Sequence[SiteLike], model_name: str,
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"compare.rounds: must be an integer >= 1, got {rounds!r} (example: rounds = 10)")
     run = _Run(name, sites, model_name, model_params, input_shape, num_classes, train, rounds, seed,
-               history, progress)
+               history, progress, held_out)
     return _IMPLEMENTATIONS[name](run, **cleaned)
 
 

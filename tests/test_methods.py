@@ -18,7 +18,7 @@ from nodes.training import TrainConfig
 from scenarios.methods import METHOD_NAMES, METHODS, MethodResult, run_method
 from swarm.errors import ConfigError
 
-CLASSIFICATION = ("accuracy", "sensitivity", "specificity", "auc")
+CLASSIFICATION = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
 TRAIN = TrainConfig(epochs=1, batch_size=32)
 
 
@@ -250,3 +250,36 @@ def test_bad_input(sites):
         _run("mix", sites, rounds=0)
     with pytest.raises(ConfigError, match="model.name"):
         run_method("single", sites, "cnn", {}, 32, 3, TRAIN, 1, 0)
+
+
+def test_every_method_is_scored_on_the_same_held_out_set(sites):
+    held_out = SimpleNamespace(x=torch.cat([s.test_x[:30] for s in sites]), y=torch.cat([s.test_y[:30] for s in sites]))
+    for name in METHOD_NAMES:
+        result = _run(name, sites, rounds=2, held_out=held_out)
+        one_model = name in ("mix", "fedavg", "fedsgd", "fedprox")
+        assert len(result.global_models) == (1 if one_model else 3)
+        for model_name, scores in result.global_models.items():
+            model = build_model("mlp", {"hidden": [16]}, 32, 3, 0)
+            model.load_state_dict(result.states[model_name])
+            assert scores == methods.site_metrics(model, held_out.x, held_out.y, "classification")
+        for metric in CLASSIFICATION:
+            want = sum(s[metric] for s in result.global_models.values()) / len(result.global_models)
+            assert result.global_[metric] == pytest.approx(want)
+        assert [h["global"] for h in result.history][-1] == result.global_
+        assert result.to_dict()["global"] == result.global_
+
+
+def test_site_means_are_weighted_by_test_size_and_name_sites_without_a_metric():
+    g = torch.Generator().manual_seed(1)
+
+    def site(name, n_test, test_labels):
+        return SimpleNamespace(name=name, train_x=torch.randn(20, 4, generator=g), train_y=torch.arange(20) % 2,
+                               test_x=torch.randn(n_test, 4, generator=g), test_y=test_labels)
+    data = [site("a", 10, torch.arange(10) % 2), site("b", 30, torch.arange(30) % 2), site("c", 5, torch.ones(5, dtype=torch.long))]
+    result = run_method("single", data, "logreg", {}, 4, 2, TRAIN, 1, 0)
+    auc = result.site_means["auc"]
+    assert auc["undefined"] == ["c"] and auc["defined"] == 2  # c's split holds one class
+    assert auc["mean"] == pytest.approx((result.sites["a"]["auc"] + result.sites["b"]["auc"]) / 2)
+    accuracy = result.site_means["accuracy"]
+    want = sum(result.sites[n]["accuracy"] * w for n, w in (("a", 10), ("b", 30), ("c", 5))) / 45
+    assert accuracy["weighted_mean"] == pytest.approx(want) and accuracy["undefined"] == []

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from nodes.metrics import classification_metrics, dice, mean_and_std, roc_auc, segmentation_metrics
+from nodes.metrics import classification_metrics, dice, mean_and_std, roc_auc, segmentation_metrics, site_means
 
 
 def pairwise_auc(scores: list[float], positive: list[bool]) -> float:
@@ -91,9 +91,9 @@ def test_auc_matches_pairwise_definition_with_many_ties(seed: int) -> None:
 def test_perfect_and_inverted_predictions() -> None:
     y = torch.tensor([0, 0, 0, 1, 1])
     good = binary_probs([0.1, 0.2, 0.3, 0.7, 0.9])
-    assert classification_metrics(good, y) == {"accuracy": 1.0, "sensitivity": 1.0, "specificity": 1.0, "auc": 1.0}
+    assert classification_metrics(good, y) == {"accuracy": 1.0, "balanced_accuracy": 1.0, "sensitivity": 1.0, "specificity": 1.0, "auc": 1.0}
     bad = binary_probs([0.9, 0.8, 0.7, 0.3, 0.1])
-    assert classification_metrics(bad, y) == {"accuracy": 0.0, "sensitivity": 0.0, "specificity": 0.0, "auc": 0.0}
+    assert classification_metrics(bad, y) == {"accuracy": 0.0, "balanced_accuracy": 0.0, "sensitivity": 0.0, "specificity": 0.0, "auc": 0.0}
 
 
 def test_saturated_logits_do_not_create_ties() -> None:
@@ -179,7 +179,8 @@ def test_class_absent_from_labels_is_skipped() -> None:
     # class 0: TP 1, FN 1 (called 2), FP 0, TN 2 -> sens 1/2, spec 1; AUC 1
     # class 1: TP 2, FN 0, FP 0, TN 2 -> sens 1, spec 1; AUC 1
     m = classification_metrics(probs, y)
-    assert m == pytest.approx({"accuracy": 3 / 4, "sensitivity": 3 / 4, "specificity": 1.0, "auc": 1.0})
+    assert m == pytest.approx({"accuracy": 3 / 4, "balanced_accuracy": 3 / 4, "sensitivity": 3 / 4,
+                               "specificity": 1.0, "auc": 1.0})
 
 
 # --- degenerate and bad input --------------------------------------------------------
@@ -189,7 +190,7 @@ def test_empty_input_is_all_nan() -> None:
         warnings.simplefilter("error")
         for c in (2, 4):
             m = classification_metrics(torch.zeros(0, c), torch.zeros(0, dtype=torch.long))
-            assert set(m) == {"accuracy", "sensitivity", "specificity", "auc"}
+            assert set(m) == {"accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc"}
             assert all(math.isnan(v) for v in m.values())
 
 
@@ -297,3 +298,27 @@ def test_mean_and_std() -> None:
         for empty in ([], [math.nan, math.nan]):
             r = mean_and_std(empty)
             assert math.isnan(r["mean"]) and math.isnan(r["std"])
+
+
+# --- balanced accuracy and means over sites ---------------------------------------------
+
+def test_balanced_accuracy_does_not_reward_predicting_the_majority_class() -> None:
+    y = torch.tensor([0] * 9 + [1])
+    always_zero = binary_probs([0.1] * 10)
+    m = classification_metrics(always_zero, y)
+    assert m["accuracy"] == pytest.approx(0.9) and m["balanced_accuracy"] == pytest.approx(0.5)
+    three = torch.tensor([[0.9, 0.05, 0.05]] * 6)
+    assert classification_metrics(three, torch.tensor([0, 0, 0, 0, 1, 2]))["balanced_accuracy"] == pytest.approx(1 / 3)
+    # one class present: its recall (defined), while AUC is not
+    single = classification_metrics(binary_probs([0.9, 0.2, 0.7]), torch.tensor([1, 1, 1]))
+    assert single["balanced_accuracy"] == pytest.approx(2 / 3) and math.isnan(single["auc"])
+
+
+def test_site_means_are_unweighted_and_weighted_and_name_undefined_sites() -> None:
+    rows = {"a": {"accuracy": 0.9, "auc": 0.8}, "b": {"accuracy": 0.6, "auc": math.nan}, "c": {"accuracy": 0.3}}
+    means = site_means(rows, {"a": 100, "b": 300, "c": 600}, ["accuracy", "auc", "dice"])
+    assert means["accuracy"] == {"mean": pytest.approx(0.6), "weighted_mean": pytest.approx((90 + 180 + 180) / 1000),
+                                 "defined": 3, "undefined": []}
+    assert means["auc"]["mean"] == pytest.approx(0.8) and means["auc"]["weighted_mean"] == pytest.approx(0.8)
+    assert means["auc"]["defined"] == 1 and means["auc"]["undefined"] == ["b", "c"]
+    assert math.isnan(means["dice"]["mean"]) and means["dice"]["undefined"] == ["a", "b", "c"]
