@@ -36,9 +36,12 @@ def main() -> None:
 @click.option("--nodes-per-worker", type=int, default=None, help="Nodes packed into each worker process (default: from node and core counts).")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None, help="Run worker processes here (local) or on a Ray cluster (needs the ray extra).")
 @click.option("--insecure", is_flag=True, help="DEBUGGING ONLY: the nodes run without CurveZMQ (plaintext, no allow-list).")
+@click.option("--data-path", type=click.Path(path_type=Path), default=None, help="Override [data] path: a data file on this disk (e.g. a MedMNIST .npz).")
+@click.option("--threads", type=click.IntRange(min=1, max=256), default=1, show_default=True, help="Torch threads of this process (baselines); each node uses its site's [node] threads.")
 @user_errors
 def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, topology: str | None, protocol: str | None,
-        rounds: int | None, nodes_per_worker: int | None, backend: str | None, insecure: bool) -> None:
+        rounds: int | None, nodes_per_worker: int | None, backend: str | None, insecure: bool, data_path: Path | None,
+        threads: int) -> None:
     """Run SCENARIO_PATH: real `swarm-node` processes (several nodes per worker process for
     large federations) talking ZeroMQ over TCP."""
     from dataclasses import replace
@@ -47,7 +50,10 @@ def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, t
     from .report import format_table
     from .run import run_scenario
 
-    config = ScenarioConfig.load(scenario_path).with_overrides(nodes=nodes, topology=topology, protocol=protocol, rounds=rounds)
+    import torch
+
+    torch.set_num_threads(threads)
+    config = ScenarioConfig.load(scenario_path, data_path).with_overrides(nodes=nodes, topology=topology, protocol=protocol, rounds=rounds)
     if nodes_per_worker is not None:
         config = replace(config, nodes_per_worker=get_int({"nodes_per_worker": nodes_per_worker}, "nodes_per_worker", "--nodes-per-worker", minimum=1))
     if backend is not None:
@@ -70,16 +76,22 @@ def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, t
 @click.option("--repeats", type=click.IntRange(min=1, max=100), default=3, show_default=True, help="Repeats with different data seeds (mean +- std).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/NAME-compare-TIME).")
 @click.option("--force", is_flag=True, help="Replace an existing comparison in --out.")
+@click.option("--topology", default=None, help="Override [topology] name for the swarm (its other settings are kept only if the name is unchanged).")
+@click.option("--protocol", default=None, help="Override [protocol] name for the swarm: braintorrent, gossip, dpsgd or epidemic.")
+@click.option("--data-path", type=click.Path(path_type=Path), default=None, help="Override [data] path: a data file on this disk (e.g. a MedMNIST .npz).")
+@click.option("--threads", type=click.IntRange(min=1, max=256), default=1, show_default=True, help="Torch threads of each baseline process (the nodes use one each).")
 @user_errors
-def compare(scenario_path: Path, repeats: int, out: Path | None, force: bool) -> None:
-    """Compare Cross, Single, Mix, FedAvg, FedSGD, FedProx and BrainTorrent on SCENARIO_PATH."""
+def compare(scenario_path: Path, repeats: int, out: Path | None, force: bool, topology: str | None, protocol: str | None,
+            data_path: Path | None, threads: int) -> None:
+    """Compare the majority-class floor, Cross, Single, Mix, FedAvg, FedSGD, FedProx and the
+    scenario's swarm protocol on SCENARIO_PATH, every model scored on the same held-out set."""
     import json
 
     from .compare import compare_settings, run_compare
     from .compare_report import markdown_table, write_report
     from .config import ScenarioConfig
 
-    config = ScenarioConfig.load(scenario_path)
+    config = ScenarioConfig.load(scenario_path, data_path).with_overrides(topology=topology, protocol=protocol)
     compare_settings(config)  # refuse bad [compare] settings before any work
     out = out or Path("runs") / f"{config.name}-compare-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out / "compare.json").exists() and not force:
@@ -89,7 +101,7 @@ def compare(scenario_path: Path, repeats: int, out: Path | None, force: bool) ->
             shutil.rmtree(child)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "scenario.toml", config.source.encode())
-    results = run_compare(config, repeats, out, _progress)
+    results = run_compare(config, repeats, out, _progress, threads=threads)
     write_atomic(out / "compare.json", (json.dumps(results, indent=2) + "\n").encode())
     paths = write_report(results, out)
     _progress(markdown_table(results))

@@ -1,40 +1,72 @@
-"""`swarm-scenario compare`: the survey-style comparison of methods on identical splits.
+"""`swarm-scenario compare`: every method on identical splits, scored the same way.
 
 Per repeat (a different data seed, so different splits and site draws), every method sees the
-same sites: Cross, Single, Mix, FedAvg, FedSGD and FedProx run in this process
+same sites and the same federation-wide held-out test set (`DataSource.global_test()`, a data
+set's official test split where it has one). Cross, Single, Mix, FedAvg, FedSGD and FedProx
 (`scenarios.methods`; the federated ones with a simulated central server, the only server in
-this project), and BrainTorrent runs as a real federation of `swarm-node run` processes.
-Results are summarised as mean and std over repeats (of the per-repeat mean over sites)."""
+this project) each run in a fresh child process, so that the wall time, CPU time and peak
+memory recorded for a method are its own; the swarm runs as a real federation of
+`swarm-node run` processes with the scenario's protocol and topology.
+
+What is scored (`scenarios.scoring`), the same for every method:
+- global: the method's final model(s) on the held-out set. One-model methods (Mix, FedAvg,
+  FedSGD, FedProx) are their model; Single and Cross are the mean over the sites' own
+  models; the swarm is the mean over each site's last published model (what each hospital
+  ends with), and "swarm-consensus" is the sample-weighted average of those models (the
+  serverless counterpart of FedAvg's global model).
+- per site: each site's model (or the one model) on the site's own local test split,
+  summarised unweighted and weighted by test size, with the sites where a metric is
+  undefined (a one-class split has no AUC) counted and named.
+- the majority-class floor, and per round the global score of every model, from which
+  "stability" is the largest round-to-round fall of any site's model after round 5.
+
+Summaries are mean and std over repeats of the per-repeat figures."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import resource
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
+from nodes.data import SiteData
+from nodes.datasets import Samples
 from nodes.learner import Task
-from nodes.metrics import mean_and_std
-from nodes.sources import load_every_site
+from nodes.metrics import mean_and_std, site_means
+from nodes.models import build_model
+from nodes.site import SiteDir
+from swarm.checkpoint import load_checkpoint
 from swarm.config import check_keys
 from swarm.errors import ConfigError
+from swarm.tensors import rebuild_state
 
 from .config import ScenarioConfig
 from .federation import create_federation, site_names
-from .methods import METHOD_NAMES, TASK_METRICS, run_method
+from .methods import METHOD_NAMES, run_method
 from .runner import run_federation
+from .scoring import TASK_METRICS, consensus_state, largest_drop, majority_class, site_metrics
 
-SWARM_METHODS = ("braintorrent",)  # run as real node processes
-ALL_METHODS = (*METHOD_NAMES, *SWARM_METHODS)
+SWARM = "swarm"  # the scenario's own protocol, as real node processes
+CONSENSUS = "swarm-consensus"  # the sample-weighted average of the swarm's final models
+MAJORITY = "majority"
+ALL_METHODS = (*METHOD_NAMES, SWARM)
+STABLE_AFTER = 5  # stability counts falls from round 5 on
 LABELS = {
+    MAJORITY: "Majority class (the floor)",
     "cross": "Cross (train on one site, test on the others)",
     "single": "Single (local only)",
     "mix": "Mix (all data pooled)",
     "fedavg": "FedAvg (simulated server)",
     "fedsgd": "FedSGD (simulated server)",
     "fedprox": "FedProx (simulated server)",
-    "braintorrent": "BrainTorrent (serverless, real nodes)",
 }
 Progress = Callable[[str], None]
 
@@ -44,86 +76,258 @@ def compare_settings(config: ScenarioConfig) -> tuple[list[str], dict[str, dict[
     table = dict(config.compare)
     methods = table.pop("methods", list(ALL_METHODS))
     if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
-        raise ConfigError(f'compare.methods: must be a list of method names, got {methods!r} (example: methods = ["single", "mix", "fedavg", "braintorrent"])')
+        raise ConfigError(f'compare.methods: must be a list of method names, got {methods!r} (example: methods = ["single", "mix", "fedavg", "swarm"])')
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
-        raise ConfigError(f"compare.methods: unknown method {unknown[0]!r}; known: {', '.join(ALL_METHODS)}")
+        raise ConfigError(f"compare.methods: unknown method {unknown[0]!r}; known: {', '.join(ALL_METHODS)} "
+                          "(swarm: the scenario's own protocol as real nodes)")
     check_keys(table, set(METHOD_NAMES), "compare")
     params = {name: dict(values) for name, values in table.items()}
     return methods, params
 
 
-def run_compare(config: ScenarioConfig, repeats: int, out: Path, progress: Progress) -> dict[str, Any]:
+def swarm_label(config: ScenarioConfig) -> str:
+    protocol = {"braintorrent": "BrainTorrent", "dpsgd": "D-PSGD", "gossip": "Gossip learning",
+                "epidemic": "Epidemic learning"}.get(config.protocol.get("name", "braintorrent"), "swarm")
+    return f"{protocol}, {config.topology.get('name', 'ring')} (serverless, real nodes)"
+
+
+def run_compare(config: ScenarioConfig, repeats: int, out: Path, progress: Progress, threads: int = 1) -> dict[str, Any]:
+    """Run every method of the comparison `repeats` times; the results dict that
+    `compare.json` holds (see `scenarios.compare_report` for its shape)."""
+    torch.set_num_threads(threads)
     methods, params = compare_settings(config)
     shape = config.data_source().task_shape()
     task = Task.from_plan(config.model, config.training)
     metrics = list(TASK_METRICS[shape.kind])
     names = site_names(config.nodes)
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    order = [MAJORITY, *methods] + ([CONSENSUS] if SWARM in methods else [])
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in order}
+    data: list[dict[str, Any]] = []
     base_seed = int(config.data.get("seed", 0))
     for repeat in range(repeats):
         repeat_config = replace(config, name=f"{config.name}-r{repeat}", data=config.data | {"seed": base_seed + repeat})
-        sites = load_every_site(repeat_config.data_table())
+        source = repeat_config.data_source()
+        sites = [replace(source.load_site(i), name=name) for i, name in enumerate(names)]
+        held_out = source.global_test()
+        data.append(_data_summary(sites, held_out, shape.kind, shape.num_classes) | {"held_out_origin": source.global_test_origin()})
+        floor = majority_class({s.name: s.train_y for s in sites}, {s.name: (s.test_x, s.test_y) for s in sites},
+                               held_out, shape.num_classes, shape.kind)
+        runs[MAJORITY].append(_scored(floor["global"], {}, floor["sites"], sites, metrics, [], None))
         for method in methods:
-            progress(f"repeat {repeat + 1}/{repeats}: {LABELS[method]}")
-            if method in SWARM_METHODS:
-                runs[method].append(_run_swarm(repeat_config, out / f"repeat-{repeat}" / method, metrics, shape.kind, progress))
-                continue
-            result = run_method(
-                method, sites, task.model_name, task.model_params, shape.input_shape, shape.num_classes,
-                task.training, config.rounds, task.init_seed, **params.get(method, {}),
-            )
-            per_site = {names[i]: values for i, values in enumerate(result.sites.values())}
-            runs[method].append({"sites": per_site, "overall": result.overall, "history": result.history})
-            progress(f"  {method}: " + ", ".join(f"{k} {result.overall[k]:.3f}" for k in metrics if k in result.overall))
+            label = swarm_label(config) if method == SWARM else LABELS[method]
+            progress(f"repeat {repeat + 1}/{repeats}: {label}")
+            if method == SWARM:
+                swarm, consensus = _run_swarm(repeat_config, out / f"repeat-{repeat}" / SWARM, task, shape.kind, sites, held_out, metrics)
+                runs[SWARM].append(swarm)
+                runs[CONSENSUS].append(consensus)
+            else:
+                runs[method].append(_run_baseline(method, sites, held_out, task, shape, config.rounds, params.get(method, {}), threads))
+            progress(f"  {method}: {_line(runs[method][-1], metrics)}")
+        if SWARM in methods:
+            progress(f"  {CONSENSUS}: {_line(runs[CONSENSUS][-1], metrics)}")
+    labels = LABELS | {SWARM: swarm_label(config), CONSENSUS: f"{swarm_label(config).split(' (')[0]}: consensus of the final models"}
     return {
         "scenario": config.name,
         "repeats": repeats,
         "task": shape.kind,
         "metrics": metrics,
-        "primary_metric": metrics[0],
+        "primary_metric": _ranking_metric(shape.kind),
         "rounds": config.rounds,
         "nodes": config.nodes,
-        "methods": {m: _summarise(runs[m], metrics) | {"label": LABELS[m]} for m in methods},
+        "threads": threads,
+        "stable_after_round": STABLE_AFTER,
+        "data": data,
+        "methods": {m: _summarise(runs[m], metrics, _ranking_metric(shape.kind)) | {"label": labels[m]} for m in order},
     }
 
 
-def _run_swarm(config: ScenarioConfig, out: Path, metrics: Sequence[str], kind: str, progress: Progress) -> dict[str, Any]:
+def _ranking_metric(kind: str) -> str:
+    return "auc" if kind == "classification" else "dice"
+
+
+def _line(run: Mapping[str, Any], metrics: Sequence[str]) -> str:
+    shown = ", ".join(f"{k} {run['global'][k]:.3f}" for k in metrics if k in run["global"])
+    cost = run.get("cost") or {}
+    return f"global {shown}" + (f" ({cost['wall_seconds']:.0f} s)" if "wall_seconds" in cost else "")
+
+
+def _data_summary(sites: Sequence[SiteData], held_out: Samples, kind: str, num_classes: int) -> dict[str, Any]:
+    """What every method of one repeat trained and was tested on: sizes and class counts."""
+
+    def counts(labels: Tensor) -> list[int] | None:
+        return torch.bincount(labels, minlength=num_classes).tolist() if kind == "classification" else None
+
+    return {
+        "sites": {s.name: {"train": s.train_samples, "test": s.test_samples, "train_classes": counts(s.train_y),
+                           "test_classes": counts(s.test_y)} for s in sites},
+        "held_out": {"samples": len(held_out), "classes": counts(held_out.y)},
+    }
+
+
+def _scored(global_models: Mapping[str, Mapping[str, float]] | Mapping[str, float], per_model: Mapping[str, Mapping[str, float]],
+            site_rows: Mapping[str, Mapping[str, float]], sites: Sequence[SiteData], metrics: Sequence[str],
+            history: list[dict[str, Any]], cost: dict[str, float] | None) -> dict[str, Any]:
+    """One repeat of one method in the shape every method shares."""
+    sizes = {s.name: float(s.test_samples) for s in sites}
+    return {
+        "global": dict(global_models),
+        "global_models": {name: dict(row) for name, row in per_model.items()},
+        "sites": {name: dict(row) for name, row in site_rows.items()},
+        "site_means": site_means(site_rows, sizes, metrics),
+        "history": history,
+        **({"cost": cost} if cost is not None else {}),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The baselines, each in a fresh child process
+
+
+def _run_baseline(method: str, sites: Sequence[SiteData], held_out: Samples, task: Task, shape: Any, rounds: int,
+                  params: Mapping[str, Any], threads: int) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")  # a clean process: its peak memory is the method's
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        result, cost = pool.submit(_baseline_job, method, list(sites), held_out, task, shape.input_shape,
+                                   shape.num_classes, rounds, dict(params), threads).result()
+    history = [{"round": h["round"], "global": h.get("global", {}), "global_models": h.get("global_models", {})}
+               for h in result["history"]]
+    return _scored(result["global"], result["global_models"], result["sites"], sites, result["metrics"], history, cost)
+
+
+def _baseline_job(method: str, sites: list[SiteData], held_out: Samples, task: Task, input_shape: tuple[int, ...],
+                  num_classes: int, rounds: int, params: dict[str, Any], threads: int) -> tuple[dict[str, Any], dict[str, float]]:
+    torch.set_num_threads(threads)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run_method(method, sites, task.model_name, task.model_params, input_shape, num_classes, task.training,
+                        rounds, task.init_seed, held_out=held_out, **params)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cost = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "processes": 1}
+    return result.to_dict(), cost
+
+
+# ---------------------------------------------------------------------------------------------
+# The swarm: real node processes, scored from the versions they published
+
+
+def _run_swarm(config: ScenarioConfig, out: Path, task: Task, kind: str, sites: Sequence[SiteData], held_out: Samples,
+               metrics: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     federation = create_federation(config, out)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     outcome = run_federation(federation.sites, config.rounds, config.timeout, lambda line: None)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if not outcome.all_finished:
         failed = [n.name for n in outcome.nodes if n.exit_code != 0]
-        raise ConfigError(f"compare: the BrainTorrent federation in {out} did not finish (nodes {failed or 'timed out'}); see their node.log")
-    # Nodes log segmentation's pixel accuracy as "accuracy" (it is what `evaluate` returns).
-    node_key = {"pixel_accuracy": "accuracy"} if kind == "segmentation" else {}
-
-    def scores(line: Mapping[str, Any]) -> dict[str, float]:
-        return {metric: float(line[key]) for metric, key in ((m, node_key.get(m, m)) for m in metrics) if key in line}
-
-    per_site = {node.name: scores(node.metrics[-1]) for node in outcome.nodes}
-    overall = {m: _nanmean([s.get(m, math.nan) for s in per_site.values()]) for m in metrics}
-    history = []
-    for round_no in range(1, config.rounds + 1):
-        lines = [scores(node.metrics[round_no - 1]) for node in outcome.nodes if len(node.metrics) >= round_no]
-        history.append({"round": round_no, **{m: _nanmean([s.get(m, math.nan) for s in lines]) for m in metrics}})
-    progress("  braintorrent: " + ", ".join(f"{k} {overall[k]:.3f}" for k in metrics) + f" ({outcome.wall_seconds:.0f} s)")
-    return {"sites": per_site, "overall": overall, "history": history}
+        raise ConfigError(f"compare: the federation in {out} did not finish (nodes {failed or 'timed out'}); see their node.log")
+    cost = {
+        "wall_seconds": outcome.wall_seconds,
+        "cpu_seconds": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        "peak_rss_mb": math.nan if outcome.peak_rss_bytes is None else outcome.peak_rss_bytes / 2**20,
+        "processes": outcome.workers,
+    }
+    return score_published_versions(federation.sites, task, kind, sites, held_out, metrics, cost)
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
+def _version_state(site: SiteDir, seq: int) -> dict[str, Tensor]:
+    """Version `seq` of a site as a state dict: its published tensors plus the ones it kept."""
+    state = rebuild_state(load_checkpoint(site.checkpoint_path(seq))[0])
+    local = site.local_checkpoint_path(seq)
+    if local.exists():
+        state |= rebuild_state(load_checkpoint(local)[0])
+    return state
 
 
-def _summarise(runs: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
-    sites = list(runs[0]["sites"])
-    rounds = max(len(run["history"]) for run in runs)
+def score_published_versions(site_dirs: Mapping[str, Path], task: Task, kind: str, sites: Sequence[SiteData],
+                             held_out: Samples, metrics: Sequence[str], cost: dict[str, float] | None = None,
+                             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(each site's published models, their consensus), scored like every other method:
+    every version a site published, round by round, on the held-out set (and the last one
+    on the site's own test split), and per round the consensus of the sites' versions of
+    that round weighted by their training samples."""
+    data = {s.name: s for s in sites}
+    versions = {}
+    for name, path in site_dirs.items():
+        site = SiteDir(path)
+        versions[name] = {int(load_checkpoint(site.checkpoint_path(seq), verify=False)[2].get("round", seq)): seq
+                          for seq in site.checkpoint_seqs()}
+    model = build_model(task.model_name, task.model_params, sites[0].input_shape, sites[0].num_classes, task.init_seed)
+    rounds = sorted(set().union(*(v.keys() for v in versions.values())))
+    history, consensus_history = [], []
+    final_states: dict[str, dict[str, Tensor]] = {}
+    for round_no in rounds:
+        states = {name: _version_state(SiteDir(site_dirs[name]), seqs[round_no])
+                  for name, seqs in versions.items() if round_no in seqs}
+        scores = {}
+        for name, state in states.items():
+            model.load_state_dict(state)
+            scores[name] = site_metrics(model, held_out.x, held_out.y, kind)
+        final_states |= states
+        model.load_state_dict(consensus_state([(float(data[name].train_samples), state) for name, state in states.items()]))
+        history.append({"round": round_no, "global": _mean(scores.values(), metrics), "global_models": scores})
+        consensus = site_metrics(model, held_out.x, held_out.y, kind)
+        consensus_history.append({"round": round_no, "global": consensus, "global_models": {CONSENSUS: consensus}})
+    site_rows, final_global = {}, {}
+    for name, state in final_states.items():
+        model.load_state_dict(state)
+        site_rows[name] = site_metrics(model, data[name].test_x, data[name].test_y, kind)
+        final_global[name] = site_metrics(model, held_out.x, held_out.y, kind)
+    model.load_state_dict(consensus_state([(float(data[n].train_samples), s) for n, s in final_states.items()]))
+    consensus_rows = {s.name: site_metrics(model, s.test_x, s.test_y, kind) for s in sites}
+    consensus_global = site_metrics(model, held_out.x, held_out.y, kind)
+    swarm = _scored(_mean(final_global.values(), metrics), final_global, site_rows, sites, metrics, history, cost)
+    consensus = _scored(consensus_global, {CONSENSUS: consensus_global}, consensus_rows, sites, metrics, consensus_history, None)
+    return swarm, consensus
+
+
+def _mean(rows: Any, metrics: Sequence[str]) -> dict[str, float]:
+    rows = list(rows)
+    return {m: mean_and_std([row.get(m, math.nan) for row in rows])["mean"] for m in metrics}
+
+
+# ---------------------------------------------------------------------------------------------
+# Over repeats
+
+
+def _stability(run: Mapping[str, Any], metric: str) -> float:
+    """The largest round-to-round fall of any one model's held-out `metric` after round
+    STABLE_AFTER (NaN without enough rounds)."""
+    series: dict[str, list[float]] = {}
+    for entry in run["history"]:
+        for name, row in entry.get("global_models", {}).items():
+            series.setdefault(name, []).append(row.get(metric, math.nan))
+    drops = [largest_drop(values, STABLE_AFTER) for values in series.values()]
+    drops = [d for d in drops if not math.isnan(d)]
+    return max(drops) if drops else math.nan
+
+
+def _summarise(runs: list[dict[str, Any]], metrics: Sequence[str], ranking: str) -> dict[str, Any]:
+    def stat(values: Any) -> dict[str, float]:
+        return mean_and_std(list(values))
+
+    site_names_ = list(runs[0]["sites"])
+    rounds = max((len(run["history"]) for run in runs), default=0)
     history = []
     for i in range(rounds):
         entries = [run["history"][i] for run in runs if len(run["history"]) > i]
-        history.append({"round": entries[0]["round"], **{m: mean_and_std([e.get(m, math.nan) for e in entries]) for m in metrics}})
-    return {
-        "overall": {m: mean_and_std([run["overall"].get(m, math.nan) for run in runs]) for m in metrics},
-        "sites": {s: {m: mean_and_std([run["sites"][s].get(m, math.nan) for run in runs]) for m in metrics} for s in sites},
+        history.append({"round": entries[0]["round"],
+                        "global": {m: stat(e["global"].get(m, math.nan) for e in entries) for m in metrics}})
+    drops = [_stability(run, ranking) for run in runs]
+    summary: dict[str, Any] = {
+        "global": {m: stat(run["global"].get(m, math.nan) for run in runs) for m in metrics},
+        "sites_mean": {m: stat(run["site_means"][m]["mean"] for run in runs) for m in metrics},
+        "sites_weighted_mean": {m: stat(run["site_means"][m]["weighted_mean"] for run in runs) for m in metrics},
+        "undefined": {m: {"per_repeat": [len(run["site_means"][m]["undefined"]) for run in runs],
+                          "sites": sorted({s for run in runs for s in run["site_means"][m]["undefined"]})}
+                      for m in metrics},
+        "sites": {s: {m: stat(run["sites"][s].get(m, math.nan) for run in runs) for m in metrics} for s in site_names_},
         "history": history,
+        "models_per_repeat": len(runs[0]["global_models"]) or None,
+        "stability": {"metric": ranking, "after_round": STABLE_AFTER, "largest_drop": stat(drops),
+                      "worst": max((d for d in drops if not math.isnan(d)), default=math.nan)},
+        "repeats": runs,
     }
+    if all("cost" in run for run in runs):
+        summary["cost"] = {key: stat(run["cost"][key] for run in runs) for key in ("wall_seconds", "cpu_seconds", "peak_rss_mb")}
+        summary["cost"]["processes"] = runs[0]["cost"]["processes"]
+    return summary

@@ -6,17 +6,23 @@ survey, a CSV and two PNG plots, written from the results dict that the runner a
     paths["markdown"], paths["csv"], paths["rounds_plot"], paths["sites_plot"]
     markdown_table(results)   # the main table alone, for the README
 
-The results dict (everything else in it is ignored):
+The results dict (everything else in it is ignored; S = {"mean": x, "std": y} over repeats):
 
     {"scenario": str, "repeats": int, "task": "classification" | "segmentation",
-     "metrics": ["accuracy", ...], "primary_metric": "accuracy" | "dice",
-     "methods": {METHOD: {"overall": {METRIC: {"mean": x, "std": y}},
-                          "sites": {SITE: {METRIC: {"mean": x, "std": y}}},
-                          "history": [{"round": r, METRIC: {"mean": x, "std": y}}, ...],
-                          "label": "FedAvg (simulated server)"}}}
+     "metrics": ["accuracy", ...], "primary_metric": "auc" | "dice",
+     "methods": {METHOD: {"label": "FedAvg (simulated server)",
+                          "global": {METRIC: S},                 # on the held-out set
+                          "sites_mean": {METRIC: S},             # over sites' own splits
+                          "sites_weighted_mean": {METRIC: S},    # ... weighted by test size
+                          "undefined": {METRIC: {"per_repeat": [k, ...], "sites": [...]}},
+                          "sites": {SITE: {METRIC: S}},
+                          "history": [{"round": r, "global": {METRIC: S}}, ...],
+                          "stability": {"largest_drop": S, "worst": x, "metric": m, "after_round": 5},
+                          "cost": {"wall_seconds": S, "cpu_seconds": S, "peak_rss_mb": S, "processes": n}}}}
 
-Methods are listed in the order cross, single, mix, fedavg, fedsgd, fedprox, braintorrent
-(those present), then any other method in the order of the dict. In the Markdown table and
+Methods are listed in the order majority, cross, single, mix, fedavg, fedsgd, fedprox, swarm,
+swarm-consensus (those present), then any other method in the order of the dict. The
+majority-class row is the floor: it is never bold. In the Markdown table and
 the plots metrics are percentages (survey style, one decimal); the CSV keeps the raw values.
 A NaN, None or missing value is "n/a" in Markdown, an empty cell in the CSV and no point in
 the plots. All metrics are "higher is better", so the best mean of each column is in bold.
@@ -36,20 +42,21 @@ from typing import Any
 from swarm.atomic import write_atomic
 
 __all__ = [
-    "METHOD_ORDER", "SIMULATED_SERVER", "write_report", "markdown_table", "site_table",
+    "METHOD_ORDER", "SIMULATED_SERVER", "write_report", "markdown_table", "site_table", "site_means_table", "cost_table",
     "markdown_report", "csv_text", "plot_rounds", "plot_sites", "ordered_methods",
 ]
 
-METHOD_ORDER = ("cross", "single", "mix", "fedavg", "fedsgd", "fedprox", "braintorrent")
+FLOOR = "majority"
+METHOD_ORDER = (FLOOR, "cross", "single", "mix", "fedavg", "fedsgd", "fedprox", "swarm", "swarm-consensus")
 SIMULATED_SERVER = ("fedavg", "fedsgd", "fedprox")
-_BASELINES_WITHOUT_FEDERATION = ("cross", "single", "mix")
-_DISPLAY = {"cross": "Cross", "single": "Single", "mix": "Mix", "fedavg": "FedAvg",
-            "fedsgd": "FedSGD", "fedprox": "FedProx", "braintorrent": "BrainTorrent"}
-_ABBREVIATIONS = {"accuracy": "ACC", "sensitivity": "SEN", "specificity": "SPE", "auc": "AUC",
-                  "dice": "Dice", "pixel_accuracy": "PixAcc"}
-_LONG_NAMES = {"accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity",
-               "auc": "AUC", "dice": "Dice", "pixel_accuracy": "Pixel accuracy"}
-_TASK_METRICS = {"classification": ["accuracy", "sensitivity", "specificity", "auc"],
+_BASELINES_WITHOUT_FEDERATION = (FLOOR, "cross", "single", "mix")
+_DISPLAY = {FLOOR: "Majority class", "cross": "Cross", "single": "Single", "mix": "Mix", "fedavg": "FedAvg",
+            "fedsgd": "FedSGD", "fedprox": "FedProx", "swarm": "the swarm", "swarm-consensus": "its consensus model"}
+_ABBREVIATIONS = {"accuracy": "ACC", "balanced_accuracy": "BACC", "sensitivity": "SEN", "specificity": "SPE",
+                  "auc": "AUC", "dice": "Dice", "pixel_accuracy": "PixAcc"}
+_LONG_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "sensitivity": "Sensitivity",
+               "specificity": "Specificity", "auc": "AUC", "dice": "Dice", "pixel_accuracy": "Pixel accuracy"}
+_TASK_METRICS = {"classification": ["accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc"],
                  "segmentation": ["dice", "pixel_accuracy"]}
 NA = "n/a"
 
@@ -87,7 +94,7 @@ def _metrics(results: Mapping[str, Any]) -> list[str]:
         return list(_TASK_METRICS[results["task"]])
     seen: list[str] = []
     for method in (results.get("methods") or {}).values():
-        seen += [m for m in (method.get("overall") or {}) if m not in seen]
+        seen += [m for m in (method.get("global") or {}) if m not in seen]
     return seen
 
 
@@ -124,12 +131,12 @@ def _long_name(metric: str) -> str:
 
 
 def _history(method: Mapping[str, Any], metric: str) -> list[tuple[float, float, float]]:
-    """(round, mean, std) for every history entry whose mean of `metric` is a number."""
+    """(round, mean, std) for every history entry whose held-out mean of `metric` is a number."""
     points = []
     for index, entry in enumerate(method.get("history") or []):
         if not isinstance(entry, Mapping):
             continue
-        mean, std = _stat(entry.get(metric))
+        mean, std = _stat((entry.get("global") or {}).get(metric))
         round_ = _number(entry.get("round"))
         if math.isnan(round_):
             round_ = float(index + 1)
@@ -157,13 +164,16 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: Sequence[str], rows: Sequence[str], columns: Sequence[Sequence[tuple[float, float]]]) -> str:
+def _table(header: Sequence[str], rows: Sequence[str], columns: Sequence[Sequence[tuple[float, float]]],
+           floor: Sequence[bool] = ()) -> str:
     """A Markdown table: one row label per row, one column of (mean, std) per header entry
-    after the first; the best mean of each column (all of them if tied) in bold."""
+    after the first; the best mean of each column (all of them if tied) in bold, rows
+    marked in `floor` (the majority-class baseline) excepted."""
+    floor = list(floor) + [False] * (len(rows) - len(floor))
     best = []
     for column in columns:
         # compare the values as printed, so that two cells that read the same are both bold
-        means = [round(100.0 * m, 1) for m, _ in column if not math.isnan(m)]
+        means = [round(100.0 * m, 1) for r, (m, _) in enumerate(column) if not math.isnan(m) and not floor[r]]
         best.append(max(means) if means else None)
     lines = ["| " + " | ".join(_escape(h) for h in header) + " |",
              "|" + "|".join([":---"] + [":---:"] * len(columns)) + "|"]
@@ -171,35 +181,95 @@ def _table(header: Sequence[str], rows: Sequence[str], columns: Sequence[Sequenc
         cells = [_escape(row)]
         for c, column in enumerate(columns):
             mean, std = column[r]
-            cells.append(_cell(mean, std, best[c] is not None and not math.isnan(mean)
+            cells.append(_cell(mean, std, best[c] is not None and not math.isnan(mean) and not floor[r]
                                and round(100.0 * mean, 1) == best[c]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
-    """The main table (survey Table II style): a row per method (its label), a column per
-    metric (ACC, SEN, SPE, AUC / Dice, PixAcc), cells "mean ± std" in percent, the best mean
-    of each column in bold, "n/a" where undefined."""
+    """The main table (survey Table II style), on the federation-wide held-out set: a row
+    per method (its label), a column per metric (ACC, BACC, SEN, SPE, AUC / Dice, PixAcc),
+    cells "mean ± std" in percent, the best mean of each column in bold (the floor row
+    never), "n/a" where undefined."""
     methods = ordered_methods(results)
     metrics = _metrics(results)
-    columns = [[_stat((results["methods"][m].get("overall") or {}).get(metric)) for m in methods]
+    columns = [[_stat((results["methods"][m].get("global") or {}).get(metric)) for m in methods]
                for metric in metrics]
     return _table(["Method"] + [_abbreviation(m) for m in metrics],
-                  [_label(results, m) for m in methods], columns)
+                  [_label(results, m) for m in methods], columns, [m == FLOOR for m in methods])
+
+
+def _pair(unweighted: Any, weighted: Any) -> str:
+    a, _ = _stat(unweighted)
+    b, _ = _stat(weighted)
+    return NA if math.isnan(a) and math.isnan(b) else f"{_percent(a)} / {_percent(b)}"
+
+
+def _undefined(method: Mapping[str, Any], metrics: Sequence[str], sites: int) -> str:
+    """Where a metric had no value: "AUC at 1 of 8 sites (hospital-h)", worst repeat."""
+    notes = []
+    for metric in metrics:
+        entry = (method.get("undefined") or {}).get(metric) or {}
+        counts = [c for c in entry.get("per_repeat") or [] if isinstance(c, int)]
+        if counts and max(counts) > 0:
+            named = entry.get("sites") or []
+            notes.append(f"{_abbreviation(metric)} at {max(counts)} of {sites} sites"
+                         + (f" ({', '.join(named)})" if named and len(named) <= 4 else ""))
+    return "; ".join(notes) or "none"
+
+
+def site_means_table(results: Mapping[str, Any]) -> str:
+    """Each site's own test split: per method and metric "unweighted / weighted" means over
+    sites (weights: test-split sizes), and where a metric was undefined and left out."""
+    methods = ordered_methods(results)
+    metrics = _metrics(results)
+    sites = len(_sites(results))
+    lines = ["| Method | " + " | ".join(_abbreviation(m) for m in metrics) + " | undefined (left out of the means) |",
+             "|:---|" + ":---:|" * len(metrics) + ":---|"]
+    for name in methods:
+        method = results["methods"][name]
+        cells = [_pair((method.get("sites_mean") or {}).get(m), (method.get("sites_weighted_mean") or {}).get(m))
+                 for m in metrics]
+        lines.append(f"| {_escape(_label(results, name))} | " + " | ".join(cells) + f" | {_escape(_undefined(method, metrics, sites))} |")
+    return "\n".join(lines) + "\n"
+
+
+def cost_table(results: Mapping[str, Any]) -> str:
+    """Stability (the largest round-to-round fall of any one model on the held-out set after
+    round 5) and what each method cost: wall time, CPU time, peak memory."""
+    lines = ["| Method | largest fall after round 5 (mean ± std, worst) | wall s | CPU s | peak RSS MiB (processes) |",
+             "|:---|:---:|:---:|:---:|:---:|"]
+    for name in ordered_methods(results):
+        method = results["methods"][name]
+        stability = method.get("stability") or {}
+        drop, spread = _stat(stability.get("largest_drop"))
+        worst = _number(stability.get("worst"))
+        fall = NA if math.isnan(drop) else f"{_percent(drop)} ± {_percent(spread)} ({_percent(worst)})"
+        cost = method.get("cost") or {}
+        wall, cpu, peak = (_stat(cost.get(k))[0] for k in ("wall_seconds", "cpu_seconds", "peak_rss_mb"))
+        processes = cost.get("processes")
+        lines.append(f"| {_escape(_label(results, name))} | {fall} | {_fixed(wall)} | {_fixed(cpu)} | "
+                     f"{_fixed(peak)}{f' ({processes})' if isinstance(processes, int) else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fixed(value: float) -> str:
+    return NA if math.isnan(value) else f"{value:.0f}"
 
 
 def site_table(results: Mapping[str, Any], metric: str | None = None) -> str:
-    """The primary metric (or `metric`) per site: a row per method, a column per site and a
-    last column "Overall"; same cell format and bold as `markdown_table`."""
+    """The primary metric (or `metric`) on each site's own test split: a row per method, a
+    column per site and a last column "Mean"; same cell format and bold as `markdown_table`."""
     metric = metric or _primary(results)
     methods = ordered_methods(results)
     columns = []
     for site in _sites(results):
         columns.append([_stat(((results["methods"][m].get("sites") or {}).get(site) or {}).get(metric))
                         for m in methods])
-    columns.append([_stat((results["methods"][m].get("overall") or {}).get(metric)) for m in methods])
-    return _table(["Method"] + _sites(results) + ["Overall"], [_label(results, m) for m in methods], columns)
+    columns.append([_stat((results["methods"][m].get("sites_mean") or {}).get(metric)) for m in methods])
+    return _table(["Method"] + _sites(results) + ["Mean"], [_label(results, m) for m in methods], columns,
+                  [m == FLOOR for m in methods])
 
 
 def _join(names: Sequence[str]) -> str:
@@ -219,25 +289,37 @@ def _server_sentence(methods: Sequence[str]) -> str:
         sentence = "No simulated-server baseline (FedAvg, FedSGD, FedProx) was run"
     if serverless:
         sentence += f"; {_join(serverless)} {'runs' if len(serverless) == 1 else 'run'} serverless, as real node processes"
-    return sentence + ". Cross, Single and Mix are the non-federated references of the survey (train on one site and test on the others, local only, pooled)."
+    return sentence + (". Cross, Single and Mix are the non-federated references of the survey (train on one site and test on the "
+                       "others, local only, pooled); the majority class is the floor (always predict the most frequent training class).")
 
 
 def markdown_report(results: Mapping[str, Any]) -> str:
-    """The whole `compare.md`: title, a note on the server baselines, the main table and the
-    per-site table of the primary metric."""
+    """The whole `compare.md`: title, what was scored, the held-out table, the per-site
+    means, the primary metric per site, and stability and cost."""
     scenario = results.get("scenario") or "scenario"
     repeats = results.get("repeats")
     primary = _primary(results)
     over = (f"over {repeats} repeated random split{'s' if repeats != 1 else ''}"
             if isinstance(repeats, int) else "over the repeated random splits")
+    data = results.get("data") or [{}]
+    held_out = data[0].get("held_out") or {}
+    origin = data[0].get("held_out_origin") or "the federation-wide held-out set"
     parts = [
         f"# Comparison: {scenario}\n",
         f"{_server_sentence(ordered_methods(results))}\n",
         f"Values are mean ± std {over}, in percent; the best mean of each column is in bold; "
-        f"{NA} where a metric is undefined.\n",
+        f"{NA} where a metric is undefined. Every method's final model(s) are scored the same way: "
+        "one-model methods (Mix, FedAvg, FedSGD, FedProx, the swarm's consensus) by that model; Single, "
+        "Cross and the swarm by the mean over the sites' own final models.\n",
+        f"## Held-out test set ({origin}; {held_out.get('samples', NA)} samples"
+        + (f", classes {held_out['classes']}" if held_out.get("classes") else "") + ")\n",
         markdown_table(results),
+        "## Each site's own test split (mean over sites: unweighted / weighted by test size)\n",
+        site_means_table(results),
         f"## {_long_name(primary)} per site\n",
         site_table(results, primary),
+        f"## Stability and cost ({_long_name(primary)} on the held-out set)\n",
+        cost_table(results),
     ]
     return "\n".join(parts)
 
@@ -251,16 +333,17 @@ def _raw(value: float) -> str:
 
 
 def csv_text(results: Mapping[str, Any]) -> str:
-    """One row per (method, site or "overall", metric): method, label, site, metric, mean,
-    std (raw values, not percent; an empty cell where undefined). Sites are those the method
-    reports; every metric of `results["metrics"]` gets a row, defined or not."""
+    """One row per (method, scope, metric): method, label, site, metric, mean, std (raw
+    values, not percent; an empty cell where undefined). The scopes are "global" (the
+    held-out set), "sites_mean", "sites_weighted_mean", then each site's own test split;
+    every metric of `results["metrics"]` gets a row, defined or not."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["method", "label", "site", "metric", "mean", "std"])
     metrics = _metrics(results)
     for name in ordered_methods(results):
         method = results["methods"][name]
-        scopes = [("overall", method.get("overall") or {})]
+        scopes = [(scope, method.get(scope) or {}) for scope in ("global", "sites_mean", "sites_weighted_mean")]
         scopes += [(site, values or {}) for site, values in (method.get("sites") or {}).items()]
         for site, values in scopes:
             for metric in metrics:
@@ -321,7 +404,7 @@ def plot_rounds(results: Mapping[str, Any], path: Path, metric: str | None = Non
             elif points:
                 flat.append((name, points[0][1], points[0][2]))
             else:
-                mean, std = _stat((method.get("overall") or {}).get(metric))
+                mean, std = _stat((method.get("global") or {}).get(metric))
                 if not math.isnan(mean):
                     flat.append((name, mean, std))
         for name, mean, std in flat:
@@ -336,7 +419,7 @@ def plot_rounds(results: Mapping[str, Any], path: Path, metric: str | None = Non
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("Round")
         ax.set_ylabel(f"{_long_name(metric)} (%)")
-        ax.set_title(f"{results.get('scenario') or 'comparison'}: {_long_name(metric).lower()} per round "
+        ax.set_title(f"{results.get('scenario') or 'comparison'}: held-out {_long_name(metric).lower()} per round "
                      "(mean ± std over repeats)")
         ax.grid(True, alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
@@ -354,14 +437,15 @@ def plot_rounds(results: Mapping[str, Any], path: Path, metric: str | None = Non
 
 
 def plot_sites(results: Mapping[str, Any], path: Path, metric: str | None = None) -> Path:
-    """Grouped bars of the primary metric (or `metric`, in percent): a group per site and a
-    last group "Overall", a bar per method with a ±std error bar; undefined values get no bar."""
+    """Grouped bars of the primary metric (or `metric`, in percent) on each site's own test
+    split: a group per site and a last group "Mean", a bar per method with a ±std error bar;
+    undefined values get no bar."""
     plt = _pyplot()
 
     metric = metric or _primary(results)
     methods = ordered_methods(results)
     colours = _colours(plt, methods)
-    groups = _sites(results) + ["Overall"]
+    groups = _sites(results) + ["Mean"]
     width = 0.8 / max(1, len(methods))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.35 * len(groups) * max(1, len(methods))), 5))
     try:
@@ -369,7 +453,7 @@ def plot_sites(results: Mapping[str, Any], path: Path, metric: str | None = None
             method = results["methods"][name]
             xs, ys, errs = [], [], []
             for g, group in enumerate(groups):
-                entry = (method.get("overall") or {}) if group == "Overall" else ((method.get("sites") or {}).get(group) or {})
+                entry = (method.get("sites_mean") or {}) if group == "Mean" else ((method.get("sites") or {}).get(group) or {})
                 mean, std = _stat(entry.get(metric))
                 if math.isnan(mean):
                     continue

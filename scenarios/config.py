@@ -41,7 +41,9 @@ class ScenarioConfig:
     insecure: bool = False  # workers run without CurveZMQ (debugging only)
 
     @classmethod
-    def load(cls, path: Path) -> ScenarioConfig:
+    def load(cls, path: Path, data_path: str | Path | None = None) -> ScenarioConfig:
+        """Read and check a scenario file; `data_path` replaces its `[data] path` (a data
+        file on this disk, such as a MedMNIST .npz) before anything is checked."""
         values = read_toml(path, "scenario")
         where = str(path)
         check_keys(values, SECTIONS, where)
@@ -55,6 +57,10 @@ class ScenarioConfig:
         data = table(values, "data", where)
         if "site" in data or "sites" in data:
             raise ConfigError("data.sites/data.site: set by the runner from scenario.nodes; remove them from the scenario")
+        if data_path is not None:
+            data["path"] = str(data_path)
+        if isinstance(data.get("path"), str) and data["path"]:
+            data["path"] = str(Path(data["path"]).expanduser().resolve())  # node processes may start elsewhere
         config = cls(
             name=get_str(scenario, "name", "scenario", default=Path(path).stem),
             nodes=nodes,

@@ -109,6 +109,18 @@ class LocalWorker:
         except subprocess.TimeoutExpired:
             return None
 
+    def peak_rss(self) -> int | None:
+        """The process's peak resident memory so far in bytes (Linux' VmHWM), None once it
+        has exited or where /proc cannot tell."""
+        try:
+            with open(f"/proc/{self.process.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
 
 def worker_log_path(sites: Sequence[Path]) -> Path:
     """A single site logs into its own node.log; a packed worker's process output (its
@@ -163,6 +175,7 @@ class RunOutcome:
     wall_seconds: float
     timed_out: bool
     workers: int = 1
+    peak_rss_bytes: int | None = None  # sum over worker processes of each one's peak (local workers only)
 
     @property
     def all_finished(self) -> bool:
@@ -190,8 +203,10 @@ def run_federation(
         progress(f"{len(sites)} nodes in {len(workers)} worker processes ({per_worker} per worker, {backend})")
     timed_out = False
     last_round_shown = 0
+    peaks: dict[int, int] = {}
     try:
         while any(w.poll() is None for w in workers):
+            _sample_peaks(workers, peaks)
             if time.monotonic() - started > timeout:
                 timed_out = True
                 progress(f"timeout after {timeout:.0f} s: stopping the nodes")
@@ -209,7 +224,16 @@ def run_federation(
         stop_workers(workers)
     for node in nodes:
         node.read_new_metrics()
-    return RunOutcome(nodes, time.monotonic() - started, timed_out, len(workers))
+    peak = sum(peaks.values()) if peaks and all(hasattr(w, "peak_rss") for w in workers) else None
+    return RunOutcome(nodes, time.monotonic() - started, timed_out, len(workers), peak)
+
+
+def _sample_peaks(workers: list[WorkerHandle], peaks: dict[int, int]) -> None:
+    """Keep each worker's peak memory while it runs (it cannot be read after it exits)."""
+    for worker in workers:
+        peak = getattr(worker, "peak_rss", lambda: None)()
+        if peak is not None:
+            peaks[id(worker)] = max(peaks.get(id(worker), 0), peak)
 
 
 def _worker_starter(backend: str) -> StartWorker:

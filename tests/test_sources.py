@@ -118,7 +118,7 @@ def test_each_site_keeps_its_own_validation_split():
 
 
 @pytest.mark.slow
-def test_compare_reads_every_segmentation_metric_from_the_nodes(tmp_path):
+def test_compare_scores_every_segmentation_metric_of_the_swarm(tmp_path):
     import math
 
     from scenarios.compare import run_compare
@@ -127,10 +127,12 @@ def test_compare_reads_every_segmentation_metric_from_the_nodes(tmp_path):
     text = text.replace('[model]\nname = "mlp"', '[model]\nname = "unet"\ndepth = 1\nbase = 4\nnorm = "group"')
     text = text.replace("seed = 3\nsamples_per_site = 80", 'source = "phantom"\nsamples_per_site = 16\ntest_samples = 8\nsize = 16')
     path = tmp_path / "segc.toml"
-    path.write_text(text + '\n[compare]\nmethods = ["braintorrent"]\n')
+    path.write_text(text + '\n[compare]\nmethods = ["swarm"]\n')
     results = run_compare(ScenarioConfig.load(path), 1, tmp_path / "out", lambda line: None)
-    overall = results["methods"]["braintorrent"]["overall"]
-    assert set(overall) == {"dice", "pixel_accuracy"} and not any(math.isnan(v["mean"]) for v in overall.values())
+    for method in ("swarm", "swarm-consensus", "majority"):
+        for scope in ("global", "sites_mean"):
+            scores = results["methods"][method][scope]
+            assert set(scores) == {"dice", "pixel_accuracy"} and not any(math.isnan(v["mean"]) for v in scores.values())
 
 
 def test_generated_images_take_dirichlet_label_skew_one_class_sites_and_a_balanced_held_out_set():
