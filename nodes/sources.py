@@ -35,6 +35,7 @@ from .data import DataConfig, SiteData
 from .datasets import Samples, concat
 from .datasets.imaging import generate_imaging_site
 from .datasets.medmnist import load_medmnist
+from .datasets.partition import WHERE as PARTITION_TABLE
 from .datasets.partition import PartitionConfig, SiteSplit, partition, split_site
 from .datasets.phantom import generate_phantom_site
 from .datasets.tabular import load_breast_cancer_table, with_site_shift
@@ -243,10 +244,13 @@ def _partition_fields(v: Mapping[str, Any], p: str) -> dict[str, Any]:
 
 def _site_splits(config: _PartitionedSource, pooled: Samples) -> list[SiteSplit]:
     """Every site's train / val / test indices into `pooled`, from a partitioned source's settings."""
-    return partition(pooled, PartitionConfig.from_dict({
-        "method": config.partition, "sites": config.sites, "alpha": config.alpha, "skew": config.skew, "seed": config.seed,
-        "min_samples": config.min_samples, "val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
-    }))
+    try:
+        return partition(pooled, PartitionConfig.from_dict({
+            "method": config.partition, "sites": config.sites, "alpha": config.alpha, "skew": config.skew, "seed": config.seed,
+            "min_samples": config.min_samples, "val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
+        }))
+    except ConfigError as exc:  # the partitioner's fields are this [data] table's
+        raise ConfigError(str(exc).replace(f"{PARTITION_TABLE}.", "data.", 1)) from None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from .metrics import classification_metrics, segmentation_metrics
 from .privacy import PrivacyBudget, check_private_model, require_opacus
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+LOSSES = ("cross_entropy", "logit_adjusted")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class TrainConfig(TableConfig):
     dp_noise_multiplier: float = 0.0  # DP-SGD noise std / clipping norm; 0 = no differential privacy
     dp_max_grad_norm: float = 1.0     # DP-SGD per-sample gradient clipping norm (L2)
     dp_delta: float = 1e-5            # the delta at which epsilon is reported (keep << 1 / samples)
+    loss: str = "cross_entropy"       # "logit_adjusted": train on scores + log(own class prior)
 
     @staticmethod
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
@@ -75,6 +77,7 @@ class TrainConfig(TableConfig):
                                           min_open=True, max_open=True, example=1.0),
             "dp_delta": get_float(v, "dp_delta", p, minimum=0.0, maximum=1.0, min_open=True,
                                   max_open=True, example=1e-5),
+            "loss": get_str(v, "loss", p, choices=LOSSES, example="logit_adjusted"),
         }
 
 
@@ -99,6 +102,27 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         f"train.optimizer: must be one of: {', '.join(OPTIMIZERS)}, got {config.optimizer!r} "
         f'(example: optimizer = "adam")'
     )
+
+
+def class_log_prior(labels: Tensor, num_classes: int) -> Tensor:
+    """log of the site's own class frequencies (add-one smoothed, so an absent class gets a
+    small prior, not -inf), shaped to add to [n, C] or [n, C, H, W] scores."""
+    counts = torch.bincount(labels.reshape(-1), minlength=num_classes).to(torch.float32) + 1.0
+    prior = (counts / counts.sum()).log()
+    return prior.reshape(1, -1) if labels.dim() == 1 else prior.reshape(1, -1, *([1] * (labels.dim() - 1)))
+
+
+def _loss_function(config: TrainConfig, y: Tensor, num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """The training loss: cross-entropy, or with `loss = "logit_adjusted"` cross-entropy of
+    the scores plus the log of the site's own class prior (logit adjustment, Menon et al.
+    2021; in federated learning FedLC, Zhang et al. 2022). A site that holds mostly one
+    class then has no reason to push every score towards that class: its prior already
+    says so. Only training changes; the model's scores stay the balanced ones."""
+    cross_entropy = nn.CrossEntropyLoss()
+    if config.loss == "cross_entropy":
+        return cross_entropy
+    log_prior = class_log_prior(y, num_classes)
+    return lambda scores, labels: cross_entropy(scores + log_prior, labels)
 
 
 def check_output(scores: Tensor, labels: Tensor) -> None:
@@ -132,7 +156,8 @@ def train_local(model: nn.Module, data: SiteData, config: TrainConfig, seed: int
                 privacy: PrivacyBudget | None = None) -> dict:
     """Train `model` in place for `config.epochs` epochs on the site's training split.
 
-    A fresh optimizer each call (one call per round); with `config.prox_mu` > 0 the FedProx
+    A fresh optimizer each call (one call per round); the loss is `config.loss`
+    (`_loss_function`); with `config.prox_mu` > 0 the FedProx
     term pulls towards the weights the call started from. Returns {"loss": mean training
     loss over the last epoch (the task's cross-entropy, without the proximal term),
     "samples": training samples, "steps": optimizer steps, "epochs": epochs}.
@@ -172,7 +197,7 @@ def _train_plain(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig, se
     n = int(y.shape[0])
     optimizer = _optimizer(model, config)
     proximal = _proximal_term([p for p in model.parameters() if p.requires_grad], config.prox_mu)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
     order = torch.Generator().manual_seed(derive_seed(seed, "batches"))
     steps = 0
     epoch_loss = math.nan
@@ -183,8 +208,9 @@ def _train_plain(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig, se
             idx = perm[start:start + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
             scores = model(x[idx])
-            if steps == 0:
+            if loss_fn is None:
                 check_output(scores, y[idx])
+                loss_fn = _loss_function(config, y, int(scores.shape[1]))
             loss = loss_fn(scores, y[idx])
             objective = loss if proximal is None else loss + proximal()
             objective.backward()
@@ -217,7 +243,7 @@ def _train_private(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig, 
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params] if config.prox_mu > 0 else None
     before = _attribute_names(model)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
     hooked = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
     steps = 0
     epoch_loss = math.nan
@@ -237,8 +263,9 @@ def _train_private(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig, 
                         p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
                 else:
                     scores = hooked(x[idx])
-                    if steps == 0:
+                    if loss_fn is None:
                         check_output(scores, y[idx])
+                        loss_fn = _loss_function(config, y, int(scores.shape[1]))
                     loss = loss_fn(scores, y[idx])
                     loss.backward()
                     total += float(loss.detach()) * int(idx.numel())

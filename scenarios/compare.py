@@ -229,55 +229,66 @@ def _run_swarm(config: ScenarioConfig, out: Path, task: Task, kind: str, sites: 
     return score_published_versions(federation.sites, task, kind, sites, held_out, metrics, cost)
 
 
-def _version_state(site: SiteDir, seq: int) -> dict[str, Tensor]:
-    """Version `seq` of a site as a state dict: its published tensors plus the ones it kept."""
-    state = rebuild_state(load_checkpoint(site.checkpoint_path(seq))[0])
+def _version_state(site: SiteDir, seq: int) -> tuple[int, dict[str, Tensor]]:
+    """(round, state dict) of version `seq` of a site: its published tensors plus the ones
+    it kept at the site (partial sharing, FedBN)."""
+    flat, _, meta = load_checkpoint(site.checkpoint_path(seq))
+    state = rebuild_state(flat)
     local = site.local_checkpoint_path(seq)
     if local.exists():
         state |= rebuild_state(load_checkpoint(local)[0])
-    return state
+    return int(meta.get("round", seq)), state
 
 
 def score_published_versions(site_dirs: Mapping[str, Path], task: Task, kind: str, sites: Sequence[SiteData],
                              held_out: Samples, metrics: Sequence[str], cost: dict[str, float] | None = None,
-                             ) -> tuple[dict[str, Any], dict[str, Any]]:
+                             *, every_round: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """(each site's published models, their consensus), scored like every other method:
-    every version a site published, round by round, on the held-out set (and the last one
-    on the site's own test split), and per round the consensus of the sites' versions of
-    that round weighted by their training samples."""
+    each site's last version on the held-out set and on the site's own test split, and the
+    consensus of those last versions weighted by the sites' training samples. With
+    `every_round`, also every earlier version on the held-out set, round by round, and the
+    consensus of each round's versions (the history). A site that published nothing is
+    left out."""
     data = {s.name: s for s in sites}
-    versions = {}
+    by_round: dict[int, dict[str, dict[str, Tensor]]] = {}
+    final_states: dict[str, dict[str, Tensor]] = {}
     for name, path in site_dirs.items():
         site = SiteDir(path)
-        versions[name] = {int(load_checkpoint(site.checkpoint_path(seq), verify=False)[2].get("round", seq)): seq
-                          for seq in site.checkpoint_seqs()}
+        seqs = site.checkpoint_seqs()
+        for seq in seqs if every_round else seqs[-1:]:
+            round_no, state = _version_state(site, seq)
+            by_round.setdefault(round_no, {})[name] = state
+            final_states[name] = state
     model = build_model(task.model_name, task.model_params, sites[0].input_shape, sites[0].num_classes, task.init_seed)
-    rounds = sorted(set().union(*(v.keys() for v in versions.values())))
+
+    def held_out_scores(state: Mapping[str, Tensor]) -> dict[str, float]:
+        model.load_state_dict(state)
+        return site_metrics(model, held_out.x, held_out.y, kind)
+
+    def consensus(states: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        return consensus_state([(float(data[name].train_samples), state) for name, state in states.items()])
+
     history, consensus_history = [], []
-    final_states: dict[str, dict[str, Tensor]] = {}
-    for round_no in rounds:
-        states = {name: _version_state(SiteDir(site_dirs[name]), seqs[round_no])
-                  for name, seqs in versions.items() if round_no in seqs}
-        scores = {}
-        for name, state in states.items():
-            model.load_state_dict(state)
-            scores[name] = site_metrics(model, held_out.x, held_out.y, kind)
-        final_states |= states
-        model.load_state_dict(consensus_state([(float(data[name].train_samples), state) for name, state in states.items()]))
-        history.append({"round": round_no, "global": _mean(scores.values(), metrics), "global_models": scores})
-        consensus = site_metrics(model, held_out.x, held_out.y, kind)
-        consensus_history.append({"round": round_no, "global": consensus, "global_models": {CONSENSUS: consensus}})
+    if every_round:
+        for round_no in sorted(by_round):
+            scores = {name: held_out_scores(state) for name, state in by_round[round_no].items()}
+            history.append({"round": round_no, "global": _mean(scores.values(), metrics), "global_models": scores})
+            together = held_out_scores(consensus(by_round[round_no]))
+            consensus_history.append({"round": round_no, "global": together, "global_models": {CONSENSUS: together}})
     site_rows, final_global = {}, {}
     for name, state in final_states.items():
-        model.load_state_dict(state)
-        site_rows[name] = site_metrics(model, data[name].test_x, data[name].test_y, kind)
-        final_global[name] = site_metrics(model, held_out.x, held_out.y, kind)
-    model.load_state_dict(consensus_state([(float(data[n].train_samples), s) for n, s in final_states.items()]))
+        final_global[name] = held_out_scores(state)
+        site_rows[name] = site_metrics(model, data[name].test_x, data[name].test_y, kind)  # the model just loaded
+    for name in site_dirs:
+        site_rows.setdefault(name, {m: math.nan for m in metrics})  # published nothing: counted as undefined
+    swarm = _scored(_mean(final_global.values(), metrics), final_global, site_rows, sites, metrics, history, cost)
+    if not final_states:
+        return swarm, _scored({}, {}, {}, sites, metrics, [], None)
+    model.load_state_dict(consensus(final_states))
     consensus_rows = {s.name: site_metrics(model, s.test_x, s.test_y, kind) for s in sites}
     consensus_global = site_metrics(model, held_out.x, held_out.y, kind)
-    swarm = _scored(_mean(final_global.values(), metrics), final_global, site_rows, sites, metrics, history, cost)
-    consensus = _scored(consensus_global, {CONSENSUS: consensus_global}, consensus_rows, sites, metrics, consensus_history, None)
-    return swarm, consensus
+    return swarm, _scored(consensus_global, {CONSENSUS: consensus_global}, consensus_rows, sites, metrics,
+                          consensus_history, None)
 
 
 def _mean(rows: Any, metrics: Sequence[str]) -> dict[str, float]:

@@ -6,22 +6,24 @@ import json
 import math
 import platform
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nodes.audit import verify_sites
-from nodes.baselines import local_only, mean_accuracy, pooled
-from nodes.sources import load_every_site
 from nodes.learner import Task
 from swarm import __version__
 from swarm.atomic import write_atomic
 
 from .attackers import byzantine_share
+from .compare import score_published_versions
 from .config import ScenarioConfig
 from .federation import Federation
+from .methods import run_method
 from .runner import RunOutcome
+from .scoring import TASK_METRICS, majority_class
 
 
 def _code_version() -> str:
@@ -41,14 +43,28 @@ def _node_status(site: Path) -> dict[str, Any]:
 
 def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOutcome, progress) -> dict[str, Any]:
     task = Task.from_plan(config.model, config.training)
-    sites = load_every_site(config.data_table())
-    local_rows = pooled_result = None
+    source = config.data_source()
+    shape = source.task_shape()
+    metrics = TASK_METRICS[shape.kind]
+    sites = [replace(source.load_site(i), name=name) for i, name in enumerate(federation.sites)]
+    held_out = source.global_test()
+
+    def baseline(method: str) -> Any:
+        return run_method(method, sites, task.model_name, task.model_params, shape.input_shape, shape.num_classes,
+                          task.training, config.rounds, task.init_seed, history=False, held_out=held_out)
+
+    local = pooled = None
     if config.local_only:
         progress("training the local-only baseline (each site alone, same budget)")
-        local_rows = local_only(None, task.model_name, task.model_params, task.training, config.rounds, task.init_seed, sites)
+        local = baseline("single")
     if config.pooled:
         progress("training the pooled baseline (all data in one place, same budget)")
-        pooled_result = pooled(None, task.model_name, task.model_params, task.training, config.rounds, task.init_seed, sites)
+        pooled = baseline("mix")
+    floor = majority_class({s.name: s.train_y for s in sites}, {s.name: (s.test_x, s.test_y) for s in sites},
+                           held_out, shape.num_classes, shape.kind)
+    honest = {name: path for name, path in federation.sites.items() if name not in federation.attackers}
+    swarm, consensus = score_published_versions(honest, task, shape.kind, [s for s in sites if s.name in honest],
+                                                held_out, metrics, every_round=False)
     progress("verifying every update log")
     audit = verify_sites([p for p in federation.sites.values()])
     nodes = []
@@ -61,8 +77,9 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
         nodes.append({
             "name": node.name,
             "metrics": _scores(final),
-            "local_only": _scores(local_rows[index]) if local_rows else None,
-            "pooled": _scores(pooled_result["sites"][index]) if pooled_result else None,
+            "local_only": local.sites[node.name] if local else None,
+            "pooled": pooled.sites[node.name] if pooled else None,
+            "majority": floor["sites"][node.name],
             "rounds_completed": len(node.metrics),
             "state": status.get("state", "unknown"),
             "exit_code": node.exit_code,
@@ -73,8 +90,11 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
             "rejected": status.get("rejected", {}),
             "byzantine": node.name in federation.attackers,
         })
-    swarm_mean = _mean([n["metrics"].get("accuracy", math.nan) for n in nodes])
-    primary = "dice" if config.data_source().task_shape().kind == "segmentation" else "accuracy"
+    primary = "dice" if shape.kind == "segmentation" else "accuracy"
+    means = {  # of the primary metric over sites, each on its own test split: "metrics" is the swarm's own
+        key: _mean([n[key].get(primary, math.nan) for n in nodes]) if all(n[key] is not None for n in nodes) else None
+        for key in ("metrics", "local_only", "pooled", "majority")
+    }
     return {
         "scenario": config.name,
         "federation_id": federation.manifest.federation_id.hex(),
@@ -82,16 +102,22 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
         "topology": dict(federation.manifest.plan.topology) | {"neighbours": {k: list(v) for k, v in federation.manifest.plan.neighbours.items()}},
         "rounds": config.rounds,
         "nodes": nodes,
-        "pooled": {"accuracy": pooled_result["mean_accuracy"], "loss": pooled_result["mean_loss"], "sites": pooled_result["sites"]} if pooled_result else None,
+        "pooled": {"accuracy": means["pooled"], "sites": pooled.sites} if pooled else None,
         "primary_metric": primary,
-        "means": {  # of the primary metric: "metrics" is the swarm's own
-            key: _mean([n[key].get(primary, math.nan) for n in nodes]) if all(n[key] is not None for n in nodes) else None
-            for key in ("metrics", "local_only", "pooled")
-        },
+        "means": means,
         "accuracy": {
-            "swarm_mean": swarm_mean,
-            "local_only_mean": mean_accuracy(local_rows) if local_rows else None,
-            "pooled_mean": pooled_result["mean_accuracy"] if pooled_result else None,
+            "swarm_mean": _mean([n["metrics"].get("accuracy", math.nan) for n in nodes]),
+            "local_only_mean": local.overall["accuracy"] if local and "accuracy" in local.overall else None,
+            "pooled_mean": pooled.overall["accuracy"] if pooled and "accuracy" in pooled.overall else None,
+        },
+        "held_out": {  # every model on the same federation-wide test set that no site trains on
+            "origin": source.global_test_origin(),
+            "samples": len(held_out),
+            "swarm": swarm["global"],  # mean over the (honest) sites' last published models
+            "swarm_consensus": consensus["global"],  # their sample-weighted average
+            "local_only": local.global_ if local else None,
+            "pooled": pooled.global_ if pooled else None,
+            "majority": floor["global"],
         },
         "log_verification": {
             "ok": audit.ok,
@@ -126,7 +152,7 @@ def _attack_summary(config: ScenarioConfig, federation: Federation, nodes: list[
     }
 
 
-METRICS = ("accuracy", "sensitivity", "specificity", "auc", "dice", "loss", "train_loss")
+METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc", "dice", "loss", "train_loss")
 
 
 def _scores(row: dict[str, Any]) -> dict[str, float]:
@@ -148,24 +174,35 @@ def format_table(summary: dict[str, Any]) -> str:
         return "   -  " if value is None or math.isnan(value) else f"{100 * value:6.2f}"
 
     metric = summary["primary_metric"]
-    lines = [f"{'site':<14} {'samples':>7} {'swarm':>7} {'local':>7} {'pooled':>7} {'rounds':>6}  state"]
+    lines = [f"{'site':<14} {'samples':>7} {'swarm':>7} {'local':>7} {'pooled':>7} {'majority':>8} {'rounds':>6}  state"]
     for node in summary["nodes"]:
         mark = "  BYZANTINE (simulated)" if node.get("byzantine") else ""
         local = (node["local_only"] or {}).get(metric)
         pooled = (node["pooled"] or {}).get(metric)
         lines.append(
             f"{node['name']:<14} {node['train_samples']:>7} {pct(node['metrics'].get(metric)):>7} {pct(local):>7} "
-            f"{pct(pooled):>7} {node['rounds_completed']:>6}  {node['state']}{mark}"
+            f"{pct(pooled):>7} {pct(node['majority'].get(metric)):>8} {node['rounds_completed']:>6}  {node['state']}{mark}"
         )
     means = summary["means"]
-    lines.append(f"{'mean':<14} {'':>7} {pct(means['metrics']):>7} {pct(means['local_only']):>7} {pct(means['pooled']):>7}")
+    lines.append(f"{'mean':<14} {'':>7} {pct(means['metrics']):>7} {pct(means['local_only']):>7} {pct(means['pooled']):>7} {pct(means['majority']):>8}")
+    held_out = summary.get("held_out")
+    if held_out:
+        lines.append(
+            f"{'held-out':<14} {held_out['samples']:>7} {pct(held_out['swarm'].get(metric)):>7} "
+            f"{pct((held_out['local_only'] or {}).get(metric)):>7} {pct((held_out['pooled'] or {}).get(metric)):>7} "
+            f"{pct(held_out['majority'].get(metric)):>8}   consensus {pct(held_out['swarm_consensus'].get(metric)).strip()}"
+        )
     attack = summary.get("attack")
     if attack:
         lines.append(f"{'honest mean':<14} {'':>7} {pct(attack['honest_mean']):>7}   (worst honest {pct(attack['honest_min']).strip()}; {attack['kind']} at {', '.join(attack['sites'])})")
     audit = summary["log_verification"]
+    name = "Dice" if metric == "dice" else "accuracy"
     lines.append(
-        f"test {'Dice' if metric == 'dice' else 'accuracy'} (%) on each site's held-out split; logs: {'verified' if audit['ok'] else 'FAILED'} "
-        f"({audit['entries']} entries in {audit['logs']} logs); rejected messages: {summary['rejected_messages']['total']}; "
-        f"wall time {summary['wall_seconds']:.1f} s"
+        f"test {name} (%) on each site's own test split; held-out: every model on {held_out['origin'] if held_out else 'n/a'} "
+        f"(swarm and local: mean over the sites' models; consensus: their sample-weighted average)"
+    )
+    lines.append(
+        f"logs: {'verified' if audit['ok'] else 'FAILED'} ({audit['entries']} entries in {audit['logs']} logs); "
+        f"rejected messages: {summary['rejected_messages']['total']}; wall time {summary['wall_seconds']:.1f} s"
     )
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from torch import nn
 from nodes.baselines import local_only, mean_accuracy, pool_sites, pooled
 from nodes.data import DataConfig, SiteData, load_site
 from nodes.models import build_model
-from nodes.training import TrainConfig, derive_seed, evaluate, train_local
+from nodes.training import TrainConfig, class_log_prior, derive_seed, evaluate, train_local
 from swarm.errors import ConfigError
 
 
@@ -315,3 +315,31 @@ def test_model_and_labels_that_do_not_fit_are_refused():
     cnn = build_model("cnn", {"channels": [2], "hidden": []}, (1, 8, 8), 2, seed=0)
     with pytest.raises(ConfigError, match=r"^model\.name: the model outputs scores \[4, 2\] but the labels are \[4, 8, 8\] \(a class per pixel\)"):
         train_local(cnn, site, TrainConfig(), seed=0)
+
+
+def test_class_log_prior_is_the_smoothed_own_label_frequency():
+    prior = class_log_prior(torch.tensor([1, 1, 1, 0]), 3)
+    assert prior.shape == (1, 3)
+    assert torch.allclose(prior.exp(), torch.tensor([[2 / 7, 4 / 7, 1 / 7]]))
+    masks = torch.zeros(2, 4, 4, dtype=torch.long)
+    assert class_log_prior(masks, 2).shape == (1, 2, 1, 1)  # per pixel for segmentation
+
+
+def test_logit_adjusted_training_on_a_one_class_site_does_not_push_every_score_to_that_class():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    one_class = SiteData("screening", x, torch.ones(64, dtype=torch.long), x[:0], x[:0, 0].long(), 8, 2)
+    probe = torch.randn(200, 8, generator=g)
+
+    def shift(loss: str) -> float:
+        model = build_model("mlp", {"hidden": [16]}, 8, 2, 0)
+        with torch.no_grad():
+            before = torch.softmax(model(probe), 1)[:, 1].mean()
+        train_local(model, one_class, TrainConfig(optimizer="sgd", lr=0.1, epochs=3, loss=loss), seed=0)
+        with torch.no_grad():
+            return float(torch.softmax(model(probe), 1)[:, 1].mean() - before)
+
+    plain, adjusted = shift("cross_entropy"), shift("logit_adjusted")
+    assert plain > 0.3 and abs(adjusted) < plain / 3, (plain, adjusted)
+    with pytest.raises(ConfigError, match=r"train\.loss"):
+        TrainConfig.from_dict({"loss": "focal"})
