@@ -15,6 +15,17 @@ from swarm.config import get_int
 from swarm.errors import ConfigError
 
 
+def _topology_option(text: str | None) -> str | dict | None:
+    """--topology "NAME [key=value ...]": a name alone keeps the file's parameters when the
+    name is unchanged; with parameters, exactly those."""
+    if text is None or " " not in text.strip():
+        return text
+    from .topology_report import parse_params
+
+    name, *pairs = text.split()
+    return {"name": name, **parse_params(pairs)}
+
+
 def _progress(message: str) -> None:
     click.echo(message, err=False)
     sys.stdout.flush()
@@ -30,7 +41,7 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/NAME-TIME).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory's sites and summary.")
 @click.option("--nodes", type=int, default=None, help="Override [scenario] nodes.")
-@click.option("--topology", default=None, help="Override [topology] name (its other settings are kept only if the name is unchanged).")
+@click.option("--topology", default=None, help='Override [topology]: a name (its other settings are kept only if the name is unchanged) or "NAME key=value ...", e.g. "random-regular degree=4".')
 @click.option("--protocol", default=None, help="Override [protocol] name: braintorrent, gossip, dpsgd or epidemic.")
 @click.option("--rounds", type=int, default=None, help="Override [plan] rounds.")
 @click.option("--nodes-per-worker", type=int, default=None, help="Nodes packed into each worker process (default: from node and core counts).")
@@ -53,13 +64,14 @@ def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, t
     import torch
 
     torch.set_num_threads(threads)
-    config = ScenarioConfig.load(scenario_path, data_path).with_overrides(nodes=nodes, topology=topology, protocol=protocol, rounds=rounds)
+    config = ScenarioConfig.load(scenario_path, data_path).with_overrides(nodes=nodes, topology=_topology_option(topology), protocol=protocol, rounds=rounds)
     if nodes_per_worker is not None:
         config = replace(config, nodes_per_worker=get_int({"nodes_per_worker": nodes_per_worker}, "nodes_per_worker", "--nodes-per-worker", minimum=1))
     if backend is not None:
         config = replace(config, backend=backend)
     if insecure:
         config = replace(config, insecure=True)
+    config.check_data()
     out = out or Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = run_scenario(config, out, _progress, force=force)
     _progress(format_table(summary))
@@ -76,7 +88,7 @@ def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, t
 @click.option("--repeats", type=click.IntRange(min=1, max=100), default=3, show_default=True, help="Repeats with different data seeds (mean +- std).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/NAME-compare-TIME).")
 @click.option("--force", is_flag=True, help="Replace an existing comparison in --out.")
-@click.option("--topology", default=None, help="Override [topology] name for the swarm (its other settings are kept only if the name is unchanged).")
+@click.option("--topology", default=None, help='Override [topology] for the swarm: a name (its other settings are kept only if the name is unchanged) or "NAME key=value ...", e.g. "random-regular degree=4".')
 @click.option("--protocol", default=None, help="Override [protocol] name for the swarm: braintorrent, gossip, dpsgd or epidemic.")
 @click.option("--data-path", type=click.Path(path_type=Path), default=None, help="Override [data] path: a data file on this disk (e.g. a MedMNIST .npz).")
 @click.option("--threads", type=click.IntRange(min=1, max=256), default=1, show_default=True, help="Torch threads of each baseline process (the nodes use one each).")
@@ -91,8 +103,9 @@ def compare(scenario_path: Path, repeats: int, out: Path | None, force: bool, to
     from .compare_report import markdown_table, write_report
     from .config import ScenarioConfig
 
-    config = ScenarioConfig.load(scenario_path, data_path).with_overrides(topology=topology, protocol=protocol)
-    compare_settings(config)  # refuse bad [compare] settings before any work
+    config = ScenarioConfig.load(scenario_path, data_path).with_overrides(topology=_topology_option(topology), protocol=protocol)
+    compare_settings(config)  # refuse bad [compare] settings and data before any work
+    config.check_data()
     out = out or Path("runs") / f"{config.name}-compare-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out / "compare.json").exists() and not force:
         raise ConfigError(f"--out {out}: already holds a comparison; choose another directory or pass --force")

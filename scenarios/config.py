@@ -140,6 +140,11 @@ class ScenarioConfig:
     def data_source(self) -> DataSource:
         return data_source(self.data_table())
 
+    def check_data(self) -> None:
+        """Load the first site's data now, so that a data file without a split or a partition
+        that leaves a site nothing to train on fails before any process starts."""
+        self.data_source().load_site(0)
+
 
 def _named_table(current: dict[str, Any], new: str | dict[str, Any], default_name: str) -> dict[str, Any]:
     if isinstance(new, dict):
