@@ -90,11 +90,12 @@ def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, t
 @click.option("--force", is_flag=True, help="Replace an existing comparison in --out.")
 @click.option("--topology", default=None, help='Override [topology] for the swarm: a name (its other settings are kept only if the name is unchanged) or "NAME key=value ...", e.g. "random-regular degree=4".')
 @click.option("--protocol", default=None, help="Override [protocol] name for the swarm: braintorrent, gossip, dpsgd or epidemic.")
+@click.option("--nodes", type=int, default=None, help="Override [scenario] nodes (hospitals).")
 @click.option("--data-path", type=click.Path(path_type=Path), default=None, help="Override [data] path: a data file on this disk (e.g. a MedMNIST .npz).")
 @click.option("--threads", type=click.IntRange(min=1, max=256), default=1, show_default=True, help="Torch threads of each baseline process (the nodes use one each).")
 @user_errors
 def compare(scenario_path: Path, repeats: int, out: Path | None, force: bool, topology: str | None, protocol: str | None,
-            data_path: Path | None, threads: int) -> None:
+            nodes: int | None, data_path: Path | None, threads: int) -> None:
     """Compare the majority-class floor, Cross, Single, Mix, FedAvg, FedSGD, FedProx and the
     scenario's swarm protocol on SCENARIO_PATH, every model scored on the same held-out set."""
     import json
@@ -103,7 +104,7 @@ def compare(scenario_path: Path, repeats: int, out: Path | None, force: bool, to
     from .compare_report import markdown_table, write_report
     from .config import ScenarioConfig
 
-    config = ScenarioConfig.load(scenario_path, data_path).with_overrides(topology=_topology_option(topology), protocol=protocol)
+    config = ScenarioConfig.load(scenario_path, data_path).with_overrides(nodes=nodes, topology=_topology_option(topology), protocol=protocol)
     compare_settings(config)  # refuse bad [compare] settings and data before any work
     config.check_data()
     out = out or Path("runs") / f"{config.name}-compare-{time.strftime('%Y%m%d-%H%M%S')}"

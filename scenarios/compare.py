@@ -136,6 +136,8 @@ def run_compare(config: ScenarioConfig, repeats: int, out: Path, progress: Progr
         "rounds": config.rounds,
         "nodes": config.nodes,
         "threads": threads,
+        "settings": {"topology": config.topology, "protocol": config.protocol, "model": config.model,
+                     "training": config.training, "data": config.data},  # with the command line's overrides
         "stable_after_round": STABLE_AFTER,
         "data": data,
         "methods": {m: _summarise(runs[m], metrics, _ranking_metric(shape.kind)) | {"label": labels[m]} for m in order},

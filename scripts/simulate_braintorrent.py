@@ -44,10 +44,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nodes.baselines import local_only, mean_accuracy, pooled  # noqa: E402
 from nodes.data import DataConfig, load_all_sites  # noqa: E402
 from nodes.models import build_model  # noqa: E402
 from nodes.training import TrainConfig, derive_seed, evaluate, train_local  # noqa: E402
+from scenarios.methods import run_method  # noqa: E402
 from swarm.merge import weighted_mean  # noqa: E402
 
 # The recommended quickstart plan; the data set and training defaults are DataConfig()
@@ -151,19 +151,21 @@ def main(argv: list[str] | None = None) -> int:
         sites = load_all_sites(data_cfg)
         swarm_rows, cpu = simulate(sites, ring(len(sites)), args.model, model_params, train_cfg,
                                    args.rounds, seed, sync=args.sync)
-        local_rows = local_only(data_cfg, args.model, model_params, train_cfg, args.rounds, seed, sites=sites)
-        pool = pooled(data_cfg, args.model, model_params, train_cfg, args.rounds, seed, sites=sites)
-        s, lo, po = mean_accuracy(swarm_rows), mean_accuracy(local_rows), pool["mean_accuracy"]
+        shape = (sites[0].input_shape, sites[0].num_classes)
+        local = run_method("single", sites, args.model, model_params, *shape, train_cfg, args.rounds, seed, history=False)
+        pool = run_method("mix", sites, args.model, model_params, *shape, train_cfg, args.rounds, seed, history=False)
+        s = statistics.mean(row["accuracy"] for row in swarm_rows)
+        lo, po = local.overall["accuracy"], pool.overall["accuracy"]
         results.append((s, lo, po))
         cpu_all += cpu
         print(f"{seed:>4} {100 * s:7.2f} {100 * lo:7.2f} {100 * po:7.2f} {100 * (s - lo):+7.2f} "
               f"{100 * (po - s):+7.2f} {1000 * statistics.mean(cpu):14.1f} ms {time.perf_counter() - t0:5.1f}s",
               flush=True)
         if args.per_site:
-            for a, b, c, site in zip(swarm_rows, local_rows, pool["sites"], sites):
+            for a, site in zip(swarm_rows, sites):
                 print(f"     {site.name:>8} n={site.train_samples:4d}/{site.test_samples:4d} "
-                      f"swarm {100 * a['accuracy']:6.2f} local {100 * b['accuracy']:6.2f} "
-                      f"pooled {100 * c['accuracy']:6.2f}  classes {torch.bincount(site.train_y, minlength=site.num_classes).tolist()}")
+                      f"swarm {100 * a['accuracy']:6.2f} local {100 * local.sites[site.name]['accuracy']:6.2f} "
+                      f"pooled {100 * pool.sites[site.name]['accuracy']:6.2f}  classes {torch.bincount(site.train_y, minlength=site.num_classes).tolist()}")
     s, lo, po = (statistics.mean(col) for col in zip(*results))
     worst_gain = min(r[0] - r[1] for r in results)
     worst_gap = max(r[2] - r[0] for r in results)

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from nodes.baselines import local_only, mean_accuracy, pool_sites, pooled
 from nodes.data import DataConfig, SiteData, load_site
 from nodes.models import build_model
 from nodes.training import TrainConfig, class_log_prior, derive_seed, evaluate, train_local
@@ -155,29 +154,6 @@ def test_derive_seed_is_stable_and_spread():
     assert derive_seed(1, "train", 2, 3) == derive_seed(1, "train", 2, 3)
     assert derive_seed(1, "train", 2, 3) != derive_seed(1, "train", 3, 2)
     assert 0 <= derive_seed(2**62, "x") < 2**63
-
-
-def test_baselines_shape_and_budget():
-    data = DataConfig(sites=3, seed=2, samples_per_site=40, min_samples=10, test_samples=50)
-    train = TrainConfig(epochs=1)
-    local = local_only(data, "logreg", {}, train, rounds=2, seed=0)
-    assert [row["site"] for row in local] == ["site-0", "site-1", "site-2"]
-    for row in local:
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["test_samples"] == 50
-    pool = pooled(data, "logreg", {}, train, rounds=2, seed=0)
-    assert [row["site"] for row in pool["sites"]] == ["site-0", "site-1", "site-2"]
-    assert pool["mean_accuracy"] == pytest.approx(mean_accuracy(pool["sites"]))
-    assert pool["train_samples"] == sum(row["train_samples"] for row in local)
-    # Deterministic.
-    assert local_only(data, "logreg", {}, train, rounds=2, seed=0) == local
-
-
-def test_pool_sites_concatenates():
-    data = DataConfig(sites=2, seed=0, samples_per_site=30, min_samples=10, test_samples=20)
-    a, b = load_site(data, 0), load_site(data, 1)
-    both = pool_sites([a, b])
-    assert both.train_samples == a.train_samples + b.train_samples
-    assert torch.equal(both.train_x[: a.train_samples], a.train_x)
 
 
 # -- FedProx --------------------------------------------------------------------------------
