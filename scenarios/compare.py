@@ -167,13 +167,14 @@ def _data_summary(sites: Sequence[SiteData], held_out: Samples, kind: str, num_c
     }
 
 
-def _scored(global_models: Mapping[str, Mapping[str, float]] | Mapping[str, float], per_model: Mapping[str, Mapping[str, float]],
+def _scored(global_scores: Mapping[str, float], per_model: Mapping[str, Mapping[str, float]],
             site_rows: Mapping[str, Mapping[str, float]], sites: Sequence[SiteData], metrics: Sequence[str],
             history: list[dict[str, Any]], cost: dict[str, float] | None) -> dict[str, Any]:
-    """One repeat of one method in the shape every method shares."""
+    """One repeat of one method in the shape every method shares: its held-out scores (and
+    each of its models'), each site's split, the means over sites, history and cost."""
     sizes = {s.name: float(s.test_samples) for s in sites}
     return {
-        "global": dict(global_models),
+        "global": dict(global_scores),
         "global_models": {name: dict(row) for name, row in per_model.items()},
         "sites": {name: dict(row) for name, row in site_rows.items()},
         "site_means": site_means(site_rows, sizes, metrics),

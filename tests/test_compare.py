@@ -103,3 +103,16 @@ def test_a_short_comparison_writes_json_table_csv_and_plots(tmp_path):
     for repeat in (0, 1):  # the swarm's own logs are kept and verify
         verify = subprocess.run([sys.executable, "-m", "nodes", "log", "verify", str(out / f"repeat-{repeat}" / "swarm")], capture_output=True, text=True, timeout=120)
         assert verify.returncode == 0, verify.stderr
+
+
+def test_topology_overrides_take_parameters_and_bad_ones_stop_before_any_work(tmp_path):
+    from scenarios.cli import _topology_option
+
+    assert _topology_option("random-regular degree=4") == {"name": "random-regular", "degree": 4}
+    assert _topology_option("ring") == "ring" and _topology_option(None) is None
+    config = ScenarioConfig.load(write_scenario(tmp_path, nodes=6)).with_overrides(topology=_topology_option("random-regular degree=4"))
+    assert all(len(n) == 4 for n in config.plan_for([f"s{i}" for i in range(6)])["neighbours"].values())
+    result = CliRunner().invoke(scenario_cli, ["compare", str(write_scenario(tmp_path, nodes=6)), "--topology", "random-regular degree=7",
+                                               "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "topology.degree" in result.output
+    assert not (tmp_path / "out").exists()
