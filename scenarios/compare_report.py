@@ -207,14 +207,15 @@ def _pair(unweighted: Any, weighted: Any) -> str:
 
 
 def _undefined(method: Mapping[str, Any], metrics: Sequence[str], sites: int) -> str:
-    """Where a metric had no value: "AUC at 1 of 8 sites (hospital-h)", worst repeat."""
+    """Where a metric had no value: "AUC at up to 1 of 8 sites (hospital-h)" (the most in
+    any repeat; the sites it happened at in any repeat)."""
     notes = []
     for metric in metrics:
         entry = (method.get("undefined") or {}).get(metric) or {}
         counts = [c for c in entry.get("per_repeat") or [] if isinstance(c, int)]
         if counts and max(counts) > 0:
             named = entry.get("sites") or []
-            notes.append(f"{_abbreviation(metric)} at {max(counts)} of {sites} sites"
+            notes.append(f"{_abbreviation(metric)} at up to {max(counts)} of {sites} sites"
                          + (f" ({', '.join(named)})" if named and len(named) <= 4 else ""))
     return "; ".join(notes) or "none"
 
