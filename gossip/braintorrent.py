@@ -5,6 +5,17 @@ is newer than the one it last merged, merges them weighted by sample counts, tra
 its version. Here nobody selects: every node starts its own rounds on a randomized local
 timer and talks only to its neighbours in the topology. A neighbour that does not answer in
 time is left out of the round, so a dead, slow or silent peer never blocks anyone.
+
+Two changes keep sparse graphs from being swayed by one neighbour under label skew:
+- A neighbour that has nothing newer is already inside our model (we merged it before), so
+  it keeps its sample weight there: our model is weighted by our samples plus those of the
+  quiet neighbours we merged, and one fresh neighbour -- say a large site that holds one
+  class -- no longer outweighs the rest of the neighbourhood.
+- A node does not run more than `max_lead` rounds ahead of a neighbour that answers and is
+  still moving (waiting at most `wait_for_new` per round, and not at all for a neighbour
+  whose version has not changed for `wait_for_new`): a slow node is not left to train its
+  last rounds alone on its own skewed data after its neighbours finished, and a stuck one
+  does not slow anybody down.
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ class BrainTorrentParams(Params):
     poll_timeout: float = 2.0  # how long to wait for version replies
     pull_timeout: float = 30.0  # how long to wait for the models we asked for
     wait_for_new: float = 5.0  # with nothing new from any neighbour, wait this long before training alone
+    max_lead: int = 2  # rounds a node may run ahead of a neighbour that answers and moves (waiting at most wait_for_new)
+    INTEGERS = frozenset({"max_lead"})
 
 
 class BrainTorrent(ProtocolMachine):
@@ -32,7 +45,11 @@ class BrainTorrent(ProtocolMachine):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.newer: dict[str, int] = {}  # neighbour -> announced version newer than merged
+        self.answered: dict[str, int] = {}  # moving neighbour -> version it announced in this poll
+        self.last_change: dict[str, tuple[int, float]] = {}  # neighbour -> (version it announced, since when)
         self.arrived: dict[str, ModelInfo] = {}  # neighbour -> verified model pulled this round
+        self.round_peers: list[str] = []  # whom this round talks to
+        self.merged_samples: dict[str, int] = {}  # neighbour -> samples signed in its last model we pulled
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -46,6 +63,7 @@ class BrainTorrent(ProtocolMachine):
         self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), model.seq)
         if model.seq > self.merged.get(peer, 0):
             self.arrived[peer] = model
+            self.merged_samples[peer] = model.samples
         return self._merge() if not self.pending else []
 
     def model_failed(self, peer: str, req: int | None, reason: str, now: float) -> list[Action]:
@@ -84,11 +102,12 @@ class BrainTorrent(ProtocolMachine):
     def _begin_polling(self, now: float) -> list[Action]:
         self.phase = Phase.POLLING
         self.newer = {}
+        self.answered = {}
         # A neighbour that finished and whose last version we merged has nothing more to
         # give (and may have exited): asking it would only wait out poll_timeout.
         exhausted = {p for p, seq in self.final_versions.items() if self.merged.get(p, 0) >= seq}
-        round_peers = self.schedule.exchange_with(self.name, self.published_seq + 1)
-        self.pending = {peer: self._new_req() for peer in round_peers if peer not in exhausted}
+        self.round_peers = list(self.schedule.exchange_with(self.name, self.published_seq + 1))
+        self.pending = {peer: self._new_req() for peer in self.round_peers if peer not in exhausted}
         self.deadline = now + self.params.poll_timeout
         if not self.pending:
             return self._merge()  # every neighbour is done and merged: nothing left to wait for
@@ -98,17 +117,24 @@ class BrainTorrent(ProtocolMachine):
         if self.pending.get(peer) != reply.req or self.phase is not Phase.POLLING:
             return [Dropped(peer, "stale_version_reply")]
         del self.pending[peer]
+        seq, since = self.last_change.get(peer, (reply.seq, now))
+        self.last_change[peer] = (reply.seq, since if seq == reply.seq else now)
+        if not reply.done and reply.seq > 0 and now - self.last_change[peer][1] < self.params.wait_for_new:
+            self.answered[peer] = reply.seq  # it has published and still moves: worth waiting for
         if reply.seq > self.merged.get(peer, 0):
             self.newer[peer] = reply.seq
         return self._end_polling(now) if not self.pending else []
 
     def _end_polling(self, now: float) -> list[Action]:
-        if not self.newer:
-            # Nothing new nearby: wait for a neighbour to move rather than drift away alone,
-            # but never longer than wait_for_new (the neighbours may be dead).
+        # Nothing new nearby, or a neighbour that answers is max_lead rounds behind: wait for
+        # it to move rather than drift away alone, but never longer than wait_for_new (the
+        # neighbours may be dead or stuck).
+        too_far_ahead = any(self.published_seq + 1 - seq > self.params.max_lead for seq in self.answered.values())
+        if not self.newer or too_far_ahead:
             if self.published_seq > 0 and now < self.published_at + self.params.wait_for_new:
                 self._wait_for_next_round(now)
                 return []
+        if not self.newer:
             return self._merge()
         self.phase = Phase.PULLING
         self.arrived = {}
@@ -118,7 +144,10 @@ class BrainTorrent(ProtocolMachine):
 
     def _merge(self) -> list[Action]:
         """BrainTorrent's step 3: every model weighted by the samples it was trained on
-        (the count signed in its entry)."""
+        (the count signed in its entry); ours also carries the samples of this round's
+        neighbours that had nothing newer and whose earlier versions it already holds."""
         pulled = [PulledVersion(peer, m.seq, float(m.samples)) for peer, m in self.arrived.items()]
+        carried = sum(self.merged_samples.get(peer, 0) for peer in self.round_peers
+                      if peer not in self.arrived and self.merged.get(peer, 0) > 0)
         self.arrived = {}
-        return self._train(self.published_seq + 1, pulled, float(self.samples))
+        return self._train(self.published_seq + 1, pulled, float(self.samples + carried))

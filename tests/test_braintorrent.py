@@ -185,3 +185,69 @@ def test_finished_neighbours_whose_last_version_was_merged_are_not_polled_again(
     bt.receive("c", VersionReply(ANNOUNCEMENT, 2, 20, True), 0.0)
     bt.start(0.0)
     assert bt.tick(bt.next_deadline()) == [MergeAndTrain(2, (), self_weight=50.0)]
+
+
+def test_a_neighbour_with_nothing_newer_keeps_its_weight_inside_our_model():
+    bt = machine()
+    polls = start_polling(bt)
+    bt.receive("b", VersionReply(polls[0].msg.req, 1, 80, False), 1.0)
+    bt.receive("c", VersionReply(polls[1].msg.req, 1, 20, False), 1.0)
+    bt.model_arrived("b", 3, model(1, samples=80), 1.1)
+    assert bt.model_arrived("c", 4, model(1, samples=20), 1.1) == [
+        MergeAndTrain(1, (PulledVersion("b", 1, 80.0), PulledVersion("c", 1, 20.0)), self_weight=50.0)]
+    bt.published(1, {"b": 1, "c": 1}, 2.0)
+    # Round 2: only c moved. b's version 1 is already inside our model, so our model weighs
+    # 50 + 80 and c's 20 samples cannot swing it.
+    polls = [a for a in bt.tick(bt.next_deadline()) if isinstance(a, Send)]
+    now = bt.next_deadline() - PARAMS.poll_timeout + 0.1
+    bt.receive("b", VersionReply(polls[0].msg.req, 1, 80, False), now)
+    [pull] = bt.receive("c", VersionReply(polls[1].msg.req, 2, 20, False), now)
+    assert bt.model_arrived("c", pull.msg.req, model(2, samples=20), now) == [
+        MergeAndTrain(2, (PulledVersion("c", 2, 20.0),), self_weight=130.0)]
+
+
+def test_a_node_waits_for_a_neighbour_that_fell_behind_but_not_for_ever():
+    bt = machine(rounds=10, published_seq=4, merged={"b": 2, "c": 3})
+    bt.published_at = 0.0
+    polls = start_polling(bt)
+    now = bt.next_deadline() - PARAMS.poll_timeout + 0.1
+    bt.receive("b", VersionReply(polls[0].msg.req, 2, 80, False), now)  # b is 3 rounds behind our next round
+    assert bt.receive("c", VersionReply(polls[1].msg.req, 4, 20, False), now) == []  # c moved, but we wait for b
+    assert bt.phase is Phase.WAITING
+    pulled: list = []
+    while not pulled:  # b stays behind; after wait_for_new the round goes on with c's news
+        now = bt.next_deadline()
+        for action in bt.tick(now):
+            if isinstance(action, Send) and isinstance(action.msg, VersionRequest):
+                seq = 2 if action.peer == "b" else 4
+                pulled += [a for a in bt.receive(action.peer, VersionReply(action.msg.req, seq, 10, False), now)
+                           if isinstance(a, Send) and isinstance(a.msg, ModelRequest)]
+    assert now >= PARAMS.wait_for_new and [a.peer for a in pulled] == ["c"]
+    # Within max_lead (2), nothing waits: two rounds ahead of b is fine.
+    bt = machine(rounds=10, published_seq=4, merged={"b": 3, "c": 3})
+    bt.published_at = 0.0
+    polls = start_polling(bt)
+    bt.receive("b", VersionReply(polls[0].msg.req, 3, 80, False), 1.0)
+    assert bt.receive("c", VersionReply(polls[1].msg.req, 4, 20, False), 1.0) == [Send("c", ModelRequest(3, 0))]
+
+
+def test_max_lead_is_a_count_in_the_plan():
+    assert BrainTorrentParams.from_dict({"max_lead": 3}).max_lead == 3
+    with pytest.raises(ConfigError, match=r"plan\.protocol\.max_lead: must be an integer from 1 to 1024"):
+        BrainTorrentParams.from_dict({"max_lead": 0.5})
+
+
+def test_a_neighbour_stuck_at_one_version_is_not_waited_for():
+    bt = machine(rounds=20, published_seq=8, merged={"b": 2, "c": 8})
+    assert bt.start(0.0) == []
+    bt.published_at = 100.0  # as if we had just published: only b's standstill can end the wait
+    now, waited = 0.0, []
+    for _ in range(30):  # b answers "version 2" for ever: after wait_for_new it is no longer waited for
+        now = bt.next_deadline()
+        actions = bt.tick(now)
+        for action in [a for a in actions if isinstance(a, Send) and isinstance(a.msg, VersionRequest)]:
+            actions += bt.receive(action.peer, VersionReply(action.msg.req, 2 if action.peer == "b" else 9, 10, False), now)
+        if any(isinstance(a, Send) and isinstance(a.msg, ModelRequest) for a in actions):
+            break
+        waited.append(now)
+    assert bt.phase is Phase.PULLING and waited and PARAMS.wait_for_new <= now < 2 * PARAMS.wait_for_new
