@@ -4,13 +4,11 @@ as real nodes, scored from the versions it published."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from nodes.learner import Task
