@@ -420,7 +420,7 @@ def plot_rounds(results: Mapping[str, Any], path: Path, metric: str | None = Non
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("Round")
         ax.set_ylabel(f"{_long_name(metric)} (%)")
-        ax.set_title(f"{results.get('scenario') or 'comparison'}: held-out {_long_name(metric).lower()} per round "
+        ax.set_title(f"{results.get('scenario') or 'comparison'}: held-out {_long_name(metric)} per round "
                      "(mean ± std over repeats)")
         ax.grid(True, alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
@@ -472,7 +472,7 @@ def plot_sites(results: Mapping[str, Any], path: Path, metric: str | None = None
         ax.set_ylim(bottom=0)
         ax.set_xlabel("Site")
         ax.set_ylabel(f"{_long_name(metric)} (%)")
-        ax.set_title(f"{results.get('scenario') or 'comparison'}: {_long_name(metric).lower()} per site "
+        ax.set_title(f"{results.get('scenario') or 'comparison'}: {_long_name(metric)} per site "
                      "(mean ± std over repeats)")
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
