@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from swarm.config import tomllib
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from scenarios.cli import main as scenario_cli
+from scenarios.config import ScenarioConfig
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -75,3 +78,18 @@ def test_the_shipped_medmnist_scenarios_run_a_federation_on_a_file_of_that_layou
     assert summary["ok"] and summary["held_out"]["samples"] == 100
     assert "official test split" in summary["held_out"]["origin"]
     assert 0.0 <= summary["held_out"]["swarm"]["auc"] <= 1.0
+
+
+def test_every_shipped_scenario_loads(tmp_path):
+    data_file = medmnist_file(tmp_path / "any.npz", rgb=True, classes=5)
+    loaded = []
+    for path in sorted(SCENARIOS.glob("*.toml")):
+        if {"study", "sweep"} & set(tomllib.loads(path.read_text())):
+            continue  # a study or a sweep, checked by its own tests
+        needs_file = "medmnist" in path.stem
+        config = ScenarioConfig.load(path, data_file if needs_file else None)
+        if config.data.get("source") == "breast-cancer":
+            pytest.importorskip("sklearn", reason='optional extra: pip install "swarm-hospitals[sklearn]"')
+        assert config.nodes >= 2 and config.data_source().task_shape().num_classes >= 2, path.name
+        loaded.append(path.stem)
+    assert {"quickstart", "imaging-skewed", "segmentation-phantom", "medmnist-pneumonia", "medmnist-retina"} <= set(loaded)
