@@ -46,13 +46,14 @@ from nodes.site import SiteDir
 from swarm.checkpoint import load_checkpoint
 from swarm.config import check_keys
 from swarm.errors import ConfigError
+from swarm.merge import weighted_mean
 from swarm.tensors import rebuild_state
 
 from .config import ScenarioConfig
 from .federation import create_federation, site_names
 from .methods import METHOD_NAMES, run_method
 from .runner import run_federation
-from .scoring import TASK_METRICS, consensus_state, largest_drop, majority_class, site_metrics
+from .scoring import TASK_METRICS, largest_drop, majority_class, mean_over, site_metrics
 
 SWARM = "swarm"  # the scenario's own protocol, as real node processes
 CONSENSUS = "swarm-consensus"  # the sample-weighted average of the swarm's final models
@@ -111,8 +112,8 @@ def run_compare(config: ScenarioConfig, repeats: int, out: Path, progress: Progr
         sites = [replace(source.load_site(i), name=name) for i, name in enumerate(names)]
         held_out = source.global_test()
         data.append(_data_summary(sites, held_out, shape.kind, shape.num_classes) | {"held_out_origin": source.global_test_origin()})
-        floor = majority_class({s.name: s.train_y for s in sites}, {s.name: (s.test_x, s.test_y) for s in sites},
-                               held_out, shape.num_classes, shape.kind)
+        floor = majority_class({s.name: s.train_y for s in sites}, {s.name: s.test_y for s in sites},
+                               held_out.y, shape.num_classes, shape.kind)
         runs[MAJORITY].append(_scored(floor["global"], {}, floor["sites"], sites, metrics, [], None))
         for method in methods:
             label = swarm_label(config) if method == SWARM else LABELS[method]
@@ -269,13 +270,13 @@ def score_published_versions(site_dirs: Mapping[str, Path], task: Task, kind: st
         return site_metrics(model, held_out.x, held_out.y, kind)
 
     def consensus(states: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        return consensus_state([(float(data[name].train_samples), state) for name, state in states.items()])
+        return weighted_mean([(float(data[name].train_samples), state) for name, state in states.items()])
 
     history, consensus_history = [], []
     if every_round:
         for round_no in sorted(by_round):
             scores = {name: held_out_scores(state) for name, state in by_round[round_no].items()}
-            history.append({"round": round_no, "global": _mean(scores.values(), metrics), "global_models": scores})
+            history.append({"round": round_no, "global": mean_over(scores.values(), metrics), "global_models": scores})
             together = held_out_scores(consensus(by_round[round_no]))
             consensus_history.append({"round": round_no, "global": together, "global_models": {CONSENSUS: together}})
     site_rows, final_global = {}, {}
@@ -284,7 +285,7 @@ def score_published_versions(site_dirs: Mapping[str, Path], task: Task, kind: st
         site_rows[name] = site_metrics(model, data[name].test_x, data[name].test_y, kind)  # the model just loaded
     for name in site_dirs:
         site_rows.setdefault(name, {m: math.nan for m in metrics})  # published nothing: counted as undefined
-    swarm = _scored(_mean(final_global.values(), metrics), final_global, site_rows, sites, metrics, history, cost)
+    swarm = _scored(mean_over(final_global.values(), metrics), final_global, site_rows, sites, metrics, history, cost)
     if not final_states:
         return swarm, _scored({}, {}, {}, sites, metrics, [], None)
     model.load_state_dict(consensus(final_states))
@@ -292,11 +293,6 @@ def score_published_versions(site_dirs: Mapping[str, Path], task: Task, kind: st
     consensus_global = site_metrics(model, held_out.x, held_out.y, kind)
     return swarm, _scored(consensus_global, {CONSENSUS: consensus_global}, consensus_rows, sites, metrics,
                           consensus_history, None)
-
-
-def _mean(rows: Any, metrics: Sequence[str]) -> dict[str, float]:
-    rows = list(rows)
-    return {m: mean_and_std([row.get(m, math.nan) for row in rows])["mean"] for m in metrics}
 
 
 # ---------------------------------------------------------------------------------------------

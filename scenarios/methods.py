@@ -44,13 +44,13 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from nodes.metrics import mean_and_std, site_means
+from nodes.metrics import site_means
 from nodes.models import build_model
 from nodes.training import TrainConfig, check_output, derive_seed, train_local
 from swarm.errors import ConfigError
 from swarm.merge import weighted_mean
 
-from .scoring import TASK_METRICS, HeldOut, site_metrics
+from .scoring import TASK_METRICS, HeldOut, mean_over, site_metrics
 
 __all__ = [
     "SiteLike", "MethodResult", "METHODS", "METHOD_NAMES", "METHOD_PARAMS", "TASK_METRICS", "run_method",
@@ -167,10 +167,6 @@ def _site_names(sites: Sequence[SiteLike]) -> list[str]:
     return [f"site-{i}" for i in range(len(sites))]
 
 
-def _mean_over(rows: Sequence[Mapping[str, float]], names: Sequence[str]) -> dict[str, float]:
-    return {name: mean_and_std([row[name] for row in rows])["mean"] for name in names}
-
-
 def _train_seed(seed: int, site: int | str, round_index: int) -> int:
     return derive_seed(seed, "train", site, round_index)
 
@@ -231,11 +227,11 @@ class _Run:
                 for name, site in zip(self.names, self.sites)
             }
             self.last_rows = {name: dict(row) for name, row in rows.items()}
-            entry.update(_mean_over(list(rows.values()), self.metric_names))
+            entry.update(mean_over(list(rows.values()), self.metric_names))
             if self.held_out is not None:
                 self.last_global = {name: site_metrics(model, self.held_out.x, self.held_out.y, self.task)
                                     for name, model in models.items()}
-                entry["global"] = _mean_over(list(self.last_global.values()), self.metric_names)
+                entry["global"] = mean_over(list(self.last_global.values()), self.metric_names)
                 entry["global_models"] = self.last_global
         finite = [v for v in losses if not math.isnan(v)]
         entry["train_loss"] = math.fsum(finite) / len(finite) if finite else math.nan
@@ -253,10 +249,10 @@ class _Run:
         test_sizes = {name: float(int(site.test_y.shape[0])) for name, site in zip(self.names, self.sites)}
         return MethodResult(
             method=self.method, task=self.task, metrics=self.metric_names, sites=sites,
-            overall=_mean_over(list(sites.values()), self.metric_names),
+            overall=mean_over(list(sites.values()), self.metric_names),
             history=self.history, details=details or {}, states=states or {},
             site_means=site_means(sites, test_sizes, self.metric_names),
-            global_=_mean_over(list(self.last_global.values()), self.metric_names) if self.last_global else {},
+            global_=mean_over(list(self.last_global.values()), self.metric_names) if self.last_global else {},
             global_models=self.last_global,
         )
 
@@ -296,7 +292,7 @@ def _cross(run: _Run) -> MethodResult:
                                for j, other in enumerate(run.sites) if j != i}
                 for i, model in enumerate(models)
             }
-        rows = {name: _mean_over(list(row.values()), run.metric_names) for name, row in matrix.items()}
+        rows = {name: mean_over(list(row.values()), run.metric_names) for name, row in matrix.items()}
         run.record(r, dict(zip(run.names, models)), losses, site_rows=rows)
     return run.result(details={"matrix": matrix}, states={n: _state_copy(m) for n, m in zip(run.names, models)})
 

@@ -60,8 +60,8 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
     if config.pooled:
         progress("training the pooled baseline (all data in one place, same budget)")
         pooled = baseline("mix")
-    floor = majority_class({s.name: s.train_y for s in sites}, {s.name: (s.test_x, s.test_y) for s in sites},
-                           held_out, shape.num_classes, shape.kind)
+    floor = majority_class({s.name: s.train_y for s in sites}, {s.name: s.test_y for s in sites},
+                           held_out.y, shape.num_classes, shape.kind)
     honest = {name: path for name, path in federation.sites.items() if name not in federation.attackers}
     swarm, consensus = score_published_versions(honest, task, shape.kind, [s for s in sites if s.name in honest],
                                                 held_out, metrics, every_round=False)

@@ -11,7 +11,8 @@ published models). Each model is scored
   splits), summarised by `nodes.metrics.site_means` as unweighted and test-size-weighted
   means that name the sites where a metric is undefined.
 
-The floor every table shows is `majority_class`: predict the most frequent training class
+The swarm's consensus model is `swarm.merge.weighted_mean` of its sites' final models,
+weighted by their training samples. The floor every table shows is `majority_class`: predict the most frequent training class
 (pooled for the global score, each site's own for its split), whose AUC is 0.5 and whose
 balanced accuracy is one over the classes present.
 """
@@ -19,18 +20,17 @@ balanced accuracy is one over the classes present.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from nodes.metrics import classification_metrics, segmentation_metrics, site_means
+from nodes.metrics import classification_metrics, mean_and_std, segmentation_metrics, site_means
 from nodes.training import check_output
 
 __all__ = [
-    "TASK_METRICS", "HeldOut", "site_metrics", "majority_class", "consensus_state", "largest_drop",
-    "site_means",
+    "TASK_METRICS", "HeldOut", "site_metrics", "majority_class", "mean_over", "largest_drop", "site_means",
 ]
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -81,8 +81,8 @@ def _most_frequent(labels: Tensor, num_classes: int) -> int:
     return int(torch.bincount(labels.reshape(-1), minlength=num_classes).argmax())
 
 
-def majority_class(train_labels: Mapping[str, Tensor], tests: Mapping[str, tuple[Tensor, Tensor]],
-                   held_out: HeldOut | None, num_classes: int, task: str) -> dict[str, Any]:
+def majority_class(train_labels: Mapping[str, Tensor], test_labels: Mapping[str, Tensor],
+                   held_out_labels: Tensor | None, num_classes: int, task: str) -> dict[str, Any]:
     """The trivial baseline: {"sites": {site: metrics of always predicting the site's own
     most frequent training class on its test split}, "global": metrics of always
     predicting the pooled most frequent training class on the held-out set (or {})}.
@@ -94,28 +94,16 @@ def majority_class(train_labels: Mapping[str, Tensor], tests: Mapping[str, tuple
         scores = _constant_scores(label, y, num_classes)
         return classification_metrics(scores, y) if task == "classification" else segmentation_metrics(scores, y)
 
-    sites = {name: score(_most_frequent(train_labels[name], num_classes), y) for name, (_, y) in tests.items()}
+    sites = {name: score(_most_frequent(train_labels[name], num_classes), y) for name, y in test_labels.items()}
     pooled = _most_frequent(torch.cat([y.reshape(-1) for y in train_labels.values()]), num_classes)
-    return {"sites": sites, "global": score(pooled, held_out.y) if held_out is not None else {}}
+    return {"sites": sites, "global": score(pooled, held_out_labels) if held_out_labels is not None else {}}
 
 
-def consensus_state(states: Sequence[tuple[float, Mapping[str, Tensor]]]) -> dict[str, Tensor]:
-    """The sample-weighted average of several sites' models (floating tensors; integer
-    buffers such as BatchNorm's batch counter are taken from the first): the serverless
-    counterpart of FedAvg's global model."""
-    total = math.fsum(weight for weight, _ in states)
-    if not states or total <= 0:
-        raise ValueError("consensus_state: needs at least one model with a positive weight")
-    merged: dict[str, Tensor] = {}
-    for key, first in states[0][1].items():
-        if not first.is_floating_point():
-            merged[key] = first.clone()
-            continue
-        acc = torch.zeros_like(first, dtype=torch.float64)
-        for weight, state in states:
-            acc += (weight / total) * state[key].to(torch.float64)
-        merged[key] = acc.to(first.dtype)
-    return merged
+def mean_over(rows: Iterable[Mapping[str, float]], metrics: Sequence[str]) -> dict[str, float]:
+    """Per metric, the unweighted mean of the rows' values, undefined ones left out (NaN
+    when none is defined)."""
+    rows = list(rows)
+    return {m: mean_and_std([row.get(m, math.nan) for row in rows])["mean"] for m in metrics}
 
 
 def largest_drop(series: Sequence[float], after: int) -> float:

@@ -18,8 +18,9 @@ from scenarios.cli import main as scenario_cli
 from scenarios.compare import CONSENSUS, score_published_versions
 from scenarios.config import ScenarioConfig
 from scenarios.federation import create_federation
-from scenarios.scoring import TASK_METRICS, consensus_state, site_metrics
+from scenarios.scoring import TASK_METRICS, site_metrics
 from swarm.checkpoint import load_checkpoint
+from swarm.merge import weighted_mean
 from swarm.tensors import rebuild_state
 from swarm.transport import InMemoryNetwork
 from tests.conftest import join, start_nodes, write_scenario
@@ -64,7 +65,7 @@ def test_the_swarm_is_scored_from_the_versions_its_sites_published(tmp_path):
     for metric in metrics:
         want = sum(swarm["global_models"][s.name][metric] for s in sites) / 3
         assert swarm["global"][metric] == pytest.approx(want)
-    model.load_state_dict(consensus_state([(float(s.train_samples), finals[s.name]) for s in sites]))
+    model.load_state_dict(weighted_mean([(float(s.train_samples), finals[s.name]) for s in sites]))
     assert consensus["global"] == site_metrics(model, held_out.x, held_out.y, "classification")
     assert [h["round"] for h in swarm["history"]] == [1, 2, 3] == [h["round"] for h in consensus["history"]]
     assert consensus["history"][-1]["global_models"][CONSENSUS] == consensus["global"]
