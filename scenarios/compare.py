@@ -251,8 +251,9 @@ def score_published_versions(site_dirs: Mapping[str, Path], task: Task, kind: st
     each site's last version on the held-out set and on the site's own test split, and the
     consensus of those last versions weighted by the sites' training samples. With
     `every_round`, also every earlier version on the held-out set, round by round, and the
-    consensus of each round's versions (the history). A site that published nothing is
-    left out."""
+    consensus of each round's versions (the history; it holds every version in memory,
+    which suits the small models of comparisons). A site that published nothing counts
+    as undefined."""
     data = {s.name: s for s in sites}
     by_round: dict[int, dict[str, dict[str, Tensor]]] = {}
     final_states: dict[str, dict[str, Tensor]] = {}

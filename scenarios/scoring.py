@@ -12,9 +12,9 @@ published models). Each model is scored
   means that name the sites where a metric is undefined.
 
 The swarm's consensus model is `swarm.merge.weighted_mean` of its sites' final models,
-weighted by their training samples. The floor every table shows is `majority_class`: predict the most frequent training class
-(pooled for the global score, each site's own for its split), whose AUC is 0.5 and whose
-balanced accuracy is one over the classes present.
+weighted by their training samples. The floor every table shows is `majority_class`:
+predict the most frequent training class (pooled for the global score, each site's own for
+its split), whose AUC is 0.5 and whose balanced accuracy is one over the classes present.
 """
 
 from __future__ import annotations
