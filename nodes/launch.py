@@ -147,7 +147,7 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     attack = parse_attack(config.attack, f"{site.config_path} [attack]")
     if attack is not None:
         log.warning("SIMULATED BYZANTINE SITE %s: publishes %s models instead of its honest ones (site.toml [attack])", config.name, attack.NAME)
-    learner = Learner.for_site(task, config.data, config.name, attack)
+    learner = Learner.for_site(task, config.data, config.name, attack, site.root)
     for key, actual, planned in (
         ("input shape", learner.data.input_shape, task_input_shape(plan.task)),
         ("number of classes", learner.data.num_classes, plan.task.get("num_classes")),

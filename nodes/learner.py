@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -71,8 +72,9 @@ class Learner:
         self.privacy = PrivacyBudget()  # epsilon accumulates over every round this site trains
 
     @classmethod
-    def for_site(cls, task: Task, data_table: Mapping, name: str, attack: Attack | None = None) -> Learner:
-        return cls(task, load_own_site(data_table), name, attack)
+    def for_site(cls, task: Task, data_table: Mapping, name: str, attack: Attack | None = None,
+                 site_dir: Path | None = None) -> Learner:
+        return cls(task, load_own_site(data_table, site_dir=site_dir), name, attack)
 
     @property
     def samples(self) -> int:

@@ -9,6 +9,7 @@ task (input shape, number of classes) comes from the source without loading anyt
 - `phantom`: generated 2-D phantoms with organ and lesion masks, segmentation (Dice).
 - `medmnist`: a MedMNIST `.npz` file on this disk, partitioned across sites.
 - `breast-cancer`: the Wisconsin table from scikit-learn (optional extra), with site shift.
+- `folder` (and, in `nodes.file_sources`, the other sources that read a hospital's own files).
 
 Every source also names a federation-wide held-out test set that no site trains on
 (`global_test()`), for experiments that score every method on the same data: a file's
@@ -39,6 +40,7 @@ from .datasets.partition import WHERE as PARTITION_TABLE
 from .datasets.partition import PartitionConfig, SiteSplit, partition, split_site
 from .datasets.phantom import generate_phantom_site
 from .datasets.tabular import load_breast_cancer_table, with_site_shift
+from .file_sources import FileSource, FolderConfig
 
 
 @dataclass(frozen=True)
@@ -382,6 +384,7 @@ SOURCES: dict[str, type] = {
     "phantom": PhantomConfig,
     "medmnist": MedMNISTConfig,
     "breast-cancer": BreastCancerConfig,
+    "folder": FolderConfig,
 }
 TABULAR = "synthetic-multisite"
 
@@ -397,8 +400,14 @@ def data_source(table: Mapping[str, Any], where: str = "data") -> DataSource:
     return SOURCES[name].from_dict(table, where)
 
 
-def load_own_site(table: Mapping[str, Any], where: str = "data") -> SiteData:
+def load_own_site(table: Mapping[str, Any], where: str = "data", site_dir: Path | None = None) -> SiteData:
+    """This site's data. A source that reads the site's own files fixes its test split in
+    SITE/data-split.json (unless [data] split_record names another file)."""
     source = data_source(table, where)
+    if isinstance(source, FileSource):
+        if site_dir is not None and not source.split_record:
+            source = replace(source, split_record=str(Path(site_dir) / "data-split.json"))
+        return source.load_site(source.site or 0)
     if source.site is None:
         raise ConfigError(f"{where}.site: missing; set the index of this site's data in site.toml [data] (example: site = 0)")
     return source.load_site(source.site)

@@ -59,8 +59,9 @@ class ScenarioConfig:
             raise ConfigError("data.sites/data.site: set by the runner from scenario.nodes; remove them from the scenario")
         if data_path is not None:
             data["path"] = str(data_path)
-        if isinstance(data.get("path"), str) and data["path"]:
-            data["path"] = str(Path(data["path"]).expanduser().resolve())  # node processes may start elsewhere
+        for key in ("path", "root"):  # node processes may start elsewhere
+            if isinstance(data.get(key), str) and data[key]:
+                data[key] = str(Path(data[key]).expanduser().resolve())
         config = cls(
             name=get_str(scenario, "name", "scenario", default=Path(path).stem),
             nodes=nodes,

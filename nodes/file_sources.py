@@ -1,0 +1,286 @@
+"""Data sources that read a hospital's own files: `[data] source = "folder"`, `"dicom"` and
+`"nifti"` (optional extra `imaging`: pillow, pydicom, nibabel).
+
+Every one of them turns the files into fixed-size tensors (`size` x `size`, `channels`),
+splits them per patient (`nodes.datasets.files`), and fixes the test split in a record the
+first time the site loads its data (`split_record`; a node keeps it at
+SITE/data-split.json). `root` is the directory to read; in a scenario, "{site}" in it is
+replaced by the site's index, so each simulated hospital reads its own folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from swarm.config import TableConfig, get_float, get_int, get_optional_int, get_str, invalid
+from swarm.errors import ConfigError
+
+from .data import SiteData
+from .datasets import Samples
+from .datasets.files import (LoadReport, class_indices, image_tensor, mask_tensor, read_labels_csv,
+                             read_split_record, require, split_digest, split_patients, write_split_record)
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+INTENSITIES = ("full_scale", "per_image")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample found on disk, before its pixels are read."""
+
+    name: str  # what reports and the split record call it (a path relative to root)
+    patient: str
+    label: int | None = None  # classification
+    mask: Path | None = None  # segmentation
+
+
+def _classes(v: Mapping[str, Any], p: str) -> tuple[str, ...]:
+    value = v.get("classes", ())
+    if not isinstance(value, (list, tuple)) or not all(isinstance(c, str) and c for c in value) or len(set(value)) != len(value):
+        raise invalid(p, "classes", "a list of distinct class names", value, ["normal", "pneumonia"])
+    return tuple(value)
+
+
+def _file_fields(v: Mapping[str, Any], p: str, default_size: int) -> dict[str, Any]:
+    root = v.get("root")
+    if not isinstance(root, str):
+        raise invalid(p, "root", "the directory holding this site's files", root, "/data/chest-xray")
+    sites = get_int(v, "sites", p, minimum=1, maximum=10_000, example=1)
+    return {
+        "root": root,
+        "sites": sites,
+        "site": get_optional_int(v, "site", p, minimum=0, maximum=sites - 1, example=0),
+        "seed": get_int(v, "seed", p, maximum=2**63 - 1, example=0),
+        "size": get_int(v, "size", p, minimum=8, maximum=1024, example=default_size),
+        "channels": get_int(v, "channels", p, minimum=1, maximum=3, example=1),
+        "classes": _classes(v, p),
+        "test_fraction": get_float(v, "test_fraction", p, maximum=0.9, example=0.2),
+        "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
+        "split_record": v.get("split_record") or "",
+    }
+
+
+@dataclass(frozen=True)
+class FileSource(TableConfig):
+    """Fields and loading shared by the sources that read a site's own files."""
+
+    TABLE: ClassVar[str] = "data"
+    KIND: ClassVar[str] = "classification"
+    root: str = ""
+    sites: int = 1
+    site: int | None = None
+    seed: int = 0
+    size: int = 64
+    channels: int = 1
+    classes: tuple[str, ...] = ()  # class names in order (classification) or mask classes (segmentation)
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    split_record: str = ""  # JSON file that fixes the test split (a node uses SITE/data-split.json)
+
+    def directory(self, site: int) -> Path:
+        if not self.root:
+            raise ConfigError('data.root: missing; set the directory holding this site\'s files (example: root = "/data/chest-xray")')
+        path = Path(self.root.replace("{site}", str(site))).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"data.root: {path} is not a directory; point root at the folder holding this site's files")
+        return path
+
+    # Each source lists its samples and reads one sample's pixels.
+    def list_samples(self, root: Path) -> tuple[list[Sample], list[str]]:
+        """(samples, class names); ConfigError for what the site must fix."""
+        raise NotImplementedError
+
+    def read(self, root: Path, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image [C, size, size], label [] or mask [size, size]); any exception skips the file."""
+        raise NotImplementedError
+
+    def num_classes(self) -> int:
+        if self.classes:
+            return len(self.classes)
+        _, names = self.list_samples(self.directory(self.site or 0))
+        return len(names)
+
+    def task_shape(self) -> Any:
+        from .sources import TaskShape
+
+        return TaskShape((self.channels, self.size, self.size), self.num_classes(), self.KIND)
+
+    def load_site(self, site: int) -> SiteData:
+        root = self.directory(site)
+        samples, names = self.list_samples(root)
+        report = LoadReport()
+        kept: list[tuple[Sample, torch.Tensor, torch.Tensor]] = []
+        for sample in samples:
+            try:
+                image, target = self.read(root, sample)
+            except ConfigError:
+                raise
+            except Exception as exc:  # a file that does not decode is skipped, not fatal
+                detail = " ".join(str(exc).replace(str(root / sample.name), "").split()).strip(" :'")
+                report.skip(sample.name, type(exc).__name__ + (f": {detail[:60]}" if detail else ""))
+                continue
+            kept.append((sample, image, target))
+        report.loaded = len(kept)
+        if report.skipped:
+            log.warning("data: %s: %s", root, report.summary())
+        if not kept:
+            raise ConfigError(f"data.root: no readable {self.source} files in {root}" + (f" ({report.summary()})" if report.skipped else ""))
+        record = Path(self.split_record) if self.split_record else None
+        fixed = read_split_record(record)
+        assignment = split_patients([s.patient for s, _, _ in kept], self.val_fraction, self.test_fraction, self.seed, fixed)
+        test_files = [s.name for s, _, _ in kept if assignment[s.patient] == "test"]
+        if record is not None and fixed is None:
+            write_split_record(record, assignment, test_files)
+        elif record is not None and fixed is not None and set(fixed) - set(assignment):
+            log.warning("data: %d test patient(s) of %s are gone from %s; the test split is smaller than when it was fixed",
+                        len(set(fixed) - set(assignment)), record, root)
+        log.info("data: %s: %s; test split %s (%d files)", root, report.summary(), split_digest(test_files)[:12], len(test_files))
+        parts = {}
+        for part in ("train", "val", "test"):
+            rows = [(image, target) for s, image, target in kept if assignment[s.patient] == part]
+            x = torch.stack([r[0] for r in rows]) if rows else torch.zeros((0, self.channels, self.size, self.size))
+            shape = (0,) if self.KIND == "classification" else (0, self.size, self.size)
+            y = torch.stack([r[1] for r in rows]) if rows else torch.zeros(shape, dtype=torch.int64)
+            parts[part] = Samples(x, y, self.KIND, max(2, len(names)))
+        train, val, test = parts["train"], parts["val"], parts["test"]
+        return SiteData(f"site-{site}", train.x, train.y, test.x, test.y, int(np.prod(train.x.shape[1:])), train.num_classes, val.x, val.y)
+
+    def global_test(self) -> Samples:
+        from .sources import union_of_site_tests
+
+        return union_of_site_tests(self)
+
+    def global_test_origin(self) -> str:
+        return "the union of the sites' own test splits (their files have no shared test set)"
+
+
+# --------------------------------------------------------------------------------------
+# source = "folder"
+
+
+def _pixels(path: Path) -> tuple[np.ndarray, float | None]:
+    """An image file's pixels and its full scale (255 for 8 bit, 65535 for 16 bit)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "HSV"):
+            image = image.convert("RGB")
+        array = np.array(image)
+    if array.dtype == np.uint8:
+        return array, 255.0
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8), 1.0
+    if array.dtype in (np.uint16, np.int32) and array.max(initial=0) <= 65535 and array.min(initial=0) >= 0:
+        return array, 65535.0
+    return array, None
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+@dataclass(frozen=True)
+class FolderConfig(FileSource):
+    """`source = "folder"`: PNG, JPEG or TIFF images (8 or 16 bit, grey or RGB). Labels from
+    `labels = "labels.csv"` (columns file,label and optionally patient; file relative to
+    root), or one sub-folder per class; for segmentation, `masks = "masks/"` holds a mask
+    for every image, at the image's path under root or under its file name (pixel value =
+    class index, `classes` names them)."""
+
+    source: str = "folder"
+    labels: str = ""
+    masks: str = ""
+    intensity: str = "full_scale"  # or "per_image": each image scaled by its own range
+
+    @property
+    def KIND(self) -> str:  # type: ignore[override]
+        return "segmentation" if self.masks else "classification"
+
+    @staticmethod
+    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        fields = _file_fields(v, p, 64)
+        masks = v.get("masks") or ""
+        labels = v.get("labels") or ""
+        for key, value in (("labels", labels), ("masks", masks)):
+            if not isinstance(value, str):
+                raise invalid(p, key, "a path relative to root", value, "labels.csv" if key == "labels" else "masks/")
+        if masks and labels:
+            raise ConfigError(f"{p}.masks: a folder source is either classification (labels) or segmentation (masks); remove one")
+        if masks and len(fields["classes"]) < 2:
+            raise ConfigError(f'{p}.classes: name the mask classes in order of their pixel values (example: classes = ["background", "lesion"])')
+        require("PIL", "reading image files", f"{p}.source")
+        return {"source": "folder", **fields, "labels": labels, "masks": masks,
+                "intensity": get_str(v, "intensity", p, choices=INTENSITIES, example="full_scale")}
+
+    def _images(self, root: Path) -> list[Path]:
+        skip = (root / self.masks).resolve() if self.masks else None
+        return sorted(p for p in root.rglob("*") if _is_image(p) and (skip is None or skip not in p.resolve().parents))
+
+    def list_samples(self, root: Path) -> tuple[list[Sample], list[str]]:
+        images = self._images(root)
+        if not images:
+            raise ConfigError(f"data.root: no PNG, JPEG or TIFF images under {root}; point root at the image folder")
+        names = [p.relative_to(root).as_posix() for p in images]
+        if self.masks:
+            return self._with_masks(root, images, names), list(self.classes)
+        if self.labels:
+            table = read_labels_csv(root / self.labels, "file", "data")
+            missing = [n for n in names if n not in table]
+            if missing:
+                raise ConfigError(f"data.labels: {len(missing)} image(s) have no label in {root / self.labels}, e.g. "
+                                  f"{', '.join(missing[:5])}; add a line file,label for each or remove the images")
+            absent = [n for n in table if n not in set(names)]
+            if absent:
+                raise ConfigError(f"data.labels: {root / self.labels} names {len(absent)} file(s) not found under {root}, e.g. "
+                                  f"{', '.join(absent[:5])}; fix the paths (relative to root) or remove the lines")
+            index, classes = class_indices((label for label, _ in table.values()), self.classes, "data")
+            return [Sample(n, table[n][1] or n, index[table[n][0]]) for n in names], classes
+        folders = [Path(n).parts[0] if len(Path(n).parts) > 1 else "" for n in names]
+        if "" in folders:
+            raise ConfigError(f"data.labels: images lie directly in {root}; give labels = \"labels.csv\" or put each class in its own sub-folder")
+        index, classes = class_indices(folders, self.classes, "data")
+        return [Sample(n, n, index[f]) for n, f in zip(names, folders)], classes
+
+    def _with_masks(self, root: Path, images: list[Path], names: list[str]) -> list[Sample]:
+        folder = root / self.masks
+        if not folder.is_dir():
+            raise ConfigError(f"data.masks: {folder} is not a directory; point masks at the folder of masks (relative to root)")
+        samples, missing = [], []
+        for path, name in zip(images, names):
+            # masks/<the image's path under root>, or masks/<its file name>, any image suffix
+            candidates = [folder / base.with_suffix(s) for base in (Path(name), Path(Path(name).name))
+                          for s in (Path(name).suffix, *IMAGE_SUFFIXES)]
+            mask = next((c for c in candidates if c.is_file()), None)
+            if mask is None:
+                missing.append(name)
+            else:
+                samples.append(Sample(name, name, mask=mask))
+        if missing:
+            raise ConfigError(f"data.masks: {len(missing)} image(s) have no mask in {folder}, e.g. {', '.join(missing[:5])}; "
+                              "add a mask with the same file name for each")
+        return samples
+
+    def read(self, root: Path, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels, scale = _pixels(root / sample.name)
+        image = image_tensor(pixels, self.size, self.channels, None if self.intensity == "per_image" else scale)
+        if sample.mask is None:
+            return image, torch.tensor(sample.label, dtype=torch.int64)
+        values, _ = _pixels(sample.mask)
+        if values.shape[:2] != pixels.shape[:2]:
+            raise ConfigError(f"data.masks: {sample.mask} is {values.shape[1]} x {values.shape[0]} but its image "
+                              f"{sample.name} is {pixels.shape[1]} x {pixels.shape[0]}; masks must match their images")
+        mask = mask_tensor(values, self.size)
+        if int(mask.max()) >= len(self.classes):
+            raise ConfigError(f"data.masks: {sample.mask} has pixel value {int(mask.max())} but classes names only "
+                              f"{len(self.classes)} ({', '.join(self.classes)}); add the class or fix the mask")
+        return image, mask

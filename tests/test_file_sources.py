@@ -1,0 +1,165 @@
+"""Sources that read a hospital's own files: folders of PNG/JPEG/TIFF images with a labels CSV,
+class sub-folders or masks. Splits per patient, a test split fixed by a record, bad files
+reported, mistakes in the configuration refused with the file and the fix."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nodes.sources import data_source, load_own_site
+from swarm.errors import ConfigError
+from tests.file_data import png_classification, png_segmentation
+
+pytest.importorskip("PIL", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+
+
+def folder(root, **extra):
+    return {"source": "folder", "root": str(root), "size": 32, **extra}
+
+
+def fingerprints(x):
+    return {tuple(v.flatten()[:40].tolist()) for v in x}
+
+
+def test_a_labelled_folder_loads_and_splits_per_patient(tmp_path):
+    root = png_classification(tmp_path / "site", n=40, images_per_patient=2)
+    source = data_source(folder(root, labels="labels.csv"))
+    assert source.task_shape().plan_table() == {"input_shape": [1, 32, 32], "num_classes": 2, "kind": "classification"}
+    site = source.load_site(0)
+    assert site.train_samples + len(site.val_y) + site.test_samples == 40
+    assert site.train_x.dtype == torch.float32 and 0.0 <= float(site.train_x.min()) and float(site.train_x.max()) <= 1.0
+    # both images of a patient are always in the same split
+    rows = [line.split(",") for line in (root / "labels.csv").read_text().splitlines()[1:]]
+    from PIL import Image
+    by_patient: dict[str, set] = {}
+    for file, _, patient in rows:
+        pixels = torch.from_numpy(np.array(Image.open(root / file), dtype=np.float32) / 255.0)[None]
+        by_patient.setdefault(patient, set()).add(tuple(pixels.flatten()[:40].tolist()))
+    splits = [fingerprints(site.train_x), fingerprints(site.val_x), fingerprints(site.test_x)]
+    for images in by_patient.values():
+        assert sum(bool(images & part) for part in splits) == 1
+    assert site.test_samples == 2 * 4  # 20 patients, 20 % of them, two images each
+
+
+def test_the_test_split_is_fixed_by_its_record_when_files_are_added(tmp_path):
+    root = png_classification(tmp_path / "site", n=30, images_per_patient=1)
+    site_dir = tmp_path / "node"
+    site_dir.mkdir()
+    first = load_own_site(folder(root, labels="labels.csv"), site_dir=site_dir)
+    record = json.loads((site_dir / "data-split.json").read_text())
+    assert len(record["test_files"]) == first.test_samples == 6 and len(record["test_files_sha256"]) == 64
+    png_classification(tmp_path / "more", n=30, site=1, images_per_patient=1)  # 30 new patients arrive
+    lines = (tmp_path / "more" / "labels.csv").read_text().splitlines()[1:]
+    for line in lines:
+        file, label, patient = line.split(",")
+        (root / "images" / f"new-{file.split('/')[-1]}").write_bytes((tmp_path / "more" / file).read_bytes())
+        with open(root / "labels.csv", "a") as handle:
+            handle.write(f"images/new-{file.split('/')[-1]},{label},new-{patient}\n")
+    again = load_own_site(folder(root, labels="labels.csv"), site_dir=site_dir)
+    assert fingerprints(again.test_x) == fingerprints(first.test_x)  # the same test patients, no new one
+    assert again.train_samples + len(again.val_y) == first.train_samples + len(first.val_y) + 30
+    without_record = data_source(folder(root, labels="labels.csv")).load_site(0)
+    assert without_record.test_samples == 12  # a fresh split would have drawn a new test set
+
+
+def test_class_folders_16_bit_and_rgb_images(tmp_path):
+    grey16 = png_classification(tmp_path / "g16", n=20, bits=16, layout="folders", suffix=".tif")
+    site = data_source(folder(grey16)).load_site(0)
+    assert site.num_classes == 2 and float(site.train_x.max()) > 0.5  # 16-bit scaled by 65535, not clipped at 255
+    rgb = png_classification(tmp_path / "rgb", n=20, rgb=True, layout="folders")
+    as_grey = data_source(folder(rgb)).load_site(0)
+    as_rgb = data_source(folder(rgb, channels=3)).load_site(0)
+    assert as_grey.train_x.shape[1] == 1 and as_rgb.train_x.shape[1] == 3
+    assert torch.allclose(as_rgb.train_x.mean(1, keepdim=True), as_grey.train_x, atol=1e-6)
+    named = data_source(folder(rgb, classes=["normal", "lesion"])).load_site(0)  # the plan's order, not sorted
+    assert torch.equal(named.train_y, 1 - as_grey.train_y)
+
+
+def test_a_segmentation_folder_pairs_images_with_masks(tmp_path):
+    root = png_segmentation(tmp_path / "seg", n=20)
+    source = data_source(folder(root, masks="masks", classes=["background", "organ", "lesion"]))
+    assert source.task_shape().kind == "segmentation" and source.task_shape().num_classes == 3
+    site = source.load_site(0)
+    assert site.train_y.shape[1:] == (32, 32) and set(site.train_y.unique().tolist()) <= {0, 1, 2}
+    assert 2 in site.train_y.unique().tolist()
+
+
+def test_mistakes_in_the_files_are_refused_with_the_file_and_the_fix(tmp_path):
+    root = png_classification(tmp_path / "site", n=10)
+    lines = (root / "labels.csv").read_text().splitlines()
+    (root / "labels.csv").write_text("\n".join(lines[:-1]) + "\n")  # the last image lost its label
+    with pytest.raises(ConfigError, match=r"data\.labels: 1 image\(s\) have no label .*img0009\.png"):
+        data_source(folder(root, labels="labels.csv")).load_site(0)
+    (root / "labels.csv").write_text("\n".join(lines + ["images/gone.png,normal,p9"]) + "\n")
+    with pytest.raises(ConfigError, match=r"names 1 file\(s\) not found .*gone\.png"):
+        data_source(folder(root, labels="labels.csv")).load_site(0)
+    with pytest.raises(ConfigError, match=r"data\.root: .* is not a directory"):
+        data_source(folder(tmp_path / "nowhere", labels="labels.csv")).load_site(0)
+    with pytest.raises(ConfigError, match=r"data\.classes: name the mask classes"):
+        data_source(folder(root, masks="masks"))
+    seg = png_segmentation(tmp_path / "seg", n=6)
+    from PIL import Image
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(seg / "masks" / "case002.png")
+    with pytest.raises(ConfigError, match=r"data\.masks: .*case002\.png is 16 x 16 but its image .* is 32 x 32"):
+        data_source(folder(seg, masks="masks", classes=["background", "organ", "lesion"])).load_site(0)
+
+
+def test_a_file_that_does_not_decode_is_skipped_and_reported(tmp_path, caplog):
+    root = png_classification(tmp_path / "site", n=20, layout="folders")
+    broken = sorted((root / "normal").glob("*.png"))[0]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")  # 20 images, one of them damaged ...
+    (root / "lesion" / "zzz.jpg").write_bytes(b"not a jpeg")  # ... and one more file that is no image
+    with caplog.at_level(logging.WARNING, logger="nodes.file_sources"):
+        site = data_source(folder(root)).load_site(0)
+    assert site.train_samples + len(site.val_y) + site.test_samples == 19
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "skipped 2 unreadable file(s)" in warning and broken.name in warning and "zzz.jpg" in warning
+
+
+@pytest.mark.slow
+def test_three_hospitals_train_on_their_own_png_folders(tmp_path):
+    for site in range(3):
+        png_classification(tmp_path / f"hospital-{site}", n=30, site=site, layout="folders")
+    scenario = tmp_path / "folders.toml"
+    scenario.write_text(f"""
+[scenario]
+name = "png-folders"
+nodes = 3
+timeout = 300
+
+[plan]
+rounds = 3
+
+[protocol]
+name = "braintorrent"
+round_interval = 0.05
+wait_for_new = 2.0
+
+[model]
+name = "cnn"
+channels = [4, 8]
+hidden = [16]
+norm = "group"
+
+[data]
+source = "folder"
+root = "{tmp_path}/hospital-{{site}}"
+size = 32
+""")
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)],
+                            capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and all(n["rounds_completed"] == 3 for n in summary["nodes"])
+    for name in ("hospital-a", "hospital-b", "hospital-c"):  # each node fixed its own test split
+        record = json.loads((out / "sites" / name / "data-split.json").read_text())
+        assert record["test_files"] and all(f.split("/")[0] in ("lesion", "normal") for f in record["test_files"])
