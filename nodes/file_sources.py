@@ -284,3 +284,125 @@ class FolderConfig(FileSource):
             raise ConfigError(f"data.masks: {sample.mask} has pixel value {int(mask.max())} but classes names only "
                               f"{len(self.classes)} ({', '.join(self.classes)}); add the class or fix the mask")
         return image, mask
+
+
+# --------------------------------------------------------------------------------------
+# source = "dicom"
+
+DICOM_KEYS = ("file", "SOPInstanceUID", "PatientID", "SeriesInstanceUID")
+DICOM_UNITS = ("file", "series")
+
+
+def _window(v: Mapping[str, Any], p: str) -> str | tuple[float, float]:
+    value = v.get("window", "auto")
+    if value in ("auto", "none"):
+        return value
+    if (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+            and value[1] > 0):
+        return (float(value[0]), float(value[1]))
+    raise invalid(p, "window", '"auto" (the file\'s own window), "none" (each image\'s range) or [center, width]', value, [40, 400])
+
+
+def _dicom_header(path: Path) -> Any:
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def _windowed(ds: Any, window: str | tuple[float, float]) -> np.ndarray:
+    """The image in [0, 1]: stored values, rescale slope and intercept, then the window
+    (centre and width from the file with "auto", given, or the image's own range)."""
+    pixels = np.asarray(ds.pixel_array, dtype=np.float64)
+    if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:  # a multi-frame file: its middle frame
+        pixels = pixels[pixels.shape[0] // 2]
+    pixels = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    if window == "auto" and "WindowCenter" in ds and "WindowWidth" in ds:
+        from pydicom.multival import MultiValue
+
+        def first(value: Any) -> float:  # a file may list several windows: take the first
+            return float(value[0]) if isinstance(value, MultiValue) else float(value)
+
+        window = (first(ds.WindowCenter), first(ds.WindowWidth))
+    if isinstance(window, tuple):
+        centre, width = window
+        low, high = centre - width / 2, centre + width / 2
+    else:
+        low, high = float(pixels.min()), float(pixels.max())
+    scaled = np.clip((pixels - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(pixels)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":  # bright means low
+        scaled = 1.0 - scaled
+    return scaled
+
+
+@dataclass(frozen=True)
+class DicomConfig(FileSource):
+    """`source = "dicom"`: a directory of DICOM files (any depth), one image per file or per
+    series (`unit = "series"`: its middle slice by InstanceNumber), labels from a CSV keyed by
+    `key` (file path relative to root, SOPInstanceUID, PatientID or SeriesInstanceUID).
+    Rescale slope and intercept are applied, then the window (`window = "auto"`: the file's
+    own centre and width; `[center, width]`; `"none"`: each image's range). Patients come
+    from PatientID. Files that are not DICOM, or whose pixels cannot be decoded (compressed
+    without a decoder installed), are skipped and reported."""
+
+    source: str = "dicom"
+    labels: str = "labels.csv"
+    key: str = "file"
+    unit: str = "file"
+    window: Any = "auto"
+
+    @staticmethod
+    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        fields = _file_fields(v, p, 64)
+        labels = v.get("labels")
+        if not isinstance(labels, str) or not labels:
+            raise invalid(p, "labels", "a CSV (relative to root) with columns <key>,label", labels, "labels.csv")
+        require("pydicom", "reading DICOM files", f"{p}.source")
+        return {"source": "dicom", **fields, "labels": labels,
+                "key": get_str(v, "key", p, choices=DICOM_KEYS, example="SOPInstanceUID"),
+                "unit": get_str(v, "unit", p, choices=DICOM_UNITS, example="file"),
+                "window": _window(v, p)}
+
+    def list_samples(self, root: Path) -> tuple[list[Sample], list[str]]:
+        table_path = (root / self.labels).resolve()
+        headers, unreadable = [], []
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.resolve() != table_path and not p.name.startswith(".")):
+            try:
+                headers.append((path, _dicom_header(path)))
+            except Exception:  # not DICOM: reported, not fatal
+                unreadable.append(path.relative_to(root).as_posix())
+        if unreadable:
+            log.warning("data: %s: %d file(s) are not DICOM and were skipped, e.g. %s", root, len(unreadable), ", ".join(unreadable[:5]))
+        if not headers:
+            raise ConfigError(f"data.root: no DICOM files under {root}; point root at the DICOM folder")
+        if self.unit == "series":
+            headers = self._middle_slices(headers)
+        table = read_labels_csv(root / self.labels, self.key, "data")
+        keyed = [(path, ds, path.relative_to(root).as_posix() if self.key == "file" else str(getattr(ds, self.key, "") or ""))
+                 for path, ds in headers]
+        missing = [path.relative_to(root).as_posix() + (f" ({self.key} {k})" if self.key != "file" else "")
+                   for path, ds, k in keyed if k not in table]
+        if missing:
+            raise ConfigError(f"data.labels: {len(missing)} DICOM image(s) have no label in {root / self.labels} (keyed by "
+                              f"{self.key}), e.g. {', '.join(missing[:5])}; add a line {self.key},label for each or remove the files")
+        index, classes = class_indices((table[k][0] for _, _, k in keyed), self.classes, "data")
+        samples = [Sample(path.relative_to(root).as_posix(), table[k][1] or str(getattr(ds, "PatientID", "") or path.name),
+                          index[table[k][0]]) for path, ds, k in keyed]
+        return samples, classes
+
+    @staticmethod
+    def _middle_slices(headers: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
+        series: dict[str, list[tuple[Path, Any]]] = {}
+        for path, ds in headers:
+            series.setdefault(str(getattr(ds, "SeriesInstanceUID", path.parent)), []).append((path, ds))
+        chosen = []
+        for members in series.values():
+            members.sort(key=lambda m: (int(getattr(m[1], "InstanceNumber", 0) or 0), m[0].name))
+            chosen.append(members[len(members) // 2])
+        return sorted(chosen, key=lambda m: m[0])
+
+    def read(self, root: Path, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+        import pydicom
+
+        ds = pydicom.dcmread(root / sample.name)
+        image = image_tensor(_windowed(ds, self.window), self.size, self.channels, 1.0)
+        return image, torch.tensor(sample.label, dtype=torch.int64)

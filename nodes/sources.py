@@ -40,7 +40,7 @@ from .datasets.partition import WHERE as PARTITION_TABLE
 from .datasets.partition import PartitionConfig, SiteSplit, partition, split_site
 from .datasets.phantom import generate_phantom_site
 from .datasets.tabular import load_breast_cancer_table, with_site_shift
-from .file_sources import FileSource, FolderConfig
+from .file_sources import DicomConfig, FileSource, FolderConfig
 
 
 @dataclass(frozen=True)
@@ -385,6 +385,7 @@ SOURCES: dict[str, type] = {
     "medmnist": MedMNISTConfig,
     "breast-cancer": BreastCancerConfig,
     "folder": FolderConfig,
+    "dicom": DicomConfig,
 }
 TABULAR = "synthetic-multisite"
 

@@ -54,3 +54,53 @@ def png_segmentation(root: Path, n: int = 24, site: int = 0, size: int = 32) -> 
         Image.fromarray((image * 255).astype(np.uint8)).save(root / "images" / f"case{i:03d}.png")
         Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"case{i:03d}.png")
     return root
+
+
+def dicom_classification(root: Path, n: int = 30, site: int = 0, *, key: str = "file", slices_per_series: int = 1,
+                         monochrome1_every: int = 0) -> Path:
+    """`n` series of `slices_per_series` 16-bit CT-like DICOM files (Hounsfield units through
+    RescaleSlope/Intercept, a window in the file), one patient per two series, and
+    root/labels.csv keyed by `key` ("file", "SOPInstanceUID", "PatientID" or
+    "SeriesInstanceUID")."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    samples = generate_imaging_site(7, site, n, 2, size=32)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (image, label) in enumerate(zip(samples.x[:, 0].numpy(), samples.y.tolist())):
+        patient, series = f"P{site}-{i // 2:03d}", generate_uid()
+        for s in range(slices_per_series):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CTImageStorage
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+            ds.PatientID, ds.SeriesInstanceUID, ds.StudyInstanceUID = patient, series, generate_uid()
+            ds.Modality, ds.InstanceNumber = "CT", s + 1
+            ds.Rows = ds.Columns = 32
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            ds.SamplesPerPixel = 1
+            inverted = monochrome1_every and i % monochrome1_every == 0
+            ds.PhotometricInterpretation = "MONOCHROME1" if inverted else "MONOCHROME2"
+            ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+            ds.WindowCenter, ds.WindowWidth = 40, 400
+            shown = 1 - image if inverted else image  # MONOCHROME1 is displayed inverted: store the negative
+            hu = -160 + shown * 400 if s == slices_per_series // 2 else np.zeros_like(image) - 1000  # the middle slice carries it
+            ds.PixelData = np.clip(hu + 1024, 0, 4095).astype(np.uint16).tobytes()
+            path = root / f"series{i:03d}" / f"slice{s:02d}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(path, enforce_file_format=True)
+            if s == slices_per_series // 2 or key != "file":
+                value = {"file": path.relative_to(root).as_posix(), "SOPInstanceUID": ds.SOPInstanceUID,
+                         "PatientID": patient, "SeriesInstanceUID": series}[key]
+                rows.append((value, ["normal", "lesion"][label]))
+    if key == "PatientID":  # a patient's two series get the first one's label
+        rows = list({value: (value, label) for value, label in reversed(rows)}.values())
+    with open(root / "labels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([key, "label"])
+        writer.writerows(rows)
+    return root

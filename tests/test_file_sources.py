@@ -16,7 +16,7 @@ import torch
 
 from nodes.sources import data_source, load_own_site
 from swarm.errors import ConfigError
-from tests.file_data import png_classification, png_segmentation
+from tests.file_data import dicom_classification, png_classification, png_segmentation
 
 pytest.importorskip("PIL", reason='optional extra: pip install "swarm-hospitals[imaging]"')
 
@@ -124,14 +124,12 @@ def test_a_file_that_does_not_decode_is_skipped_and_reported(tmp_path, caplog):
     assert "skipped 2 unreadable file(s)" in warning and broken.name in warning and "zzz.jpg" in warning
 
 
-@pytest.mark.slow
-def test_three_hospitals_train_on_their_own_png_folders(tmp_path):
-    for site in range(3):
-        png_classification(tmp_path / f"hospital-{site}", n=30, site=site, layout="folders")
-    scenario = tmp_path / "folders.toml"
+def run_three_hospitals(tmp_path, data: str, model: str) -> dict:
+    """A real federation of three `swarm-node run` processes, each reading its own folder."""
+    scenario = tmp_path / "files.toml"
     scenario.write_text(f"""
 [scenario]
-name = "png-folders"
+name = "own-files"
 nodes = 3
 timeout = 300
 
@@ -144,15 +142,10 @@ round_interval = 0.05
 wait_for_new = 2.0
 
 [model]
-name = "cnn"
-channels = [4, 8]
-hidden = [16]
-norm = "group"
+{model}
 
 [data]
-source = "folder"
-root = "{tmp_path}/hospital-{{site}}"
-size = 32
+{data}
 """)
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)],
@@ -161,5 +154,87 @@ size = 32
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and all(n["rounds_completed"] == 3 for n in summary["nodes"])
     for name in ("hospital-a", "hospital-b", "hospital-c"):  # each node fixed its own test split
-        record = json.loads((out / "sites" / name / "data-split.json").read_text())
-        assert record["test_files"] and all(f.split("/")[0] in ("lesion", "normal") for f in record["test_files"])
+        assert json.loads((out / "sites" / name / "data-split.json").read_text())["test_files"]
+    return summary
+
+
+CNN = 'name = "cnn"\nchannels = [4, 8]\nhidden = [16]\nnorm = "group"'
+
+
+@pytest.mark.slow
+def test_three_hospitals_train_on_their_own_png_folders(tmp_path):
+    for site in range(3):
+        png_classification(tmp_path / f"hospital-{site}", n=30, site=site, layout="folders")
+    summary = run_three_hospitals(tmp_path, f'source = "folder"\nroot = "{tmp_path}/hospital-{{site}}"\nsize = 32', CNN)
+    assert summary["held_out"]["samples"] > 0
+
+
+# --- DICOM ---------------------------------------------------------------------------------
+
+def dicom(root, **extra):
+    return {"source": "dicom", "root": str(root), "size": 32, "classes": ["normal", "lesion"], **extra}
+
+
+def test_dicom_files_are_rescaled_windowed_and_labelled(tmp_path):
+    pytest.importorskip("pydicom", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    from nodes.datasets.imaging import generate_imaging_site
+
+    root = dicom_classification(tmp_path / "ct", n=20, monochrome1_every=3)
+    site = data_source(dicom(root, val_fraction=0.0, test_fraction=0.0)).load_site(0)
+    original = generate_imaging_site(7, 0, 20, 2, size=32)
+    # stored + intercept -1024 = HU; the file's window 40 +- 200 maps HU back onto the picture
+    # (MONOCHROME1 files are stored inverted and read back the right way round)
+    assert site.train_samples == 20
+    assert torch.allclose(site.train_x[:, 0], original.x[:, 0], atol=2 / 400)
+    assert torch.equal(site.train_y, original.y)
+    by_uid = data_source(dicom(dicom_classification(tmp_path / "uid", n=10, key="SOPInstanceUID"), key="SOPInstanceUID",
+                               val_fraction=0.0, test_fraction=0.0)).load_site(0)
+    assert torch.equal(by_uid.train_y, generate_imaging_site(7, 0, 10, 2, size=32).y)
+
+
+def test_dicom_series_give_one_image_each_and_patients_stay_together(tmp_path):
+    pytest.importorskip("pydicom", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    root = dicom_classification(tmp_path / "ct", n=16, key="SeriesInstanceUID", slices_per_series=3)
+    site = data_source(dicom(root, key="SeriesInstanceUID", unit="series")).load_site(0)
+    assert site.train_samples + len(site.val_y) + site.test_samples == 16
+    assert float(site.train_x.amax(dim=(1, 2, 3)).min()) > 0.3  # the middle slice, not an empty one
+    assert site.test_samples % 2 == 0  # patients hold two series each and are never split
+
+
+def test_dicom_that_cannot_be_decoded_is_skipped_and_reported(tmp_path, caplog):
+    pytest.importorskip("pydicom", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    root = dicom_classification(tmp_path / "ct", n=12)
+    compressed = root / "series000" / "slice00.dcm"
+    ds = pydicom.dcmread(compressed)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not a real codestream"])
+    ds.save_as(compressed, enforce_file_format=True)
+    (root / "notes.txt").write_text("not DICOM")
+    with caplog.at_level(logging.WARNING, logger="nodes.file_sources"):
+        site = data_source(dicom(root)).load_site(0)
+    assert site.train_samples + len(site.val_y) + site.test_samples == 11
+    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "notes.txt" in warnings and "series000/slice00.dcm" in warnings and "skipped 1 unreadable" in warnings
+
+
+def test_dicom_without_a_label_is_refused(tmp_path):
+    pytest.importorskip("pydicom", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    root = dicom_classification(tmp_path / "ct", n=6, key="PatientID")
+    lines = (root / "labels.csv").read_text().splitlines()
+    (root / "labels.csv").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ConfigError, match=r"data\.labels: 2 DICOM image\(s\) have no label .*keyed by PatientID.*PatientID P0-\d{3}"):
+        data_source(dicom(root, key="PatientID")).load_site(0)
+    with pytest.raises(ConfigError, match=r"data\.window"):
+        data_source(dicom(root, window=[40]))
+
+
+@pytest.mark.slow
+def test_three_hospitals_train_on_their_own_dicom_folders(tmp_path):
+    pytest.importorskip("pydicom", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    for site in range(3):
+        dicom_classification(tmp_path / f"hospital-{site}", n=20, site=site)
+    run_three_hospitals(tmp_path, f'source = "dicom"\nroot = "{tmp_path}/hospital-{{site}}"\nsize = 32\nclasses = ["normal", "lesion"]', CNN)
