@@ -11,7 +11,7 @@ replaced by the site's index, so each simulated hospital reads its own folder.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -103,6 +103,10 @@ class FileSource(TableConfig):
         """(image [C, size, size], label [] or mask [size, size]); any exception skips the file."""
         raise NotImplementedError
 
+    def expand(self, root: Path, sample: Sample) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The training samples one file gives: one, or a volume's slices."""
+        return [self.read(root, sample)]
+
     def num_classes(self) -> int:
         if self.classes:
             return len(self.classes)
@@ -121,14 +125,14 @@ class FileSource(TableConfig):
         kept: list[tuple[Sample, torch.Tensor, torch.Tensor]] = []
         for sample in samples:
             try:
-                image, target = self.read(root, sample)
+                pairs = self.expand(root, sample)
             except ConfigError:
                 raise
             except Exception as exc:  # a file that does not decode is skipped, not fatal
                 detail = " ".join(str(exc).replace(str(root / sample.name), "").split()).strip(" :'")
                 report.skip(sample.name, type(exc).__name__ + (f": {detail[:60]}" if detail else ""))
                 continue
-            kept.append((sample, image, target))
+            kept += [(sample, image, target) for image, target in pairs]
         report.loaded = len(kept)
         if report.skipped:
             log.warning("data: %s: %s", root, report.summary())
@@ -137,7 +141,7 @@ class FileSource(TableConfig):
         record = Path(self.split_record) if self.split_record else None
         fixed = read_split_record(record)
         assignment = split_patients([s.patient for s, _, _ in kept], self.val_fraction, self.test_fraction, self.seed, fixed)
-        test_files = [s.name for s, _, _ in kept if assignment[s.patient] == "test"]
+        test_files = sorted({s.name for s, _, _ in kept if assignment[s.patient] == "test"})
         if record is not None and fixed is None:
             write_split_record(record, assignment, test_files)
         elif record is not None and fixed is not None and set(fixed) - set(assignment):
@@ -406,3 +410,114 @@ class DicomConfig(FileSource):
         ds = pydicom.dcmread(root / sample.name)
         image = image_tensor(_windowed(ds, self.window), self.size, self.channels, 1.0)
         return image, torch.tensor(sample.label, dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------------------
+# source = "nifti"
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # in the closest canonical (RAS) orientation
+KEEP = ("all", "labelled")
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES) and not path.name.startswith(".")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def _volume(path: Path) -> np.ndarray:
+    import nibabel
+
+    image = nibabel.as_closest_canonical(nibabel.load(str(path)))
+    data = np.asarray(image.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"a 3-D volume is needed, this one is {data.ndim}-D {data.shape}")
+    return data
+
+
+@dataclass(frozen=True)
+class NiftiConfig(FileSource):
+    """`source = "nifti"`: volumes `.nii` / `.nii.gz` under `root` with a mask of the same
+    name under `masks` (voxel value = class index, `classes` names them), used as 2-D
+    slices along `slices` ("axial", "coronal" or "sagittal", after reorienting to the
+    closest canonical orientation) and resized to `size` x `size`. Intensities are scaled
+    by each volume's range (`window = "none"`) or a `[center, width]` window (CT). Every
+    slice of a volume stays in the same split (a volume is a patient). `keep = "labelled"`
+    keeps only the slices whose mask holds a foreground class."""
+
+    KIND: ClassVar[str] = "segmentation"
+    source: str = "nifti"
+    masks: str = "masks"
+    slices: str = "axial"
+    keep: str = "all"
+    window: Any = "none"
+
+    @staticmethod
+    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
+        fields = _file_fields(v, p, 64)
+        masks = v.get("masks")
+        if not isinstance(masks, str) or not masks:
+            raise invalid(p, "masks", "the folder of masks, relative to root", masks, "masks")
+        slices = v.get("slices", "axial")
+        if slices not in SLICE_AXES:
+            raise invalid(p, "slices", "one of: axial, coronal, sagittal (3-D volumes as one sample are not supported yet)", slices, "axial")
+        window = _window(v, p)
+        if window == "auto":
+            window = "none"  # NIfTI files carry no display window
+        require("nibabel", "reading NIfTI files", f"{p}.source")
+        return {"source": "nifti", **fields, "masks": masks, "slices": slices,
+                "keep": get_str(v, "keep", p, choices=KEEP, example="labelled"), "window": window}
+
+    def num_classes(self) -> int:
+        if len(self.classes) < 2:
+            raise ConfigError('data.classes: name the mask classes in order of their voxel values '
+                              '(example: classes = ["background", "liver", "tumour"])')
+        return len(self.classes)
+
+    def list_samples(self, root: Path) -> tuple[list[Sample], list[str]]:
+        self.num_classes()
+        folder = (root / self.masks)
+        if not folder.is_dir():
+            raise ConfigError(f"data.masks: {folder} is not a directory; point masks at the folder of masks (relative to root)")
+        skip = folder.resolve()
+        volumes = sorted(p for p in root.rglob("*") if _is_nifti(p) and skip not in p.resolve().parents)
+        if not volumes:
+            raise ConfigError(f"data.root: no .nii or .nii.gz volumes under {root}; point root at the NIfTI folder")
+        masks = {_stem(m): m for m in folder.rglob("*") if _is_nifti(m)}
+        missing = [v.relative_to(root).as_posix() for v in volumes if _stem(v) not in masks]
+        if missing:
+            raise ConfigError(f"data.masks: {len(missing)} volume(s) have no mask in {folder}, e.g. {', '.join(missing[:5])}; "
+                              "add a mask with the same file name for each")
+        return [Sample(v.relative_to(root).as_posix(), _stem(v), mask=masks[_stem(v)]) for v in volumes], list(self.classes)
+
+    def expand(self, root: Path, sample: Sample) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every kept slice of one volume: (image [C, size, size], mask [size, size])."""
+        volume = _volume(root / sample.name).astype(np.float64)
+        labels = _volume(sample.mask)
+        if labels.shape != volume.shape:
+            raise ConfigError(f"data.masks: {sample.mask} is {labels.shape} but its volume {sample.name} is {volume.shape} "
+                              "(after reorienting both); masks must match their volumes")
+        if int(labels.max(initial=0)) >= len(self.classes):
+            raise ConfigError(f"data.masks: {sample.mask} has voxel value {int(labels.max())} but classes names only "
+                              f"{len(self.classes)} ({', '.join(self.classes)}); add the class or fix the mask")
+        if isinstance(self.window, tuple):
+            centre, width = self.window
+            low, high = centre - width / 2, centre + width / 2
+        else:
+            low, high = float(volume.min()), float(volume.max())
+        scaled = np.clip((volume - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(volume)
+        axis = SLICE_AXES[self.slices]
+        out = []
+        for index in range(volume.shape[axis]):
+            mask = np.take(labels, index, axis=axis)
+            if self.keep == "labelled" and not (mask > 0).any():
+                continue
+            out.append((image_tensor(np.take(scaled, index, axis=axis), self.size, self.channels, 1.0),
+                        mask_tensor(np.rint(mask), self.size)))
+        return out

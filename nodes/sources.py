@@ -40,7 +40,7 @@ from .datasets.partition import WHERE as PARTITION_TABLE
 from .datasets.partition import PartitionConfig, SiteSplit, partition, split_site
 from .datasets.phantom import generate_phantom_site
 from .datasets.tabular import load_breast_cancer_table, with_site_shift
-from .file_sources import DicomConfig, FileSource, FolderConfig
+from .file_sources import DicomConfig, FileSource, FolderConfig, NiftiConfig
 
 
 @dataclass(frozen=True)
@@ -386,6 +386,7 @@ SOURCES: dict[str, type] = {
     "breast-cancer": BreastCancerConfig,
     "folder": FolderConfig,
     "dicom": DicomConfig,
+    "nifti": NiftiConfig,
 }
 TABULAR = "synthetic-multisite"
 

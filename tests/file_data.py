@@ -104,3 +104,21 @@ def dicom_classification(root: Path, n: int = 30, site: int = 0, *, key: str = "
         writer.writerow([key, "label"])
         writer.writerows(rows)
     return root
+
+
+def nifti_segmentation(root: Path, volumes: int = 6, site: int = 0, depth: int = 6, size: int = 24, gz: bool = True) -> Path:
+    """`volumes` phantom volumes (`depth` slices of `size` x `size`, intensities as in CT
+    after a -160..240 window) under root/images and their masks under root/masks."""
+    import nibabel
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if gz else ".nii"
+    for v in range(volumes):
+        samples = generate_phantom_site(7, site * 100 + v, depth, size)
+        image = np.moveaxis(samples.x[:, 0].numpy(), 0, -1)  # [H, W, D]: slices along the last (axial) axis
+        mask = np.moveaxis(samples.y.numpy(), 0, -1).astype(np.uint8)
+        hu = (-160 + image * 400).astype(np.int16)
+        nibabel.save(nibabel.Nifti1Image(hu, np.eye(4)), root / "images" / f"case{v:02d}{suffix}")
+        nibabel.save(nibabel.Nifti1Image(mask, np.eye(4)), root / "masks" / f"case{v:02d}{suffix}")
+    return root

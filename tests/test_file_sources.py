@@ -16,7 +16,7 @@ import torch
 
 from nodes.sources import data_source, load_own_site
 from swarm.errors import ConfigError
-from tests.file_data import dicom_classification, png_classification, png_segmentation
+from tests.file_data import dicom_classification, nifti_segmentation, png_classification, png_segmentation
 
 pytest.importorskip("PIL", reason='optional extra: pip install "swarm-hospitals[imaging]"')
 
@@ -238,3 +238,53 @@ def test_three_hospitals_train_on_their_own_dicom_folders(tmp_path):
     for site in range(3):
         dicom_classification(tmp_path / f"hospital-{site}", n=20, site=site)
     run_three_hospitals(tmp_path, f'source = "dicom"\nroot = "{tmp_path}/hospital-{{site}}"\nsize = 32\nclasses = ["normal", "lesion"]', CNN)
+
+
+# --- NIfTI ---------------------------------------------------------------------------------
+
+def nifti(root, **extra):
+    return {"source": "nifti", "root": str(root), "size": 24, "classes": ["background", "organ", "lesion"], **extra}
+
+
+def test_nifti_volumes_become_slices_with_their_masks_and_stay_in_one_split(tmp_path):
+    pytest.importorskip("nibabel", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    from nodes.datasets.phantom import generate_phantom_site
+
+    root = nifti_segmentation(tmp_path / "ct", volumes=5, depth=6, size=24)
+    source = data_source(nifti(root, window=[40, 400]))
+    assert source.task_shape().plan_table() == {"input_shape": [1, 24, 24], "num_classes": 3, "kind": "segmentation"}
+    whole = data_source(nifti(root, window=[40, 400], test_fraction=0.0, val_fraction=0.0)).load_site(0)
+    first = generate_phantom_site(7, 0, 6, 24)
+    assert whole.train_samples == 5 * 6
+    assert torch.allclose(whole.train_x[:6, 0], first.x[:, 0], atol=1 / 400)  # case00's slices, in order
+    assert torch.equal(whole.train_y[:6], first.y)
+    site = source.load_site(0)
+    assert site.test_samples % 6 == 0 and len(site.val_y) % 6 == 0 and site.test_samples > 0  # whole volumes
+    labelled = data_source(nifti(root, keep="labelled", test_fraction=0.0, val_fraction=0.0)).load_site(0)
+    assert labelled.train_samples == int((whole.train_y.flatten(1) > 0).any(1).sum())
+
+
+def test_nifti_mistakes_are_refused(tmp_path):
+    pytest.importorskip("nibabel", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    import nibabel
+
+    root = nifti_segmentation(tmp_path / "ct", volumes=3, depth=4, size=16, gz=False)
+    with pytest.raises(ConfigError, match=r"data\.slices: .*3-D volumes as one sample are not supported yet"):
+        data_source(nifti(root, slices="none"))
+    nibabel.save(nibabel.Nifti1Image(np.zeros((16, 16, 5), dtype=np.uint8), np.eye(4)), root / "masks" / "case01.nii")
+    with pytest.raises(ConfigError, match=r"data\.masks: .*case01\.nii is \(16, 16, 5\) but its volume .* is \(16, 16, 4\)"):
+        data_source(nifti(root)).load_site(0)
+    (root / "masks" / "case01.nii").unlink()
+    with pytest.raises(ConfigError, match=r"data\.masks: 1 volume\(s\) have no mask .*case01\.nii"):
+        data_source(nifti(root)).load_site(0)
+
+
+@pytest.mark.slow
+def test_three_hospitals_train_on_their_own_nifti_volumes(tmp_path):
+    pytest.importorskip("nibabel", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    for site in range(3):
+        nifti_segmentation(tmp_path / f"hospital-{site}", volumes=4, site=site, depth=6, size=24)
+    data = (f'source = "nifti"\nroot = "{tmp_path}/hospital-{{site}}"\nsize = 24\nwindow = [40, 400]\n'
+            'classes = ["background", "organ", "lesion"]')
+    summary = run_three_hospitals(tmp_path, data, 'name = "unet"\ndepth = 1\nbase = 4\nnorm = "group"')
+    assert summary["primary_metric"] == "dice" and 0.0 <= summary["held_out"]["swarm"]["dice"] <= 1.0
