@@ -6,12 +6,13 @@ import functools
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from swarm.errors import SwarmError, UsageError
+from swarm.errors import ConfigError, SwarmError, UsageError
 from swarm.manifest import build_manifest, save_manifest, SignedManifest
 
 from .site import SiteDir, init_site
@@ -68,14 +69,44 @@ def main() -> None:
 @click.option("--data-site", type=int, default=None, help="Index of this site in the synthetic default data set.")
 @click.option("--data-sites", type=int, default=6, show_default=True, help="Number of sites in the synthetic default data set.")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the synthetic default data set.")
+@click.option("--data", "data_pairs", multiple=True, metavar="KEY=VALUE",
+              help="This site's own data, a [data] key each (repeat), e.g. --data source=dicom --data root=/data/ct "
+                   "--data labels=labels.csv; values in JSON (numbers, true, [\"a\", \"b\"]) or plain text.")
 @user_errors
-def init(site_dir: Path, name: str, endpoint: str, listen: str | None, data_site: int | None, data_sites: int, data_seed: int) -> None:
+def init(site_dir: Path, name: str, endpoint: str, listen: str | None, data_site: int | None, data_sites: int, data_seed: int,
+         data_pairs: tuple[str, ...]) -> None:
     """Create a site directory: keys, site.toml and the member card to send to the coordinator."""
-    data: dict[str, Any] = {"source": "synthetic-multisite", "sites": data_sites, "seed": data_seed}
-    if data_site is not None:
-        data["site"] = data_site
+    if data_pairs:
+        from .sources import data_source
+
+        data = _data_table(data_pairs)
+        shape = data_source(data).task_shape()  # checks every key, finds the files and the classes now
+        click.echo(f"data: {data.get('source')}, input {list(shape.input_shape)}, {shape.num_classes} classes, {shape.kind}")
+    else:
+        data = {"source": "synthetic-multisite", "sites": data_sites, "seed": data_seed}
+        if data_site is not None:
+            data["site"] = data_site
     init_site(site_dir, name, endpoint, listen, data)
     click.echo(f"created site {name} in {site_dir}; send {SiteDir(site_dir).member_path} to the federation coordinator")
+
+
+def _data_table(pairs: Sequence[str]) -> dict[str, Any]:
+    """--data KEY=VALUE pairs as a [data] table (values parsed as JSON where they are JSON)."""
+    table: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--data {pair!r}: expected KEY=VALUE, e.g. --data source=folder or --data root=/data/xray")
+        try:
+            table[key] = json.loads(text)
+        except ValueError:
+            table[key] = text
+    for key in ("root", "path"):  # the node may be started from another directory
+        if isinstance(table.get(key), str) and table[key]:
+            table[key] = str(Path(table[key]).expanduser().resolve())
+    if "source" not in table:
+        raise ConfigError("--data: name the source, e.g. --data source=folder (folder, dicom, nifti, medmnist, ...)")
+    return table
 
 
 @main.group()

@@ -108,10 +108,8 @@ class FileSource(TableConfig):
         return [self.read(root, sample)]
 
     def num_classes(self) -> int:
-        if self.classes:
-            return len(self.classes)
-        _, names = self.list_samples(self.directory(self.site or 0))
-        return len(names)
+        root = self.directory(self.site or 0)
+        return len(self.classes) if self.classes else len(self.list_samples(root)[1])
 
     def task_shape(self) -> Any:
         from .sources import TaskShape

@@ -288,3 +288,26 @@ def test_three_hospitals_train_on_their_own_nifti_volumes(tmp_path):
             'classes = ["background", "organ", "lesion"]')
     summary = run_three_hospitals(tmp_path, data, 'name = "unet"\ndepth = 1\nbase = 4\nnorm = "group"')
     assert summary["primary_metric"] == "dice" and 0.0 <= summary["held_out"]["swarm"]["dice"] <= 1.0
+
+
+def test_init_points_a_site_at_its_own_files(tmp_path, monkeypatch):
+    pytest.importorskip("pydicom", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    from click.testing import CliRunner
+
+    from nodes.cli import main as node_cli
+    from nodes.site import SiteDir
+
+    dicom_classification(tmp_path / "ct", n=8)
+    monkeypatch.chdir(tmp_path)
+    args = ["init", "--site", str(tmp_path / "site"), "--name", "hospital-a", "--endpoint", "tcp://127.0.0.1:7000"]
+    result = CliRunner().invoke(node_cli, args + ["--data", "source=dicom", "--data", "root=ct", "--data", "size=32"])
+    assert result.exit_code == 0, result.output
+    assert "input [1, 32, 32], 2 classes, classification" in result.output
+    data = SiteDir(tmp_path / "site").load_config().data
+    assert data == {"source": "dicom", "root": str(tmp_path / "ct"), "size": 32}  # root made absolute
+    for bad, field in ((["--data", "source=dicom", "--data", "root=nowhere"], "data.root"),
+                       (["--data", "root=ct"], "--data: name the source"),
+                       (["--data", "source=dicom", "--data", "root=ct", "--data", "unit=slab"], "data.unit")):
+        result = CliRunner().invoke(node_cli, ["init", "--site", str(tmp_path / "other"), "--name", "b",
+                                               "--endpoint", "tcp://127.0.0.1:7001", *bad])
+        assert result.exit_code == 2 and field in result.output and not (tmp_path / "other").exists()
