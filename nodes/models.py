@@ -14,11 +14,25 @@ num_classes)` and always receives the shape as a tuple: (num_features,) or (C, H
 - `cnn`: image classification, output [n, num_classes].
 - `unet`: segmentation, output [n, num_classes, H, W] (scores per pixel).
 
+Beyond the registry, `name` may be
+- `monai.<Class>`: any class of `monai.networks.nets` (optional extra `monai`), its
+  parameters from the table; `spatial_dims`, `in_channels` and `out_channels` are filled
+  from the task where the class takes them and the table leaves them out;
+- `torchvision.<function>`: a model function of `torchvision.models` (torchvision installed
+  beside torch), built without pretrained weights for `num_classes` outputs; an input with
+  other than 3 channels goes through a 1x1 convolution to 3 first;
+- `package.module:function`: a builder of your own on the Python path, called like the
+  registry's, `function(params, input_shape, num_classes) -> nn.Module`.
+Every site must be able to build the same model: the plan names it, and every site checks
+it at start-up.
+
 `norm_layer_names` lists the state_dict entries of normalization layers, the tensors FedBN
 keeps local."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -247,18 +261,82 @@ def _input_shape(value: int | Sequence[int]) -> InputShape:
     return tuple(shape)
 
 
+def _monai(class_name: str) -> Builder:
+    try:
+        from monai.networks import nets
+    except ImportError:
+        raise ConfigError(f'model.name: monai.{class_name} needs the optional package monai, which is not installed; '
+                          'install it with pip install "swarm-hospitals[monai]"') from None
+    cls = getattr(nets, class_name, None)
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        raise ConfigError(f"model.name: monai.networks.nets has no network {class_name!r} "
+                          '(examples: monai.DenseNet121, monai.UNet, monai.BasicUNet)')
+
+    def build(params: Mapping[str, Any], shape: InputShape, num_classes: int) -> nn.Module:
+        accepted = inspect.signature(cls.__init__).parameters
+        filled = {"spatial_dims": len(shape) - 1, "in_channels": shape[0], "out_channels": num_classes}
+        kwargs = {k: v for k, v in filled.items() if k in accepted and len(shape) > 1} | dict(params)
+        return cls(**kwargs)
+    return build
+
+
+def _torchvision(function_name: str) -> Builder:
+    try:
+        from torchvision import models
+    except Exception as exc:  # ImportError, or a torchvision built for another torch
+        raise ConfigError(f"model.name: torchvision.{function_name} needs torchvision installed for this torch "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    function = getattr(models, function_name, None)
+    if not callable(function):
+        raise ConfigError(f"model.name: torchvision.models has no model {function_name!r} (examples: torchvision.resnet18)")
+
+    def build(params: Mapping[str, Any], shape: InputShape, num_classes: int) -> nn.Module:
+        model = function(weights=None, num_classes=num_classes, **params)
+        if len(shape) == 3 and shape[0] != 3:  # torchvision's image models take RGB
+            return nn.Sequential(nn.Conv2d(shape[0], 3, kernel_size=1), model)
+        return model
+    return build
+
+
+def _user_builder(name: str) -> Builder:
+    module_name, _, function_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(f"model.name: cannot import {module_name!r} for the builder {name!r} ({type(exc).__name__}: {exc}); "
+                          "install it or add its directory to PYTHONPATH at every site") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ConfigError(f"model.name: {module_name} has no function {function_name!r}; the builder is "
+                          "function(params, input_shape, num_classes) -> torch.nn.Module")
+    return function
+
+
+def resolve_builder(name: str) -> Builder:
+    """The builder `name` stands for: the registry, monai.<Class>, torchvision.<function> or
+    module:function (see the module docstring)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f'model.name: must be a model name, got {name!r} (example: name = "cnn")')
+    if name in MODELS:
+        return MODELS[name]
+    if name.startswith("monai."):
+        return _monai(name.removeprefix("monai."))
+    if name.startswith("torchvision."):
+        return _torchvision(name.removeprefix("torchvision."))
+    if ":" in name:
+        return _user_builder(name)
+    raise ConfigError(f"model.name: must be one of: {', '.join(sorted(MODELS))}, monai.<Class>, torchvision.<function> "
+                      f"or package.module:function, got {name!r} (example: name = \"mlp\")")
+
+
 def build_model(name: str, params: Mapping[str, Any] | None, input_shape: int | Sequence[int],
                 num_classes: int, seed: int) -> nn.Module:
     """The model `name` with deterministic initial weights from `seed` (float32, train mode).
 
     `input_shape`: an int (tabular features) or (channels, height, width) for images.
-    ConfigError for an unknown name, a bad parameter, or a model that cannot take the input
-    (e.g. cnn given tabular features)."""
-    if not isinstance(name, str) or name not in MODELS:
-        raise ConfigError(
-            f"model.name: must be one of: {', '.join(sorted(MODELS))}, got {name!r} "
-            f'(example: name = "mlp")'
-        )
+    ConfigError for an unknown name, a bad parameter, a builder that fails, or a model that
+    cannot take the input (e.g. cnn given tabular features)."""
+    builder = resolve_builder(name)
     shape = _input_shape(input_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"model.num_classes: must be an integer >= 1, got {num_classes!r} (example: 2)")
@@ -266,7 +344,18 @@ def build_model(name: str, params: Mapping[str, Any] | None, input_shape: int | 
         raise ConfigError(f"model.seed: must be an integer, got {seed!r} (example: seed = 0)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed % 2**63)
-        model = MODELS[name](params or {}, shape, num_classes)
+        if name in MODELS:
+            model = builder(params or {}, shape, num_classes)
+        else:  # not our code: any failure is the configuration's
+            try:
+                model = builder(dict(params or {}), shape, num_classes)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"model.name: building {name} failed ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:200]}); check the [model] parameters") from None
+            if not isinstance(model, nn.Module):
+                raise ConfigError(f"model.name: {name} returned {type(model).__name__}, not a torch.nn.Module")
     return model.float().train()
 
 

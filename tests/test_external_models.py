@@ -1,0 +1,140 @@
+"""Models from outside the registry: any monai.networks.nets class, torchvision model functions
+and a hospital's own `module:function` builder, named in the plan like ours."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from nodes.models import build_model
+from nodes.plan import check_plan_sections
+from swarm.errors import ConfigError
+from tests.file_data import png_classification
+
+BUILDERS = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    def small_cnn(params, input_shape, num_classes):
+        width = params.get("width", 4)
+        return nn.Sequential(nn.Conv2d(input_shape[0], width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(width, num_classes))
+
+    def broken(params, input_shape, num_classes):
+        raise RuntimeError("the hospital's builder failed")
+
+    def not_a_model(params, input_shape, num_classes):
+        return "a string"
+''')
+
+
+@pytest.fixture
+def builders(tmp_path, monkeypatch):
+    (tmp_path / "hospital_models.py").write_text(BUILDERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_monai_network_is_built_from_the_plan_with_the_task_filled_in():
+    pytest.importorskip("monai", reason='optional extra: pip install "swarm-hospitals[monai]"')
+    params = {"init_features": 8, "growth_rate": 4, "block_config": [2, 2]}
+    model = build_model("monai.DenseNet", params, (1, 32, 32), 3, seed=5)
+    again = build_model("monai.DenseNet", params, (1, 32, 32), 3, seed=5)  # every site builds the same bytes
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
+    unet = build_model("monai.UNet", {"channels": [4, 8], "strides": [2]}, (1, 16, 16), 3, seed=0)
+    assert unet(torch.zeros(1, 1, 16, 16)).shape == (1, 3, 16, 16)
+    with pytest.raises(ConfigError, match=r"model\.name: monai\.networks\.nets has no network 'DenseNet9000'"):
+        build_model("monai.DenseNet9000", {}, (1, 32, 32), 2, seed=0)
+    with pytest.raises(ConfigError, match=r"model\.name: building monai\.UNet failed \(TypeError: .*check the \[model\] parameters"):
+        build_model("monai.UNet", {"channels": [4, 8]}, (1, 16, 16), 2, seed=0)  # strides missing
+
+
+def test_a_hospitals_own_builder_is_found_on_the_python_path(builders):
+    model = build_model("hospital_models:small_cnn", {"width": 6}, (1, 16, 16), 2, seed=1)
+    assert model(torch.zeros(3, 1, 16, 16)).shape == (3, 2) and model[0].out_channels == 6
+    for name, message in (
+        ("hospital_models:broken", r"building hospital_models:broken failed \(RuntimeError: the hospital's builder failed\)"),
+        ("hospital_models:not_a_model", r"returned str, not a torch\.nn\.Module"),
+        ("hospital_models:missing", r"hospital_models has no function 'missing'"),
+        ("no_such_module:f", r"cannot import 'no_such_module'.*PYTHONPATH"),
+    ):
+        with pytest.raises(ConfigError, match=rf"^model\.name: .*{message}"):
+            build_model(name, {}, (1, 16, 16), 2, seed=0)
+
+
+def test_a_model_whose_output_does_not_fit_the_task_is_refused_by_the_plan(builders):
+    task = {"input_shape": [1, 16, 16], "num_classes": 2, "kind": "segmentation"}
+    with pytest.raises(ConfigError, match=r"model\.name"):
+        check_plan_sections({"name": "braintorrent"}, {"name": "hospital_models:small_cnn"}, {}, task)
+
+
+def test_torchvision_models_get_a_channel_adapter(tmp_path, monkeypatch):
+    # torchvision from PyPI does not import beside the CPU torch on these machines: a stand-in
+    # package with torchvision's calling convention checks how we call it.
+    package = tmp_path / "torchvision"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(textwrap.dedent('''
+        from torch import nn
+        def resnet18(weights=None, num_classes=1000, **kwargs):
+            assert weights is None
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, module)
+    grey = build_model("torchvision.resnet18", {}, (1, 32, 32), 5, seed=0)
+    assert grey(torch.zeros(2, 1, 32, 32)).shape == (2, 5) and isinstance(grey[0], torch.nn.Conv2d) and grey[0].in_channels == 1
+    rgb = build_model("torchvision.resnet18", {}, (3, 32, 32), 5, seed=0)
+    assert rgb(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+    with pytest.raises(ConfigError, match=r"torchvision\.models has no model 'resnet9000'"):
+        build_model("torchvision.resnet9000", {}, (3, 32, 32), 5, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [
+    'name = "monai.DenseNet"\ninit_features = 8\ngrowth_rate = 4\nblock_config = [2, 2]',
+    'name = "hospital_models:small_cnn"\nwidth = 6',
+])
+def test_external_models_train_in_a_real_federation(tmp_path, builders, model):
+    if "monai" in model:
+        pytest.importorskip("monai", reason='optional extra: pip install "swarm-hospitals[monai]"')
+    for site in range(3):
+        png_classification(tmp_path / f"hospital-{site}", n=20, site=site, layout="folders")
+    scenario = tmp_path / "external.toml"
+    scenario.write_text(f"""
+[scenario]
+name = "external-model"
+nodes = 3
+timeout = 300
+
+[plan]
+rounds = 2
+
+[protocol]
+name = "braintorrent"
+round_interval = 0.05
+wait_for_new = 2.0
+
+[model]
+{model}
+
+[data]
+source = "folder"
+root = "{tmp_path}/hospital-{{site}}"
+size = 32
+""")
+    out = tmp_path / "run"
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(builders), *sys.path])}
+    result = subprocess.run([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and all(n["rounds_completed"] == 2 for n in summary["nodes"])
