@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -74,6 +74,10 @@ class Learner:
     @classmethod
     def for_site(cls, task: Task, data_table: Mapping, name: str, attack: Attack | None = None,
                  site_dir: Path | None = None) -> Learner:
+        weights = task.model_params.get("init_weights")
+        if site_dir is not None and isinstance(weights, str) and not Path(weights).is_absolute():
+            # the federation's initial weights file, kept in the site directory
+            task = replace(task, model_params=task.model_params | {"init_weights": str(Path(site_dir) / weights)})
         return cls(task, load_own_site(data_table, site_dir=site_dir), name, attack)
 
     @property

@@ -45,6 +45,7 @@ def plan_from_toml(plan_path: Path, member_names: list[str]) -> dict[str, Any]:
         table(values, "task", where),
         table(values, "neighbours", where),
         merge=table(values, "merge", where),
+        weights_dir=Path(plan_path).parent,  # [model] init_weights is found beside the plan file
     )
 
 

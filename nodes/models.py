@@ -26,16 +26,22 @@ Beyond the registry, `name` may be
 Every site must be able to build the same model: the plan names it, and every site checks
 it at start-up.
 
+Initial weights: `init_weights` (a `.safetensors` file) and `init_weights_sha256` in the
+model's parameters load those exact bytes after building, so every site starts from the same
+model; a file whose SHA-256 differs from the plan's is refused.
+
 `norm_layer_names` lists the state_dict entries of normalization layers, the tensors FedBN
 keeps local."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -329,6 +335,48 @@ def resolve_builder(name: str) -> Builder:
                       f"or package.module:function, got {name!r} (example: name = \"mlp\")")
 
 
+WEIGHT_KEYS = ("init_weights", "init_weights_sha256")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def without_initial_weights(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (params or {}).items() if k not in WEIGHT_KEYS}
+
+
+def load_initial_weights(model: nn.Module, path: str | Path, sha256: Any) -> None:
+    """Load `path` (.safetensors) into `model`, after checking its SHA-256 against the plan's."""
+    path = Path(path)
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        raise ConfigError(f"model.init_weights_sha256: missing or malformed for {path}; the plan must carry the file's "
+                          "SHA-256 (swarm-node federation create and swarm-scenario fill it in)")
+    if not path.is_file():
+        raise ConfigError(f"model.init_weights: {path} not found; copy the federation's initial weights file "
+                          f"(sha256 {sha256[:16]}...) there")
+    actual = file_sha256(path)
+    if actual != sha256.lower():
+        raise ConfigError(f"model.init_weights: {path} has sha256 {actual[:16]}... but the plan says {sha256[:16]}...; "
+                          "use the exact file the federation agreed on")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"model.init_weights: {path} is not a readable .safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"model.init_weights: {path} does not fit the plan's model ({first}); export it from the same model") from None
+
+
 def build_model(name: str, params: Mapping[str, Any] | None, input_shape: int | Sequence[int],
                 num_classes: int, seed: int) -> nn.Module:
     """The model `name` with deterministic initial weights from `seed` (float32, train mode).
@@ -337,6 +385,8 @@ def build_model(name: str, params: Mapping[str, Any] | None, input_shape: int | 
     ConfigError for an unknown name, a bad parameter, a builder that fails, or a model that
     cannot take the input (e.g. cnn given tabular features)."""
     builder = resolve_builder(name)
+    weights = dict(params or {})
+    params = without_initial_weights(weights)
     shape = _input_shape(input_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"model.num_classes: must be an integer >= 1, got {num_classes!r} (example: 2)")
@@ -356,7 +406,10 @@ def build_model(name: str, params: Mapping[str, Any] | None, input_shape: int | 
                                   f"{' '.join(str(exc).split())[:200]}); check the [model] parameters") from None
             if not isinstance(model, nn.Module):
                 raise ConfigError(f"model.name: {name} returned {type(model).__name__}, not a torch.nn.Module")
-    return model.float().train()
+    model = model.float().train()
+    if weights.get("init_weights"):
+        load_initial_weights(model, weights["init_weights"], weights.get("init_weights_sha256"))
+    return model
 
 
 _NORM_LAYERS: tuple[type[nn.Module], ...] = tuple(

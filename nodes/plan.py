@@ -6,6 +6,7 @@ fails on the coordinator's desk instead of deep inside six node processes."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from swarm.merge import MergeSpec, check_neighbourhood
 from swarm.topology import COMMON_KEYS, check_neighbour_lists, resolve_topology
 
 from .learner import Task
-from .models import build_model
+from .models import build_model, file_sha256, without_initial_weights
 from .privacy import check_private_model
 
 EXPLICIT = "explicit"  # topology name for neighbour lists written out in the plan
@@ -45,10 +46,13 @@ def build_plan(
     task: Mapping[str, Any],
     neighbours: Mapping[str, Any] | None = None,
     merge: Mapping[str, Any] | None = None,
+    weights_dir: Path | None = None,
 ) -> dict[str, Any]:
     """A plan document (JSON-ready) with the topology resolved into neighbour lists (and, for
     a time-varying topology, a `schedule` of per-round graphs), or with the explicit
-    `neighbours` lists when the topology is named "explicit"."""
+    `neighbours` lists when the topology is named "explicit". A model with `init_weights`
+    gets the file's SHA-256 (`init_weights_sha256`; the file is found relative to
+    `weights_dir`, default the current directory)."""
     get_int({"rounds": rounds}, "rounds", "plan", minimum=1, maximum=MAX_ROUNDS)
     topology = dict(topology)
     name = get_str(topology, "name", "topology", default="ring")
@@ -66,7 +70,7 @@ def build_plan(
         "neighbours": resolved,
         **({"schedule": schedule} if schedule is not None else {}),
         "protocol": dict(protocol) | {"name": dict(protocol).get("name", "braintorrent")},
-        "model": dict(model),
+        "model": with_weights_digest(model, weights_dir),
         "training": dict(training),
         "task": dict(task),
         **({"merge": dict(merge)} if merge else {}),
@@ -74,6 +78,24 @@ def build_plan(
     parsed = check_plan_sections(plan["protocol"], plan["model"], plan["training"], plan["task"], plan.get("merge"))
     check_merge_neighbourhoods(parsed.merge, plan["protocol"]["name"], resolved)
     return plan
+
+
+def with_weights_digest(model: Mapping[str, Any], weights_dir: Path | None) -> dict[str, Any]:
+    """The [model] table with `init_weights_sha256` filled in from the `init_weights` file."""
+    model = dict(model)
+    path = model.get("init_weights")
+    if path is None:
+        if "init_weights_sha256" in model:
+            raise ConfigError("model.init_weights_sha256: given without init_weights; name the .safetensors file too")
+        return model
+    if not isinstance(path, str) or not path.endswith(".safetensors"):
+        raise ConfigError(f'model.init_weights: must name a .safetensors file, got {path!r} (example: init_weights = "densenet-init.safetensors")')
+    if "init_weights_sha256" not in model:
+        file = Path(path) if Path(path).is_absolute() else (weights_dir or Path.cwd()) / path
+        if not file.is_file():
+            raise ConfigError(f"model.init_weights: {file} not found; the plan needs the file to record its SHA-256")
+        model["init_weights_sha256"] = file_sha256(file)
+    return model
 
 
 def merge_candidates(protocol: str, peers: Sequence[str]) -> int:
@@ -119,7 +141,7 @@ def check_plan_sections(protocol: Mapping, model: Mapping, training: Mapping, ta
     num_classes = get_int(task, "num_classes", "plan.task", minimum=2, example=3)
     kind = get_str(task, "kind", "plan.task", default="classification", choices=("classification", "segmentation"))
     parsed = Task.from_plan(model, training, merge)
-    built = build_model(parsed.model_name, parsed.model_params, shape, num_classes, parsed.init_seed)
+    built = build_model(parsed.model_name, without_initial_weights(parsed.model_params), shape, num_classes, parsed.init_seed)
     _check_output_shape(built, parsed.model_name, shape, num_classes, kind)
     parsed.sharing.local_names(built)
     if parsed.training.dp_noise_multiplier > 0:

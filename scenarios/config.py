@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nodes.sources import DataSource, data_source
-from nodes.plan import build_plan
+from nodes.plan import build_plan, with_weights_digest
 from swarm.config import check_keys, get_bool, get_float, get_int, get_optional_int, get_str, read_toml, table
 from swarm.errors import ConfigError
 
@@ -62,6 +62,10 @@ class ScenarioConfig:
         for key in ("path", "root"):  # node processes may start elsewhere
             if isinstance(data.get(key), str) and data[key]:
                 data[key] = str(Path(data[key]).expanduser().resolve())
+        model = table(values, "model", where)
+        if isinstance(model.get("init_weights"), str):  # relative to the scenario file; its digest for every use
+            model["init_weights"] = str((Path(path).parent / Path(model["init_weights"]).expanduser()).resolve())
+            model = with_weights_digest(model, None)
         config = cls(
             name=get_str(scenario, "name", "scenario", default=Path(path).stem),
             nodes=nodes,
@@ -70,7 +74,7 @@ class ScenarioConfig:
             rounds=get_int(plan, "rounds", "plan", default=20, minimum=1, maximum=1000),
             topology=table(values, "topology", where),
             protocol=table(values, "protocol", where),
-            model=table(values, "model", where),
+            model=model,
             training=table(values, "training", where),
             data=data,
             local_only=get_bool(baselines, "local_only", "baselines", default=True),

@@ -138,3 +138,77 @@ size = 32
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and all(n["rounds_completed"] == 2 for n in summary["nodes"])
+
+
+# --- initial weights from a .safetensors file ------------------------------------------------
+
+def save_weights(path, name="cnn", params=None, seed=123):
+    from safetensors.torch import save_file
+
+    shape, classes = ((1, 16, 16), 2) if name == "cnn" else (32, 3)
+    model = build_model(name, params or {"channels": [4], "hidden": [8]}, shape, classes, seed=seed)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model.state_dict()
+
+
+def test_initial_weights_are_loaded_only_when_their_digest_matches(tmp_path):
+    from nodes.models import file_sha256
+
+    path = tmp_path / "init.safetensors"
+    wanted = save_weights(path)
+    params = {"channels": [4], "hidden": [8], "init_weights": str(path), "init_weights_sha256": file_sha256(path)}
+    model = build_model("cnn", params, (1, 16, 16), 2, seed=0)  # the seed no longer decides the weights: the file does
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in wanted.items())
+    with pytest.raises(ConfigError, match=r"model\.init_weights: .*has sha256 .* but the plan says 0000000000000000"):
+        build_model("cnn", params | {"init_weights_sha256": "0" * 64}, (1, 16, 16), 2, seed=0)
+    with pytest.raises(ConfigError, match=r"model\.init_weights: .*gone\.safetensors not found; copy"):
+        build_model("cnn", params | {"init_weights": str(tmp_path / "gone.safetensors")}, (1, 16, 16), 2, seed=0)
+    other = tmp_path / "other.safetensors"
+    save_weights(other, params={"channels": [6], "hidden": [8]})
+    with pytest.raises(ConfigError, match=r"model\.init_weights: .*does not fit the plan's model"):
+        build_model("cnn", params | {"init_weights": str(other), "init_weights_sha256": file_sha256(other)}, (1, 16, 16), 2, seed=0)
+    with pytest.raises(ConfigError, match=r"model\.init_weights_sha256: missing"):
+        build_model("cnn", {"init_weights": str(path)}, (1, 16, 16), 2, seed=0)
+
+
+def test_the_manifest_carries_the_digest_and_each_site_reads_the_file_from_its_directory(tmp_path):
+    from click.testing import CliRunner
+
+    from nodes.cli import main as node_cli
+    from nodes.launch import open_node
+    from nodes.models import file_sha256
+    from swarm.manifest import load_manifest
+    from swarm.transport import InMemoryNetwork
+
+    coordinator = tmp_path / "coordinator"
+    coordinator.mkdir()
+    wanted = save_weights(coordinator / "init.safetensors", name="mlp", params={"hidden": [8]})
+    runner = CliRunner()
+    cards = []
+    for i, name in enumerate(("hospital-a", "hospital-b")):
+        site = tmp_path / name
+        assert runner.invoke(node_cli, ["init", "--site", str(site), "--name", name, "--endpoint", f"tcp://127.0.0.1:{7400 + i}",
+                                        "--data-site", str(i), "--data-sites", "2"]).exit_code == 0
+        cards += ["--member", str(site / "member.json")]
+    (coordinator / "plan.toml").write_text(
+        '[plan]\nrounds = 2\n[topology]\nname = "complete"\n[model]\nname = "mlp"\nhidden = [8]\ninit_weights = "init.safetensors"\n'
+        '[task]\ninput_shape = [32]\nnum_classes = 3\n')
+    manifest = tmp_path / "manifest.json"
+    result = runner.invoke(node_cli, ["federation", "create", "--name", "w", "--plan", str(coordinator / "plan.toml"), *cards, "--out", str(manifest)])
+    assert result.exit_code == 0, result.output
+    plan_model = load_manifest(manifest).manifest.plan.model
+    assert plan_model["init_weights"] == "init.safetensors" and plan_model["init_weights_sha256"] == file_sha256(coordinator / "init.safetensors")
+    for name in ("hospital-a", "hospital-b"):
+        assert runner.invoke(node_cli, ["federation", "sign", str(manifest), "--site", str(tmp_path / name)]).exit_code == 0
+    for name in ("hospital-a", "hospital-b"):
+        assert runner.invoke(node_cli, ["federation", "install", str(manifest), "--site", str(tmp_path / name)]).exit_code == 0
+    network = InMemoryNetwork()
+    with pytest.raises(ConfigError, match=r"model\.init_weights: .*hospital-a/init\.safetensors not found"):
+        open_node(tmp_path / "hospital-a", lambda config, links, settings: network.endpoint(config.name))
+    (tmp_path / "hospital-a" / "init.safetensors").write_bytes((coordinator / "init.safetensors").read_bytes())
+    node, transport = open_node(tmp_path / "hospital-a", lambda config, links, settings: network.endpoint(config.name))
+    try:
+        assert all(torch.equal(node.learner.model.state_dict()[k], v) for k, v in wanted.items())
+    finally:
+        node.executor.shutdown(wait=True)
+        node.store.close()
