@@ -209,15 +209,19 @@ def federation_install(manifest_path: Path, site_dir: Path, history: tuple[Path,
 @main.command()
 @click.option("--site", "site_dirs", required=True, multiple=True, type=click.Path(path_type=Path), help="The site directory (repeat to run several sites' nodes in this one process).")
 @click.option("--insecure", is_flag=True, help="DEBUGGING ONLY: turn CurveZMQ off (plaintext, no allow-list).")
+@click.option("--device", default=None, metavar="auto|cpu|cuda|cuda:N", help="Where to train (overrides site.toml [training] device and the plan's).")
 @user_errors
-def run(site_dirs: tuple[Path, ...], insecure: bool) -> None:
+def run(site_dirs: tuple[Path, ...], insecure: bool, device: str | None) -> None:
     """Run this site's node until the plan is done or Ctrl-C. Connections are encrypted and
     authenticated with CurveZMQ; only the manifest's neighbours get through."""
+    from .devices import check_device_spec
     from .launch import INSECURE_WARNING, run_sites
 
+    if device is not None:
+        check_device_spec(device, "--device")
     if insecure:
         click.echo(f"WARNING: {INSECURE_WARNING}", err=True)
-    outcomes = run_sites(list(site_dirs), insecure=insecure)
+    outcomes = run_sites(list(site_dirs), insecure=insecure, device=device)
     for site_dir, outcome in zip(site_dirs, outcomes):
         click.echo(f"{outcome.state} at version {outcome.published_seq}" + (f" ({site_dir})" if len(site_dirs) > 1 else ""))
 

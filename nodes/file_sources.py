@@ -11,7 +11,8 @@ replaced by the site's index, so each simulated hospital reads its own folder.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -66,6 +67,7 @@ def _file_fields(v: Mapping[str, Any], p: str, default_size: int) -> dict[str, A
         "test_fraction": get_float(v, "test_fraction", p, maximum=0.9, example=0.2),
         "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
         "split_record": v.get("split_record") or "",
+        "workers": get_int(v, "workers", p, minimum=0, maximum=64, example=4),
     }
 
 
@@ -85,6 +87,7 @@ class FileSource(TableConfig):
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     split_record: str = ""  # JSON file that fixes the test split (a node uses SITE/data-split.json)
+    workers: int = 0  # threads decoding files at start-up (0: one at a time, in the node's thread)
 
     def directory(self, site: int) -> Path:
         if not self.root:
@@ -121,14 +124,12 @@ class FileSource(TableConfig):
         samples, names = self.list_samples(root)
         report = LoadReport()
         kept: list[tuple[Sample, torch.Tensor, torch.Tensor]] = []
-        for sample in samples:
-            try:
-                pairs = self.expand(root, sample)
-            except ConfigError:
-                raise
-            except Exception as exc:  # a file that does not decode is skipped, not fatal
-                detail = " ".join(str(exc).replace(str(root / sample.name), "").split()).strip(" :'")
-                report.skip(sample.name, type(exc).__name__ + (f": {detail[:60]}" if detail else ""))
+        for sample, pairs in self._decoded(root, samples):
+            if isinstance(pairs, ConfigError):
+                raise pairs
+            if isinstance(pairs, Exception):  # a file that does not decode is skipped, not fatal
+                detail = " ".join(str(pairs).replace(str(root / sample.name), "").split()).strip(" :'")
+                report.skip(sample.name, type(pairs).__name__ + (f": {detail[:60]}" if detail else ""))
                 continue
             kept += [(sample, image, target) for image, target in pairs]
         report.loaded = len(kept)
@@ -155,6 +156,21 @@ class FileSource(TableConfig):
             parts[part] = Samples(x, y, self.KIND, max(2, len(names)))
         train, val, test = parts["train"], parts["val"], parts["test"]
         return SiteData(f"site-{site}", train.x, train.y, test.x, test.y, int(np.prod(train.x.shape[1:])), train.num_classes, val.x, val.y)
+
+    def _decoded(self, root: Path, samples: list[Sample]) -> Iterator[tuple[Sample, Any]]:
+        """(sample, its pairs or the exception reading it), in order; `workers` threads decode
+        in parallel (pillow, pydicom's pixel handlers and nibabel's gzip release the GIL)."""
+        def attempt(sample: Sample) -> Any:
+            try:
+                return self.expand(root, sample)
+            except Exception as exc:
+                return exc
+
+        if self.workers <= 1:
+            yield from ((sample, attempt(sample)) for sample in samples)
+            return
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
+            yield from zip(samples, pool.map(attempt, samples))
 
     def global_test(self) -> Samples:
         from .sources import union_of_site_tests

@@ -131,7 +131,8 @@ def limits_for(model: FlatModel) -> tuple[Limits, ZmqSettings]:
     return limits, settings
 
 
-def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport) -> tuple[Node, Transport]:
+def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport, device: str | None = None) -> tuple[Node, Transport]:
+    """The node of the site at `site_root`; `device` (swarm-node run --device) overrides site.toml's."""
     site = SiteDir(site_root)
     config = site.load_config()
     logging.getLogger().setLevel(config.log_level.upper())
@@ -147,7 +148,9 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport)
     attack = parse_attack(config.attack, f"{site.config_path} [attack]")
     if attack is not None:
         log.warning("SIMULATED BYZANTINE SITE %s: publishes %s models instead of its honest ones (site.toml [attack])", config.name, attack.NAME)
-    learner = Learner.for_site(task, config.data, config.name, attack, site.root)
+    hardware = config.training | ({"device": device} if device else {})
+    learner = Learner.for_site(task, config.data, config.name, attack, site.root, hardware)
+    log.info("%s trains on %s%s", config.name, learner.device, f" ({learner.task.training.amp})" if learner.task.training.amp != "none" else "")
     for key, actual, planned in (
         ("input shape", learner.data.input_shape, task_input_shape(plan.task)),
         ("number of classes", learner.data.num_classes, plan.task.get("num_classes")),
@@ -183,12 +186,12 @@ INSECURE_WARNING = (
 )
 
 
-def run_site(site_root: Path, insecure: bool = False) -> NodeOutcome:
+def run_site(site_root: Path, insecure: bool = False, device: str | None = None) -> NodeOutcome:
     """Run a site's node until the plan is done or SIGINT/SIGTERM; state is on disk either way."""
-    return run_sites([site_root], insecure)[0]
+    return run_sites([site_root], insecure, device)[0]
 
 
-def run_sites(site_roots: Sequence[Path], insecure: bool = False) -> list[NodeOutcome]:
+def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | None = None) -> list[NodeOutcome]:
     """Run several sites' nodes in this process, one thread each (a packed scenario worker).
     Each node keeps its own sockets, keys, log and checkpoints; they share one ZeroMQ
     context (one I/O thread), one ZAP authenticator with an allow-list per node, and
@@ -214,7 +217,7 @@ def run_sites(site_roots: Sequence[Path], insecure: bool = False) -> list[NodeOu
     outcomes: list[NodeOutcome | None] = [None] * len(site_roots)
     try:
         for root in site_roots:
-            opened.append(open_node(root, functools.partial(zmq_transport, context=context, authenticator=authenticator)))
+            opened.append(open_node(root, functools.partial(zmq_transport, context=context, authenticator=authenticator), device))
         if len(opened) > 1:
             handlers = [_node_log_handler(node.name, SiteDir(root).root / "node.log") for (node, _), root in zip(opened, site_roots)]
 

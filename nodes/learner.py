@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 
 from swarm.config import get_int, get_str
+from swarm.errors import ConfigError
 from swarm.merge import MergeSpec, parse_merge, weighted_mean
 from swarm.tensors import FlatModel, flatten_state, model_digest
 
 from .attacks import Attack
 from .data import SiteData
+from .devices import resolve_device
 from .models import build_model
 from .privacy import PrivacyBudget
 from .sharing import SharingPolicy, split_state
@@ -61,19 +63,39 @@ class RoundResult:
 
 
 class Learner:
+    """The model lives on the site's device (`task.training.device`); everything that leaves
+    the learner (states, snapshots) is float32 on the CPU, so digests do not depend on where a
+    site trains."""
+
     def __init__(self, task: Task, data: SiteData, name: str, attack: Attack | None = None) -> None:
         self.task = task
         self.attack = attack
         self.data = attack.poison(data) if attack else data
         self.name = name
-        self.model = build_model(task.model_name, task.model_params, data.input_shape, data.num_classes, task.init_seed)
+        self.device = self._device(task.training)
+        built = build_model(task.model_name, task.model_params, data.input_shape, data.num_classes, task.init_seed)
+        self.model = built.to(self.device)
         self.local_names = task.sharing.local_names(self.model)
         self.merge_rule = task.merge.build()
         self.privacy = PrivacyBudget()  # epsilon accumulates over every round this site trains
 
+    @staticmethod
+    def _device(training: TrainConfig) -> torch.device:
+        private = training.dp_noise_multiplier > 0
+        if private and training.device == "auto":
+            return torch.device("cpu")  # Opacus' noise generator lives on the CPU here
+        device = resolve_device(training.device)
+        if private and device.type != "cpu":
+            raise ConfigError(f'training.device: DP-SGD training runs on the CPU here, not {device}; set device = "cpu" or "auto"')
+        return device
+
     @classmethod
     def for_site(cls, task: Task, data_table: Mapping, name: str, attack: Attack | None = None,
-                 site_dir: Path | None = None) -> Learner:
+                 site_dir: Path | None = None, hardware: Mapping[str, str] | None = None) -> Learner:
+        """The learner of the site `name`; `hardware` (the site's own `device` and `amp`,
+        from site.toml or `swarm-node run --device`) overrides the plan's."""
+        if hardware:
+            task = replace(task, training=replace(task.training, **dict(hardware)))
         weights = task.model_params.get("init_weights")
         if site_dir is not None and isinstance(weights, str) and not Path(weights).is_absolute():
             # the federation's initial weights file, kept in the site directory
@@ -85,11 +107,12 @@ class Learner:
         return self.data.train_samples
 
     def state(self) -> dict[str, Tensor]:
-        return self.model.state_dict()
+        """The whole model as CPU tensors (the parameters themselves when training on the CPU)."""
+        return {key: value.detach().cpu() for key, value in self.model.state_dict().items()}
 
     def shared_state(self) -> dict[str, Tensor]:
         """What this site publishes and merges: everything but the local tensors."""
-        return split_state(self.model.state_dict(), self.local_names)[0]
+        return split_state(self.state(), self.local_names)[0]
 
     def load(self, state: Mapping[str, Tensor]) -> None:
         self.model.load_state_dict(state)
@@ -127,7 +150,7 @@ class Learner:
         test = evaluate(self.model, self.data.test_x, self.data.test_y)
         timings["evaluate"] = time.perf_counter() - started
         started = time.perf_counter()
-        shared, local = split_state(self.model.state_dict(), self.local_names)
+        shared, local = split_state(self.state(), self.local_names)
         if self.attack is not None:
             generator = torch.Generator().manual_seed(seed)
             shared = self.attack.craft(reference, shared, [state for _, state in pulled], generator)

@@ -40,10 +40,11 @@ class SiteConfig:
     log_level: str
     data: dict[str, Any]  # validated by nodes.data.DataConfig
     attack: dict[str, Any] = field(default_factory=dict)  # simulated Byzantine site (nodes.attacks); empty: honest
+    training: dict[str, str] = field(default_factory=dict)  # this site's device and amp, over the plan's
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "site.toml") -> SiteConfig:
-        check_keys(values, {"site", "node", "data", "attack"}, where)
+        check_keys(values, {"site", "node", "data", "attack", "training"}, where)
         site = table(values, "site", where)
         check_keys(site, {"name"}, f"{where} [site]")
         name = get_str(site, "name", "site")
@@ -64,6 +65,7 @@ class SiteConfig:
             log_level=get_str(node, "log_level", "node", default="info", choices=LOG_LEVELS),
             data=table(values, "data", where),
             attack=_checked_attack(table(values, "attack", where)),
+            training=_checked_hardware(table(values, "training", where)),
         )
 
     def to_toml(self) -> str:
@@ -80,10 +82,31 @@ class SiteConfig:
             "[data]",
         ]
         lines += [f"{key} = {_toml_value(value)}" for key, value in self.data.items()]
+        if self.training:
+            lines += ["", "# Where this site trains (the plan's [training] says what it trains).", "[training]"]
+            lines += [f"{key} = {_toml_value(value)}" for key, value in self.training.items()]
         if self.attack:
             lines += ["", "# A SIMULATED BYZANTINE SITE: it publishes poisoned models (nodes.attacks).", "[attack]"]
             lines += [f"{key} = {_toml_value(value)}" for key, value in self.attack.items()]
         return "\n".join(lines) + "\n"
+
+
+HARDWARE_KEYS = ("device", "amp")
+
+
+def _checked_hardware(values: dict[str, Any]) -> dict[str, str]:
+    """site.toml [training]: only where this site trains (device, amp); the rest is the plan's."""
+    from .devices import AMP_MODES, check_device_spec
+
+    for key in values:
+        if key not in HARDWARE_KEYS:
+            raise ConfigError(f"training.{key}: site.toml [training] takes only device and amp; "
+                              "the other training settings are the federation's plan")
+    if "device" in values:
+        check_device_spec(values["device"], "training.device")
+    if "amp" in values and values["amp"] not in AMP_MODES:
+        raise ConfigError(f'training.amp: must be one of {", ".join(AMP_MODES)}, got {values["amp"]!r} (example: amp = "bf16")')
+    return dict(values)
 
 
 def _checked_attack(values: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from swarm.config import TableConfig, get_float, get_int, get_str
 from swarm.errors import ConfigError
 
 from .data import SiteData
+from .devices import AMP_MODES, autocast, check_device_spec, grad_scaler, model_device
 from .metrics import classification_metrics, segmentation_metrics
 from .privacy import PrivacyBudget, check_private_model, require_opacus
 
@@ -57,6 +58,8 @@ class TrainConfig(TableConfig):
     dp_max_grad_norm: float = 1.0     # DP-SGD per-sample gradient clipping norm (L2)
     dp_delta: float = 1e-5            # the delta at which epsilon is reported (keep << 1 / samples)
     loss: str = "cross_entropy"       # "logit_adjusted": train on scores + log(own class prior)
+    device: str = "auto"              # where this site trains (nodes.devices); a site may override it
+    amp: str = "none"                 # mixed precision: "bf16" or "fp16"
 
     @staticmethod
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
@@ -78,7 +81,16 @@ class TrainConfig(TableConfig):
             "dp_delta": get_float(v, "dp_delta", p, minimum=0.0, maximum=1.0, min_open=True,
                                   max_open=True, example=1e-5),
             "loss": get_str(v, "loss", p, choices=LOSSES, example="logit_adjusted"),
+            "device": check_device_spec(v.get("device", "auto"), f"{p}.device"),
+            "amp": _amp(v, p, noise),
         }
+
+
+def _amp(v: Mapping[str, Any], p: str, noise: float) -> str:
+    amp = get_str(v, "amp", p, default="none", choices=AMP_MODES, example="bf16")
+    if amp != "none" and noise > 0:
+        raise ConfigError(f'{p}.amp: mixed precision does not combine with DP-SGD (dp_noise_multiplier > 0); set amp = "none"')
+    return amp
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -121,8 +133,14 @@ def _loss_function(config: TrainConfig, y: Tensor, num_classes: int) -> Callable
     cross_entropy = nn.CrossEntropyLoss()
     if config.loss == "cross_entropy":
         return cross_entropy
-    log_prior = class_log_prior(y, num_classes)
-    return lambda scores, labels: cross_entropy(scores + log_prior, labels)
+    log_prior: Tensor | None = None
+
+    def adjusted(scores: Tensor, labels: Tensor) -> Tensor:
+        nonlocal log_prior
+        if log_prior is None:
+            log_prior = class_log_prior(y, num_classes).to(scores.device)
+        return cross_entropy(scores.float() + log_prior, labels)
+    return adjusted
 
 
 def check_output(scores: Tensor, labels: Tensor) -> None:
@@ -194,8 +212,12 @@ def train_local(model: nn.Module, data: SiteData, config: TrainConfig, seed: int
 
 
 def _train_plain(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig, seed: int) -> tuple[int, float]:
+    """Mini-batches on the model's device (the data stays on the CPU; each batch is copied
+    over), the forward pass under `config.amp`."""
     n = int(y.shape[0])
+    device = model_device(model)
     optimizer = _optimizer(model, config)
+    scaler = grad_scaler(device, config.amp)
     proximal = _proximal_term([p for p in model.parameters() if p.requires_grad], config.prox_mu)
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
     order = torch.Generator().manual_seed(derive_seed(seed, "batches"))
@@ -206,19 +228,28 @@ def _train_plain(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig, se
         total = 0.0
         for start in range(0, n, config.batch_size):
             idx = perm[start:start + config.batch_size]
+            xb, yb = _to(x[idx], device), _to(y[idx], device)
             optimizer.zero_grad(set_to_none=True)
-            scores = model(x[idx])
-            if loss_fn is None:
-                check_output(scores, y[idx])
-                loss_fn = _loss_function(config, y, int(scores.shape[1]))
-            loss = loss_fn(scores, y[idx])
+            with autocast(device, config.amp):
+                scores = model(xb)
+                if loss_fn is None:
+                    check_output(scores, yb)
+                    loss_fn = _loss_function(config, y, int(scores.shape[1]))
+                loss = loss_fn(scores.float(), yb)
             objective = loss if proximal is None else loss + proximal()
-            objective.backward()
-            optimizer.step()
+            scaler.scale(objective).backward()
+            scaler.step(optimizer)
+            scaler.update()
             total += float(loss.detach()) * int(idx.shape[0])
             steps += 1
         epoch_loss = total / n
     return steps, epoch_loss
+
+
+def _to(tensor: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 # Opacus' hooks see a first layer whose input needs no gradient (the data); harmless.
@@ -299,20 +330,25 @@ def _remove_new_attributes(model: nn.Module, before: list[tuple[Any, set[str]]])
             delattr(obj, name)
 
 
+EVAL_BATCH = 256  # samples per forward pass when scoring; bounds activation memory on any device
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> dict:
     """{"accuracy": fraction correct, "loss": mean cross-entropy, "samples": n} of `model`
     on (x, y), in eval mode (the model's mode is restored afterwards), plus sensitivity,
     specificity and AUC (nodes.metrics; macro one-vs-rest for more than two classes). For
     segmentation, accuracy and loss are over all pixels, "dice" is the mean foreground Dice,
-    and samples still counts images."""
+    and samples still counts images. Scores are computed on the model's device in batches
+    and gathered on the CPU as float32."""
     n = int(y.shape[0])
     if n == 0:
         return {"accuracy": math.nan, "loss": math.nan, "samples": 0}
     was_training = model.training
+    device = model_device(model)
     model.eval()
     try:
-        logits = model(x)
+        logits = torch.cat([model(_to(x[i:i + EVAL_BATCH], device)).float().cpu() for i in range(0, n, EVAL_BATCH)])
     finally:
         model.train(was_training)
     check_output(logits, y)

@@ -311,3 +311,15 @@ def test_init_points_a_site_at_its_own_files(tmp_path, monkeypatch):
         result = CliRunner().invoke(node_cli, ["init", "--site", str(tmp_path / "other"), "--name", "b",
                                                "--endpoint", "tcp://127.0.0.1:7001", *bad])
         assert result.exit_code == 2 and field in result.output and not (tmp_path / "other").exists()
+
+
+def test_decoding_in_worker_threads_gives_the_same_site(tmp_path):
+    pytest.importorskip("pydicom", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    root = dicom_classification(tmp_path / "site", n=24)
+    one = data_source(dicom(root, labels="labels.csv", split_record=str(tmp_path / "a.json"))).load_site(0)
+    four = data_source(dicom(root, labels="labels.csv", workers=4, split_record=str(tmp_path / "b.json"))).load_site(0)
+    for a, b in ((one.train_x, four.train_x), (one.train_y, four.train_y), (one.test_x, four.test_x), (one.test_y, four.test_y)):
+        assert torch.equal(a, b)
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+    with pytest.raises(ConfigError, match="data.workers"):
+        data_source(dicom(root, labels="labels.csv", workers=-1))
