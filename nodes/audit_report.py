@@ -7,7 +7,7 @@ when asked, a model's provenance (nodes.provenance). Nothing is read or verified
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from swarm.log import SignedEntry
 
 from .audit import AuditReport, Failure, LogSeen, verify_sites
 from .forks import Fork, find_forks
-from .provenance import Provenance, Version, parse_model_ref, trace
+from .provenance import ModelRef, Provenance, Version, parse_model_ref, trace
 
 
 @dataclass
@@ -51,6 +51,18 @@ class Republished:
     source_seq: int
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """An exported model file given to --model: the digest of its own tensors and what its
+    card claims; `logged` is the label of the log entry holding that digest (None: none)."""
+
+    path: Path
+    format: str
+    digest: bytes
+    claimed: str  # "author#seq (model digest)" from the card
+    logged: str | None
+
+
 @dataclass
 class Audit:
     verification: AuditReport
@@ -59,23 +71,44 @@ class Audit:
     other_failures: list[Failure]  # not tied to one author: a site's manifest, bad evidence
     provenance: Provenance | None
     republished: list[Republished] = field(default_factory=list)
+    model_file: ModelFile | None = None
 
     @property
     def ok(self) -> bool:
-        """Every chain valid, no forks, and the model's provenance (if asked for) complete."""
+        """Every chain valid, no forks, the model's provenance (if asked for) complete, and a
+        model file's tensors (if given) a logged version."""
         problems = self.provenance.problems if self.provenance else []
-        return all(a.ok for a in self.authors) and not self.forks and not self.other_failures and not problems
+        unlogged = self.model_file is not None and self.model_file.logged is None
+        return all(a.ok for a in self.authors) and not self.forks and not self.other_failures and not problems and not unlogged
 
 
 def run_audit(paths: Iterable[Path], model: str | None = None) -> Audit:
-    ref = parse_model_ref(model) if model is not None else None  # a typo fails before any work
+    """`model`: a digest prefix, AUTHOR#SEQ, or the path of a file `swarm-node export` wrote."""
+    model_file = None
+    if model is not None and Path(model).is_file():
+        from .export import digest_of_export
+
+        digest, card = digest_of_export(Path(model))
+        version = card.get("version", {})
+        claimed = f"{version.get('author')}#{version.get('seq')} (model {str(version.get('model_digest', ''))[:16]})"
+        model_file = ModelFile(Path(model), str(card.get("format", "?")), digest, claimed, None)
+        ref = ModelRef(model, digest_prefix=digest.hex())
+    else:
+        ref = parse_model_ref(model) if model is not None else None  # a typo fails before any work
     report = verify_sites(paths)
     forks, bad_evidence = find_forks(report)
     authors = _summarise_authors(report, forks)
     known = {a.name for a in authors}
     others = [f for f in report.failures if f.author not in known] + bad_evidence
-    provenance = trace(report, ref, frozenset((fork.author, fork.seq) for fork in forks)) if ref else None
-    return Audit(report, authors, forks, others, provenance, find_republished(report))
+    forked = frozenset((fork.author, fork.seq) for fork in forks)
+    provenance = None
+    if model_file is not None:
+        if any(e.digest == model_file.digest for log in report.logs for e in log.entries):
+            provenance = trace(report, ref, forked)
+            model_file = replace(model_file, logged=provenance.model.label)
+    elif ref is not None:
+        provenance = trace(report, ref, forked)
+    return Audit(report, authors, forks, others, provenance, find_republished(report), model_file)
 
 
 def find_republished(report: AuditReport) -> list[Republished]:
@@ -120,10 +153,19 @@ def audit_lines(audit: Audit) -> list[str]:
         lines += [f"  {r.author}#{r.seq} is {r.source}#{r.source_seq}'s model unchanged" for r in audit.republished[:20]]
         if len(audit.republished) > 20:
             lines.append(f"  ... and {len(audit.republished) - 20} more (see --json)")
+    if audit.model_file:
+        lines.append(_model_file_line(audit.model_file))
     if audit.provenance:
         lines += _provenance_lines(audit.provenance)
     lines.append("result: OK" if audit.ok else "result: PROBLEMS FOUND")
     return lines
+
+
+def _model_file_line(found: ModelFile) -> str:
+    where = f"model file {found.path} ({found.format}): its tensors have digest {found.digest.hex()[:16]}"
+    if found.logged is None:
+        return f"{where}, which is NOT any logged version (its card claims {found.claimed}): FAIL"
+    return f"{where} = {found.logged} as logged (its card claims {found.claimed})"
 
 
 def _author_line(author: AuthorSummary) -> str:
@@ -189,6 +231,10 @@ def audit_json(audit: Audit) -> dict[str, Any]:
         "other_failures": [_failure_json(failure) for failure in audit.other_failures],
         "republished": [{"author": r.author, "seq": r.seq, "source": r.source, "source_seq": r.source_seq} for r in audit.republished],
     }
+    if audit.model_file:
+        found = audit.model_file
+        document["model_file"] = {"path": str(found.path), "format": found.format, "digest": found.digest.hex(),
+                                  "claimed": found.claimed, "logged": found.logged}
     if audit.provenance:
         document["provenance"] = _provenance_json(audit.provenance)
     return document

@@ -257,9 +257,27 @@ def log_show(path: Path) -> None:
         click.echo(line)
 
 
+@main.command("export")
+@click.option("--site", "site_dir", required=True, type=click.Path(path_type=Path), help="The site directory.")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="The version (seq) to export (default: the latest).")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "torchscript", "onnx"]), default="safetensors", show_default=True, help="File format (onnx needs the extra 'export').")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The model file to write; the card goes to OUT.card.json and OUT.card.md.")
+@user_errors
+def export_command(site_dir: Path, version: int | None, fmt: str, out: Path) -> None:
+    """Export a logged version of this site's model, with a model card (federation, version,
+    log entry hash, model digest, provenance, metrics). The site's log is verified first;
+    `swarm-node audit SITE --model OUT` later confirms the file is the logged version."""
+    from .export import export_model
+
+    exported = export_model(site_dir, out, fmt, version)
+    version_card = exported.card["version"]
+    click.echo(f"exported {version_card['author']}#{version_card['seq']} (round {version_card['round']}, model {version_card['model_digest'][:16]}, "
+               f"entry {version_card['entry_hash'][:16]}) as {fmt} to {exported.path}; card: {exported.path}.card.json, .card.md")
+
+
 @main.command("audit")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_ref", metavar="DIGEST|NAME#SEQ", default=None, help="Also trace this model's provenance: a digest prefix (8+ hex digits) or e.g. hospital-a#12.")
+@click.option("--model", "model_ref", metavar="DIGEST|NAME#SEQ|FILE", default=None, help="Also trace this model's provenance: a digest prefix (8+ hex digits), e.g. hospital-a#12, or a file from `swarm-node export` (its tensors must be a logged version).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @user_errors
 def audit_command(paths: tuple[Path, ...], model_ref: str | None, as_json: bool) -> None:
@@ -268,7 +286,7 @@ def audit_command(paths: tuple[Path, ...], model_ref: str | None, as_json: bool)
 
     Exit 0: every chain valid, no forks, and the model's provenance complete. Exit 1: the
     audit found problems (failed chains, forks, bad evidence, missing or mismatched
-    ancestors). Exit 2: a usage mistake (bad path, unknown or ambiguous --model)."""
+    ancestors, a model file whose tensors are no logged version). Exit 2: a usage mistake (bad path, unknown or ambiguous --model)."""
     from .audit_report import audit_json, audit_lines, run_audit
 
     result = run_audit(paths, model_ref)
