@@ -17,9 +17,14 @@ only: tensors a site keeps local (FedBN, partial sharing) are this site's, never
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
+import logging
+import tempfile
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,9 +191,6 @@ def _write_safetensors(model: torch.nn.Module, shape: tuple[int, ...], card: Map
 
 
 def _write_torchscript(model: torch.nn.Module, shape: tuple[int, ...], card: Mapping[str, Any], out: Path) -> None:
-    import io
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.9+ deprecates TorchScript; it still loads everywhere
         try:
@@ -207,13 +209,9 @@ def _write_onnx(model: torch.nn.Module, shape: tuple[int, ...], card: Mapping[st
         import onnxscript  # noqa: F401 (torch's exporter needs it)
     except ImportError:
         raise ConfigError('--format onnx: needs the optional extra: pip install "swarm-hospitals[export]"') from None
-    import contextlib
-    import io
-    import tempfile
-
     from safetensors.torch import save
 
-    with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
+    with tempfile.TemporaryDirectory() as scratch, _quiet_exporter():
         path = Path(scratch) / "model.onnx"
         try:
             batch = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
@@ -230,6 +228,22 @@ def _write_onnx(model: torch.nn.Module, shape: tuple[int, ...], card: Mapping[st
                        (EXTRA_KEY, base64.b64encode(save(unused)).decode() if unused else "")):
         document.metadata_props.add(key=key, value=value)
     write_atomic(out, document.SerializeToString())
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The ONNX exporter's progress lines, log notes and warnings are not the user's concern."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 # --------------------------------------------------------------------------- reading back
@@ -278,8 +292,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
 
 
 def _read_torchscript(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    import warnings
-
     extra = {TORCHSCRIPT_CARD: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -57,7 +57,7 @@ def png_segmentation(root: Path, n: int = 24, site: int = 0, size: int = 32) -> 
 
 
 def dicom_classification(root: Path, n: int = 30, site: int = 0, *, key: str = "file", slices_per_series: int = 1,
-                         monochrome1_every: int = 0) -> Path:
+                         monochrome1_every: int = 0, size: int = 32) -> Path:
     """`n` series of `slices_per_series` 16-bit CT-like DICOM files (Hounsfield units through
     RescaleSlope/Intercept, a window in the file), one patient per two series, and
     root/labels.csv keyed by `key` ("file", "SOPInstanceUID", "PatientID" or
@@ -65,7 +65,7 @@ def dicom_classification(root: Path, n: int = 30, site: int = 0, *, key: str = "
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    samples = generate_imaging_site(7, site, n, 2, size=32)
+    samples = generate_imaging_site(7, site, n, 2, size=size)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (image, label) in enumerate(zip(samples.x[:, 0].numpy(), samples.y.tolist())):
@@ -80,7 +80,7 @@ def dicom_classification(root: Path, n: int = 30, site: int = 0, *, key: str = "
             ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
             ds.PatientID, ds.SeriesInstanceUID, ds.StudyInstanceUID = patient, series, generate_uid()
             ds.Modality, ds.InstanceNumber = "CT", s + 1
-            ds.Rows = ds.Columns = 32
+            ds.Rows = ds.Columns = size
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
             ds.SamplesPerPixel = 1
             inverted = monochrome1_every and i % monochrome1_every == 0
