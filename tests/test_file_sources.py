@@ -323,3 +323,23 @@ def test_decoding_in_worker_threads_gives_the_same_site(tmp_path):
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
     with pytest.raises(ConfigError, match="data.workers"):
         data_source(dicom(root, labels="labels.csv", workers=-1))
+
+
+@pytest.mark.slow
+def test_the_readmes_bring_your_own_data_walkthrough_runs(tmp_path):
+    """scripts/byod_walkthrough.sh: the README's commands, three hospitals on DICOM folders,
+    real node processes over CurveZMQ, then an ONNX export that the audit finds in the log."""
+    pytest.importorskip("pydicom", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    pytest.importorskip("onnxscript", reason='optional extra: pip install "swarm-hospitals[export]"')
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    bin_dir = Path(sys.executable).parent
+    env = os.environ | {"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(repo / "scripts" / "byod_walkthrough.sh"), str(tmp_path)], cwd=repo,
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("\nfinished at version 10") == 3  # each node's last line (tail shows two)
+    assert "= hospital-0#10 as logged" in result.stdout and "result: OK" in result.stdout
+    card = json.loads((tmp_path / "model.onnx.card.json").read_text())
+    assert card["model"]["classes"] == ["normal", "lesion"] and set(card["provenance"]["sites"]) == {"hospital-0", "hospital-1", "hospital-2"}
