@@ -216,7 +216,7 @@ def _write_onnx(model: torch.nn.Module, shape: tuple[int, ...], card: Mapping[st
         try:
             batch = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
             torch.onnx.export(model, (_example(shape).expand(2, *shape),), str(path), dynamo=True, optimize=False, external_data=False,
-                              dynamic_shapes=(batch,), input_names=["image" if len(shape) == 3 else "features"], output_names=["scores"])
+                              dynamic_shapes=(batch,), input_names=["features" if len(shape) == 1 else "image"], output_names=["scores"])
         except Exception as exc:
             raise ConfigError(f"--format onnx: torch cannot export {card['model']['name']} ({' '.join(str(exc).split())[:160]}); "
                               "use --format safetensors") from None

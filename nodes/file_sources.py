@@ -114,10 +114,14 @@ class FileSource(TableConfig):
         root = self.directory(self.site or 0)
         return len(self.classes) if self.classes else len(self.list_samples(root)[1])
 
+    def sample_shape(self) -> tuple[int, ...]:
+        """One image's shape: (channels, size, size)."""
+        return (self.channels, self.size, self.size)
+
     def task_shape(self) -> Any:
         from .sources import TaskShape
 
-        return TaskShape((self.channels, self.size, self.size), self.num_classes(), self.KIND)
+        return TaskShape(self.sample_shape(), self.num_classes(), self.KIND)
 
     def load_site(self, site: int) -> SiteData:
         root = self.directory(site)
@@ -150,8 +154,8 @@ class FileSource(TableConfig):
         parts = {}
         for part in ("train", "val", "test"):
             rows = [(image, target) for s, image, target in kept if assignment[s.patient] == part]
-            x = torch.stack([r[0] for r in rows]) if rows else torch.zeros((0, self.channels, self.size, self.size))
-            shape = (0,) if self.KIND == "classification" else (0, self.size, self.size)
+            x = torch.stack([r[0] for r in rows]) if rows else torch.zeros((0, *self.sample_shape()))
+            shape = (0,) if self.KIND == "classification" else (0, *self.sample_shape()[1:])
             y = torch.stack([r[1] for r in rows]) if rows else torch.zeros(shape, dtype=torch.int64)
             parts[part] = Samples(x, y, self.KIND, max(2, len(names)))
         train, val, test = parts["train"], parts["val"], parts["test"]
@@ -431,6 +435,7 @@ class DicomConfig(FileSource):
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # in the closest canonical (RAS) orientation
+VOLUME = "volume"  # slices = "volume": the whole volume is one sample
 KEEP = ("all", "labelled")
 
 
@@ -460,7 +465,9 @@ class NiftiConfig(FileSource):
     """`source = "nifti"`: volumes `.nii` / `.nii.gz` under `root` with a mask of the same
     name under `masks` (voxel value = class index, `classes` names them), used as 2-D
     slices along `slices` ("axial", "coronal" or "sagittal", after reorienting to the
-    closest canonical orientation) and resized to `size` x `size`. Intensities are scaled
+    closest canonical orientation) and resized to `size` x `size`, or whole (`slices =
+    "volume"`) resampled to `depth` x `size` x `size` (axial slices first; trilinear, masks
+    by nearest neighbour) for 3-D networks. Intensities are scaled
     by each volume's range (`window = "none"`) or a `[center, width]` window (CT). Every
     slice of a volume stays in the same split (a volume is a patient). `keep = "labelled"`
     keeps only the slices whose mask holds a foreground class."""
@@ -471,6 +478,7 @@ class NiftiConfig(FileSource):
     slices: str = "axial"
     keep: str = "all"
     window: Any = "none"
+    depth: int = 32  # slices per volume after resampling, for slices = "volume"
 
     @staticmethod
     def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
@@ -479,14 +487,20 @@ class NiftiConfig(FileSource):
         if not isinstance(masks, str) or not masks:
             raise invalid(p, "masks", "the folder of masks, relative to root", masks, "masks")
         slices = v.get("slices", "axial")
-        if slices not in SLICE_AXES:
-            raise invalid(p, "slices", "one of: axial, coronal, sagittal (3-D volumes as one sample are not supported yet)", slices, "axial")
+        if slices not in (*SLICE_AXES, VOLUME):
+            raise invalid(p, "slices", "one of: axial, coronal, sagittal, volume (whole volumes, for 3-D networks)", slices, "axial")
         window = _window(v, p)
         if window == "auto":
             window = "none"  # NIfTI files carry no display window
         require("nibabel", "reading NIfTI files", f"{p}.source")
         return {"source": "nifti", **fields, "masks": masks, "slices": slices,
-                "keep": get_str(v, "keep", p, choices=KEEP, example="labelled"), "window": window}
+                "keep": get_str(v, "keep", p, choices=KEEP, example="labelled"), "window": window,
+                "depth": get_int(v, "depth", p, minimum=4, maximum=512, example=32)}
+
+    def sample_shape(self) -> tuple[int, ...]:
+        if self.slices == VOLUME:
+            return (self.channels, self.depth, self.size, self.size)
+        return (self.channels, self.size, self.size)
 
     def num_classes(self) -> int:
         if len(self.classes) < 2:
@@ -526,6 +540,8 @@ class NiftiConfig(FileSource):
         else:
             low, high = float(volume.min()), float(volume.max())
         scaled = np.clip((volume - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(volume)
+        if self.slices == VOLUME:
+            return [self._whole(scaled, labels)]
         axis = SLICE_AXES[self.slices]
         out = []
         for index in range(volume.shape[axis]):
@@ -535,3 +551,13 @@ class NiftiConfig(FileSource):
             out.append((image_tensor(np.take(scaled, index, axis=axis), self.size, self.channels, 1.0),
                         mask_tensor(np.rint(mask), self.size)))
         return out
+
+    def _whole(self, scaled: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image [C, depth, size, size], mask [depth, size, size]): axial slices first, each
+        slice laid out as the axial 2-D slices are."""
+        shape = (self.depth, self.size, self.size)
+        image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(scaled, 2, 0), dtype=np.float32))[None, None]
+        image = torch.nn.functional.interpolate(image, size=shape, mode="trilinear", align_corners=False)[0]
+        mask = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.rint(labels), 2, 0), dtype=np.float32))[None, None]
+        mask = torch.nn.functional.interpolate(mask, size=shape, mode="nearest")[0, 0].long()
+        return image.expand(self.channels, *shape).contiguous(), mask

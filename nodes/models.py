@@ -99,6 +99,8 @@ def _activation(params: Mapping[str, Any]) -> type[nn.Module]:
 def _describe(shape: InputShape) -> str:
     if len(shape) == 1:
         return f"{shape[0]} tabular features"
+    if len(shape) == 4:
+        return "volume input (channels, depth, height, width) = " + repr(shape)
     return "image input (channels, height, width) = " + repr(shape)
 
 
@@ -106,7 +108,7 @@ def _image_shape(name: str, shape: InputShape) -> InputShape:
     if len(shape) != 3:
         raise ConfigError(
             f"model.name: {name} needs image input (channels, height, width), got "
-            f"{_describe(shape)}; use mlp or logreg for tabular data"
+            f"{_describe(shape)}; use mlp or logreg for tabular data, a 3-D MONAI network (monai.UNet) for volumes"
         )
     return shape
 
@@ -257,12 +259,12 @@ def _input_shape(value: int | Sequence[int]) -> InputShape:
     shape = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
     if (
         not isinstance(shape, (tuple, list))
-        or len(shape) not in (1, 3)
+        or len(shape) not in (1, 3, 4)
         or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)
     ):
         raise ConfigError(
-            f"model.input_shape: must be a number of features >= 1 or (channels, height, width), "
-            f"got {value!r} (example: 32 or (1, 28, 28))"
+            f"model.input_shape: must be a number of features >= 1, (channels, height, width) or "
+            f"(channels, depth, height, width), got {value!r} (example: 32 or (1, 28, 28))"
         )
     return tuple(shape)
 

@@ -129,8 +129,9 @@ def task_input_shape(task: Mapping[str, Any]) -> tuple[int, ...]:
     check_keys(task, {"input_shape", "num_features", "num_classes", "kind"}, "plan.task")
     if "input_shape" in task:
         shape = task["input_shape"]
-        if not isinstance(shape, list) or not 1 <= len(shape) <= 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
-            raise ConfigError(f"plan.task.input_shape: must be [features] or [channels, height, width], got {shape!r} (example: input_shape = [1, 28, 28])")
+        if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+            raise ConfigError(f"plan.task.input_shape: must be [features], [channels, height, width] or [channels, depth, height, width], "
+                              f"got {shape!r} (example: input_shape = [1, 28, 28])")
         return tuple(shape)
     return (get_int(task, "num_features", "plan.task", minimum=1, example=32),)
 

@@ -144,18 +144,18 @@ def _loss_function(config: TrainConfig, y: Tensor, num_classes: int) -> Callable
 
 
 def check_output(scores: Tensor, labels: Tensor) -> None:
-    """ConfigError unless the model's scores fit the labels: [n, C] with [n] (classification)
-    or [n, C, H, W] with [n, H, W] (segmentation)."""
+    """ConfigError unless the model's scores fit the labels: [n, C] with [n] (classification),
+    [n, C, H, W] with [n, H, W] or [n, C, D, H, W] with [n, D, H, W] (segmentation)."""
     n = labels.shape[0]
     classify = scores.dim() == 2 and labels.dim() == 1
-    segment = scores.dim() == 4 and labels.dim() == 3 and scores.shape[2:] == labels.shape[1:]
+    segment = scores.dim() in (4, 5) and labels.dim() == scores.dim() - 1 and scores.shape[2:] == labels.shape[1:]
     if scores.shape[0] == n and (classify or segment):
         return
-    kind = {1: "one class per sample", 3: "a class per pixel"}.get(labels.dim(), "unexpected labels")
+    kind = {1: "one class per sample", 3: "a class per pixel", 4: "a class per voxel"}.get(labels.dim(), "unexpected labels")
     raise ConfigError(
         f"model.name: the model outputs scores {list(scores.shape)} but the labels are "
-        f"{list(labels.shape)} ({kind}); use a classifier (cnn, mlp, logreg) for labels [n] "
-        f"and a segmentation model (unet) for masks [n, H, W]"
+        f"{list(labels.shape)} ({kind}); use a classifier (cnn, mlp, logreg) for labels [n], "
+        f"a segmentation model (unet) for masks [n, H, W] and a 3-D one (monai.UNet) for [n, D, H, W]"
     )
 
 
@@ -355,7 +355,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> dict:
     loss = nn.functional.cross_entropy(logits, y, reduction="mean")
     right = logits.argmax(dim=1) == y
     result = {"accuracy": int(right.sum()) / right.numel(), "loss": float(loss), "samples": n}
-    if logits.ndim == 4:
+    if logits.ndim >= 4:
         result["dice"] = segmentation_metrics(logits, y)["dice"]
     else:
         result |= {k: v for k, v in classification_metrics(logits, y).items() if k != "accuracy"}

@@ -142,16 +142,16 @@ class MethodResult:
 
 
 def task_of(sites: Sequence[SiteLike]) -> str:
-    """"classification" (labels [n]) or "segmentation" (masks [n, H, W]), the same for
-    every site's training and test split; ConfigError otherwise."""
-    kinds = {1: "classification", 3: "segmentation"}
+    """"classification" (labels [n]) or "segmentation" (masks [n, H, W] or [n, D, H, W]),
+    the same for every site's training and test split; ConfigError otherwise."""
+    kinds = {1: "classification", 3: "segmentation", 4: "segmentation"}
     found = set()
     for site in sites:
         for y in (site.train_y, site.test_y):
             kind = kinds.get(int(y.dim()))
             if kind is None:
                 raise ConfigError(
-                    f"data: labels must be class labels [n] or segmentation masks [n, H, W], "
+                    f"data: labels must be class labels [n] or segmentation masks [n, H, W] or [n, D, H, W], "
                     f"got shape {list(y.shape)}"
                 )
             found.add(kind)

@@ -264,12 +264,53 @@ def test_nifti_volumes_become_slices_with_their_masks_and_stay_in_one_split(tmp_
     assert labelled.train_samples == int((whole.train_y.flatten(1) > 0).any(1).sum())
 
 
+def test_whole_nifti_volumes_are_resampled_for_3d_networks(tmp_path):
+    pytest.importorskip("nibabel", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    from nodes.datasets.phantom import generate_phantom_site
+
+    root = nifti_segmentation(tmp_path / "ct", volumes=5, depth=6, size=24)
+    source = data_source(nifti(root, window=[40, 400], slices="volume", depth=6, size=24, test_fraction=0.0, val_fraction=0.0))
+    assert source.task_shape().plan_table() == {"input_shape": [1, 6, 24, 24], "num_classes": 3, "kind": "segmentation"}
+    site = source.load_site(0)
+    assert tuple(site.train_x.shape) == (5, 1, 6, 24, 24) and tuple(site.train_y.shape) == (5, 6, 24, 24)
+    first = generate_phantom_site(7, 0, 6, 24)  # case00 at its own size: the axial slices, in order
+    assert torch.allclose(site.train_x[0, 0], first.x[:, 0], atol=1 / 400) and torch.equal(site.train_y[0], first.y)
+    resampled = data_source(nifti(root, slices="volume", depth=12, size=16, test_fraction=0.0, val_fraction=0.0)).load_site(0)
+    assert tuple(resampled.train_x.shape) == (5, 1, 12, 16, 16) and set(resampled.train_y.unique().tolist()) <= {0, 1, 2}
+    assert resampled.train_y.dtype == torch.int64 and (resampled.train_y > 0).any()
+
+
+def test_a_3d_unet_trains_on_whole_volumes(tmp_path):
+    """MONAI's 3-D U-Net on [n, 1, D, H, W] volumes: the plan accepts the shape, the loss and
+    Dice work per voxel, and training lowers the loss."""
+    pytest.importorskip("nibabel", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    pytest.importorskip("monai", reason='optional extra: pip install "swarm-hospitals[monai]"')
+    from nodes.learner import Learner, Task
+    from nodes.plan import check_plan_sections
+
+    root = nifti_segmentation(tmp_path / "ct", volumes=6, depth=8, size=16)
+    data = nifti(root, window=[40, 400], slices="volume", depth=8, size=16)
+    model = {"name": "monai.UNet", "channels": [4, 8], "strides": [2], "num_res_units": 0}
+    training = {"epochs": 3, "optimizer": "adam", "lr": 0.01, "batch_size": 2}
+    task = check_plan_sections({"name": "braintorrent"}, model, training,
+                               {"input_shape": [1, 8, 16, 16], "num_classes": 3, "kind": "segmentation"})
+    learner = Learner.for_site(task, data, "h0")
+    first = learner.run_round(1, [])
+    for round_no in range(2, 5):
+        last = learner.run_round(round_no, [])
+    assert last.metrics["train_loss"] < first.metrics["train_loss"]
+    assert 0.0 <= last.metrics["dice"] <= 1.0
+    with pytest.raises(ConfigError, match=r"model\.name: cnn needs image input .*volume input .*monai\.UNet"):
+        check_plan_sections({"name": "braintorrent"}, {"name": "cnn"}, training,
+                            {"input_shape": [1, 8, 16, 16], "num_classes": 3, "kind": "segmentation"})
+
+
 def test_nifti_mistakes_are_refused(tmp_path):
     pytest.importorskip("nibabel", reason='optional extra: pip install "swarm-hospitals[imaging]"')
     import nibabel
 
     root = nifti_segmentation(tmp_path / "ct", volumes=3, depth=4, size=16, gz=False)
-    with pytest.raises(ConfigError, match=r"data\.slices: .*3-D volumes as one sample are not supported yet"):
+    with pytest.raises(ConfigError, match=r"data\.slices: must be one of: axial, coronal, sagittal, volume .*got 'none'"):
         data_source(nifti(root, slices="none"))
     nibabel.save(nibabel.Nifti1Image(np.zeros((16, 16, 5), dtype=np.uint8), np.eye(4)), root / "masks" / "case01.nii")
     with pytest.raises(ConfigError, match=r"data\.masks: .*case01\.nii is \(16, 16, 5\) but its volume .* is \(16, 16, 4\)"):
@@ -287,6 +328,18 @@ def test_three_hospitals_train_on_their_own_nifti_volumes(tmp_path):
     data = (f'source = "nifti"\nroot = "{tmp_path}/hospital-{{site}}"\nsize = 24\nwindow = [40, 400]\n'
             'classes = ["background", "organ", "lesion"]')
     summary = run_three_hospitals(tmp_path, data, 'name = "unet"\ndepth = 1\nbase = 4\nnorm = "group"')
+    assert summary["primary_metric"] == "dice" and 0.0 <= summary["held_out"]["swarm"]["dice"] <= 1.0
+
+
+@pytest.mark.slow
+def test_three_hospitals_train_a_3d_unet_on_whole_nifti_volumes(tmp_path):
+    pytest.importorskip("nibabel", reason='optional extra: pip install "swarm-hospitals[imaging]"')
+    pytest.importorskip("monai", reason='optional extra: pip install "swarm-hospitals[monai]"')
+    for site in range(3):
+        nifti_segmentation(tmp_path / f"hospital-{site}", volumes=6, site=site, depth=8, size=16)
+    data = (f'source = "nifti"\nroot = "{tmp_path}/hospital-{{site}}"\nslices = "volume"\ndepth = 8\nsize = 16\n'
+            'window = [40, 400]\nclasses = ["background", "organ", "lesion"]')
+    summary = run_three_hospitals(tmp_path, data, 'name = "monai.UNet"\nchannels = [4, 8]\nstrides = [2]\nnum_res_units = 0')
     assert summary["primary_metric"] == "dice" and 0.0 <= summary["held_out"]["swarm"]["dice"] <= 1.0
 
 

@@ -53,8 +53,8 @@ class Samples:
     def __post_init__(self) -> None:
         # Invariants of the type (programming errors, not user input): ValueError.
         x, y, n = self.x, self.y, None
-        if not isinstance(x, Tensor) or x.dtype != torch.float32 or x.ndim not in (2, 4):
-            raise ValueError(f"Samples.x: must be a float32 tensor [n, F] or [n, C, H, W], got "
+        if not isinstance(x, Tensor) or x.dtype != torch.float32 or x.ndim not in (2, 4, 5):
+            raise ValueError(f"Samples.x: must be a float32 tensor [n, F], [n, C, H, W] or [n, C, D, H, W], got "
                              f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
         n = x.shape[0]
         if not isinstance(y, Tensor) or y.dtype != torch.int64 or y.shape[:1] != (n,):
@@ -64,8 +64,8 @@ class Samples:
             raise ValueError(f"Samples.task: must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task == "classification" and y.ndim != 1:
             raise ValueError(f"Samples.y: classification labels must be [n], got {tuple(y.shape)}")
-        if self.task == "segmentation" and (x.ndim != 4 or y.ndim != 3 or tuple(y.shape[1:]) != tuple(x.shape[2:])):
-            raise ValueError(f"Samples.y: segmentation masks must be [n, H, W] matching images "
+        if self.task == "segmentation" and (x.ndim < 4 or y.ndim != x.ndim - 1 or tuple(y.shape[1:]) != tuple(x.shape[2:])):
+            raise ValueError(f"Samples.y: segmentation masks must be [n, H, W] ([n, D, H, W] for volumes) matching images "
                              f"{tuple(x.shape)}, got {tuple(y.shape)}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"Samples.num_classes: must be an integer >= 2, got {self.num_classes!r}")
