@@ -180,9 +180,9 @@ def test_image_models_refuse_tabular_input(name):
         build_model(name, {}, (32,), 2, seed=0)
 
 
-@pytest.mark.parametrize("shape", [0, -3, True, 2.5, "28", (1, 28), (1, 28, 28, 1), (1, 0, 28), (1, 28.0, 28), ()])
+@pytest.mark.parametrize("shape", [0, -3, True, 2.5, "28", (1, 28), (1, 8, 28, 28, 1), (1, 0, 28), (1, 28.0, 28), ()])
 def test_bad_input_shape(shape):
-    with pytest.raises(ConfigError, match=r"^model\.input_shape: must be a number of features >= 1 or \(channels, height, width\), got "):
+    with pytest.raises(ConfigError, match=r"^model\.input_shape: must be a number of features >= 1, \(channels, height, width\) or \(channels, depth, height, width\), got "):
         build_model("mlp", {}, shape, 2, seed=0)
 
 
