@@ -166,7 +166,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         "|---|---|---|",
         *[f"| {site} | {share['versions']} | {share['samples']} |" for site, share in provenance["sites"].items()],
         "",
-        f"Check it: `swarm-node audit SITE... --model FILE` recomputes the digest from the file and finds its log entry.",
+        "Check it: `swarm-node audit SITE... --model FILE` recomputes the digest from the file and finds its log entry.",
         "",
     ]
     return "\n".join(lines)

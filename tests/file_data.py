@@ -5,6 +5,10 @@ so a model can learn from them."""
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +126,42 @@ def nifti_segmentation(root: Path, volumes: int = 6, site: int = 0, depth: int =
         nibabel.save(nibabel.Nifti1Image(hu, np.eye(4)), root / "images" / f"case{v:02d}{suffix}")
         nibabel.save(nibabel.Nifti1Image(mask, np.eye(4)), root / "masks" / f"case{v:02d}{suffix}")
     return root
+
+
+def run_three_hospitals(tmp_path: Path, data: str, model: str, rounds: int = 3, python_path: Path | None = None) -> dict:
+    """A real federation of three `swarm-node run` processes (`swarm-scenario run`), each
+    reading its own folder; `python_path` holds a hospital's own model builders. Returns
+    summary.json after checking every node finished and fixed its own test split."""
+    scenario = tmp_path / "files.toml"
+    scenario.write_text(f"""
+[scenario]
+name = "own-files"
+nodes = 3
+timeout = 300
+
+[plan]
+rounds = {rounds}
+
+[protocol]
+name = "braintorrent"
+round_interval = 0.05
+wait_for_new = 2.0
+
+[model]
+{model}
+
+[data]
+{data}
+""")
+    out = tmp_path / "run"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    if python_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(python_path), *sys.path])
+    result = subprocess.run([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and all(n["rounds_completed"] == rounds for n in summary["nodes"])
+    for name in ("hospital-a", "hospital-b", "hospital-c"):  # each node fixed its own test split
+        assert json.loads((out / "sites" / name / "data-split.json").read_text())["test_files"]
+    return summary

@@ -5,7 +5,6 @@ where one is present."""
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch

@@ -3,9 +3,6 @@ and a hospital's own `module:function` builder, named in the plan like ours."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import textwrap
 
@@ -15,7 +12,7 @@ import torch
 from nodes.models import build_model
 from nodes.plan import check_plan_sections
 from swarm.errors import ConfigError
-from tests.file_data import png_classification
+from tests.file_data import png_classification, run_three_hospitals
 
 BUILDERS = textwrap.dedent('''
     import torch
@@ -108,36 +105,8 @@ def test_external_models_train_in_a_real_federation(tmp_path, builders, model):
         pytest.importorskip("monai", reason='optional extra: pip install "swarm-hospitals[monai]"')
     for site in range(3):
         png_classification(tmp_path / f"hospital-{site}", n=20, site=site, layout="folders")
-    scenario = tmp_path / "external.toml"
-    scenario.write_text(f"""
-[scenario]
-name = "external-model"
-nodes = 3
-timeout = 300
-
-[plan]
-rounds = 2
-
-[protocol]
-name = "braintorrent"
-round_interval = 0.05
-wait_for_new = 2.0
-
-[model]
-{model}
-
-[data]
-source = "folder"
-root = "{tmp_path}/hospital-{{site}}"
-size = 32
-""")
-    out = tmp_path / "run"
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(builders), *sys.path])}
-    result = subprocess.run([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["ok"] and all(n["rounds_completed"] == 2 for n in summary["nodes"])
+    data = f'source = "folder"\nroot = "{tmp_path}/hospital-{{site}}"\nsize = 32'
+    run_three_hospitals(tmp_path, data, model, rounds=2, python_path=builders)
 
 
 # --- initial weights from a .safetensors file ------------------------------------------------

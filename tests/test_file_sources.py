@@ -16,7 +16,7 @@ import torch
 
 from nodes.sources import data_source, load_own_site
 from swarm.errors import ConfigError
-from tests.file_data import dicom_classification, nifti_segmentation, png_classification, png_segmentation
+from tests.file_data import dicom_classification, nifti_segmentation, png_classification, png_segmentation, run_three_hospitals
 
 pytest.importorskip("PIL", reason='optional extra: pip install "swarm-hospitals[imaging]"')
 
@@ -124,38 +124,6 @@ def test_a_file_that_does_not_decode_is_skipped_and_reported(tmp_path, caplog):
     assert "skipped 2 unreadable file(s)" in warning and broken.name in warning and "zzz.jpg" in warning
 
 
-def run_three_hospitals(tmp_path, data: str, model: str) -> dict:
-    """A real federation of three `swarm-node run` processes, each reading its own folder."""
-    scenario = tmp_path / "files.toml"
-    scenario.write_text(f"""
-[scenario]
-name = "own-files"
-nodes = 3
-timeout = 300
-
-[plan]
-rounds = 3
-
-[protocol]
-name = "braintorrent"
-round_interval = 0.05
-wait_for_new = 2.0
-
-[model]
-{model}
-
-[data]
-{data}
-""")
-    out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)],
-                            capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["ok"] and all(n["rounds_completed"] == 3 for n in summary["nodes"])
-    for name in ("hospital-a", "hospital-b", "hospital-c"):  # each node fixed its own test split
-        assert json.loads((out / "sites" / name / "data-split.json").read_text())["test_files"]
-    return summary
 
 
 CNN = 'name = "cnn"\nchannels = [4, 8]\nhidden = [16]\nnorm = "group"'
@@ -285,7 +253,7 @@ def test_a_3d_unet_trains_on_whole_volumes(tmp_path):
     Dice work per voxel, and training lowers the loss."""
     pytest.importorskip("nibabel", reason='optional extra: pip install "swarm-hospitals[imaging]"')
     pytest.importorskip("monai", reason='optional extra: pip install "swarm-hospitals[monai]"')
-    from nodes.learner import Learner, Task
+    from nodes.learner import Learner
     from nodes.plan import check_plan_sections
 
     root = nifti_segmentation(tmp_path / "ct", volumes=6, depth=8, size=16)
