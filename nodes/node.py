@@ -43,10 +43,13 @@ AGE = "age"  # gossip learning's signed model age; see gossip.gossip_learning
 
 
 class RejectionLog:
-    """Counts refused messages per reason and logs each (peer, reason) at most every 10 s."""
+    """Counts refused messages per reason, and per neighbour and reason (the neighbour the
+    transport authenticated: under CurveZMQ the owner of the key, never a claimed name);
+    logs each (peer, reason) at most every 10 s."""
 
     def __init__(self, clock: Callable[[], float], known_peers: set[str], interval: float = 10.0) -> None:
         self.counts: Counter[str] = Counter()
+        self.by_peer: dict[str, Counter[str]] = {}  # neighbours only: strangers pick their names
         self.known_peers = known_peers
         self.clock = clock
         self.interval = interval
@@ -55,6 +58,8 @@ class RejectionLog:
 
     def reject(self, peer: str, reason: str, detail: str = "") -> None:
         self.counts[reason] += 1
+        if peer in self.known_peers:
+            self.by_peer.setdefault(peer, Counter())[reason] += 1
         # Senders choose their names: rate-limit all strangers together so memory stays bounded.
         key = (peer if peer in self.known_peers else "<not a neighbour>", reason)
         now = self.clock()
@@ -462,6 +467,7 @@ class Node:
             "published_seq": self.protocol.published_seq,
             "rounds": self.protocol.rounds,
             "rejected": dict(self.rejections.counts),
+            "rejected_by_peer": {peer: dict(counts) for peer, counts in sorted(self.rejections.by_peer.items())},
             "quarantined": sorted(self.evidence.quarantined),
             "manifest_version": self.manifest.version,
             **({"halted": self.halted} if self.halted else {}),

@@ -216,3 +216,59 @@ def test_with_curve_on_by_default_strangers_get_nothing_processed(small_federati
     assert status["rejected"] == {}  # nothing of theirs ever reached the decoder
     log_text = (federation.sites["hospital-a"] / "node.log").read_text()
     assert ("refused a connection: key not allowed" in log_text) == with_curve
+
+
+def test_a_member_that_claims_another_members_name_is_blamed_itself(small_federation):
+    """hospital-c's transport key (a compromised or misbehaving member) sends 30 malformed
+    messages to hospital-a under hospital-b's routing id. a charges every one to c, backs c
+    off, and keeps merging the honest b's versions; b is never blamed."""
+    import zmq
+
+    from swarm.identity import load_site_keys
+
+    _, federation = small_federation(nodes=3, rounds=8)
+    sites = federation.sites
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(site)], stdout=subprocess.DEVNULL,
+                         stderr=open(site / "node.log", "ab"), env=ENV)
+        for site in sites.values()
+    ]
+    keys_of_c = load_site_keys(sites["hospital-c"] / "keys")
+    context = zmq.Context()
+    liar = context.socket(zmq.DEALER)
+    liar.setsockopt(zmq.LINGER, 0)
+    liar.setsockopt(zmq.ROUTING_ID, b"hospital-b")
+    liar.curve_publickey, liar.curve_secretkey = keys_of_c.transport_public, keys_of_c.transport_secret
+    liar.curve_serverkey = federation.manifest.member("hospital-a").transport_key.encode()
+    liar.connect(federation.manifest.member("hospital-a").endpoint)
+    try:
+        deadline = time.monotonic() + 60
+        while not (sites["hospital-a"] / "status.json").exists():
+            assert time.monotonic() < deadline, "hospital-a never started"
+            time.sleep(0.05)  # written once the node listens
+        sent = 0
+        while sent < 30:
+            assert time.monotonic() < deadline, "the liar never got through the CURVE handshake"
+            try:
+                liar.send_multipart([b"\xc1"], flags=zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:  # no pipe until the handshake is done
+                time.sleep(0.05)
+        for process in processes:
+            assert process.wait(120) == 0
+    finally:
+        liar.close()
+        context.term()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    status = json.loads((sites["hospital-a"] / "status.json").read_text())
+    assert status["state"] == "finished"
+    by_peer = status["rejected_by_peer"]
+    assert "hospital-b" not in by_peer, by_peer
+    charged_to_c = sum(by_peer["hospital-c"].values()) + status["rejected"].get("peer_in_backoff", 0)
+    assert charged_to_c >= 30, status
+    log_text = (sites["hospital-a"] / "node.log").read_text()
+    assert "ignoring hospital-c for" in log_text and "ignoring hospital-b" not in log_text
+    merged = [json.loads(line)["merged"].get("hospital-b", 0) for line in (sites["hospital-a"] / "metrics.jsonl").read_text().splitlines()]
+    assert max(merged) >= 4, merged  # b's versions kept coming in

@@ -7,8 +7,11 @@ ones only the socket can see (frame size via MAXMSGSIZE, frame count while readi
 With `Curve` settings every connection is encrypted and authenticated with CurveZMQ: the
 ROUTER is a CURVE server whose ZAP domain is the node's name, and a running
 `ZapAuthenticator` on the same context admits only the neighbours' manifest keys. Each
-message's User-Id (the member the authenticator recognised) must equal the routing id the
-sender claims, so one member cannot speak with another's name.
+message's User-Id (the member the authenticator recognised from its key) names the sender;
+the routing id is not used at all (DEALERs set none, so the ROUTER picks one per
+connection). A member therefore cannot speak, or be blamed, under another's name, nor take
+over another member's connection by claiming its routing id. Without CURVE (`--insecure`)
+the routing id is the sender's name, a claim anyone can make.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class ZmqTransport:
             self.router.setsockopt(zmq.CURVE_SERVER, 1)
             self.router.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
             self.router.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.public)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes its id back
+        if self.curve is None:
+            self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # insecure: a restarted peer takes its name back
         self.router.setsockopt(zmq.RCVHWM, self.settings.recv_hwm)
         try:
             self.router.bind(self.listen)
@@ -113,7 +117,8 @@ class ZmqTransport:
 
     def _dealer(self, peer: str, endpoint: str) -> zmq.Socket:
         dealer = self._socket(zmq.DEALER)
-        dealer.setsockopt(zmq.ROUTING_ID, self.name.encode())
+        if self.curve is None:  # with CURVE the receiver knows us by our key, not by a name we claim
+            dealer.setsockopt(zmq.ROUTING_ID, self.name.encode())
         dealer.setsockopt(zmq.SNDHWM, self.settings.send_hwm)
         dealer.setsockopt(zmq.IMMEDIATE, 1)  # do not queue for a peer that is not connected
         if self.curve is not None:
@@ -187,17 +192,21 @@ class ZmqTransport:
                 frames.append(frame)
             else:
                 too_many = True  # keep reading to drop the rest of this message
-        try:
-            peer = identity.decode()
-        except UnicodeDecodeError:
-            return Received(identity[:32].hex(), [], rejected="bad_sender_id")
-        size = sum(len(f) for f in frames) + len(identity)
+        size = sum(len(f) for f in frames)
+        if self.curve is not None:
+            peer = _user_id(identity_frame)  # the member whose key the authenticator admitted
+            if peer is None:  # cannot happen behind ZAP; refuse rather than guess
+                self.bytes_received[NOT_A_NEIGHBOUR] += size
+                return Received(NOT_A_NEIGHBOUR, [], rejected="not_authenticated")
+        else:
+            try:
+                peer = identity.decode()
+            except UnicodeDecodeError:
+                return Received(identity[:32].hex(), [], rejected="bad_sender_id")
         if peer not in self.peers:
             self.bytes_received[NOT_A_NEIGHBOUR] += size  # strangers pick their names: one bucket
             return Received(peer, [], rejected="not_a_neighbour")
         self.bytes_received[peer] += size
-        if self.curve is not None and _user_id(identity_frame) != peer:
-            return Received(peer, [], rejected="sender_mismatch")  # a member using another's name
         if too_many:
             return Received(peer, [], rejected="too_many_frames")
         return Received(peer, frames)
