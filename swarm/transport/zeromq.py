@@ -92,8 +92,14 @@ class ZmqTransport:
             self.router.setsockopt(zmq.CURVE_SERVER, 1)
             self.router.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
             self.router.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.public)
+        # ROUTER_HANDOVER only without CURVE (a restarted peer takes its name back at once).
+        # With it, connections that claim a connected peer's routing id take its pipe over,
+        # and libzmq 4.3.5 then aborts the process (`Assertion failed: !_io_error`,
+        # stream_engine_base.cpp:310) when a heartbeat timer fires on a torn-down engine.
+        # With CURVE, routing ids are the ROUTER's own (DEALERs set none), so no handover is
+        # needed and no member can provoke one; --insecure stays exposed (debugging only).
         if self.curve is None:
-            self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # insecure: a restarted peer takes its name back
+            self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.router.setsockopt(zmq.RCVHWM, self.settings.recv_hwm)
         try:
             self.router.bind(self.listen)
