@@ -33,12 +33,14 @@ import torch
 
 from swarm.atomic import write_atomic
 from swarm.checkpoint import CheckpointError, load_checkpoint
-from swarm.errors import ConfigError, UsageError
+from swarm.errors import ConfigError, LogError, UsageError
 from swarm.tensors import flatten_state, model_digest, rebuild_state
 
+from .audit import verify_sites
 from .learner import Task
 from .models import build_model, file_sha256, without_initial_weights
 from .plan import task_input_shape
+from .provenance import ModelRef, trace
 from .site import SiteDir
 
 FORMATS = ("safetensors", "torchscript", "onnx")
@@ -49,7 +51,8 @@ TORCHSCRIPT_CARD = "swarm-card.json"
 
 
 class ExportError(UsageError):
-    """A model file that is not an export of ours, or that does not hold what it says."""
+    """A file given as an export that is not one of ours, or not whole (a damaged log or
+    checkpoint at export time is a LogError instead: exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -60,34 +63,36 @@ class Exported:
 
 def export_model(site_root: Path, out: Path, fmt: str, version: int | None = None) -> Exported:
     """Write version `version` (default: the site's latest) of the site's own model to `out`."""
-    from .audit_report import run_audit
-
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.parent and not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: the folder {out.parent} does not exist; create it or choose another path")
     site = SiteDir(site_root)
     config = site.load_config()
     seqs = site.checkpoint_seqs()
     if not seqs:
         raise ConfigError(f"{site.root}: this site has published no model yet; run its node first")
     seq = seqs[-1] if version is None else version
-    audit = run_audit([site.root], f"{config.name}#{seq}")  # the site's log verified, the version's ancestry traced
-    entry = audit.provenance.model.entry
-    own = next((s.manifest for s in audit.verification.sites if s.site.root.resolve() == site.root.resolve()), None)
+    if seq not in seqs:
+        raise ConfigError(f"--version {seq}: {site.root} holds versions {seqs[0]} to {seqs[-1]}; choose one of those "
+                          f"(see `swarm-node log show {site.log_path}`)")
+    report = verify_sites([site.root])  # the site's log and checkpoints, checked as the audit does
+    failures = [f for f in report.failures if f.author in ("", config.name)]
+    if failures:
+        raise LogError("log_does_not_verify", f"{failures[0]}; run `swarm-node audit {site.root}`", str(site.log_path))
+    provenance = trace(report, ModelRef(f"{config.name}#{seq}", author=config.name, seq=seq))
+    entry = provenance.model.entry
+    own = next((s.manifest for s in report.sites if s.site.root.resolve() == site.root.resolve()), None)
     if entry is None or own is None:
         raise ConfigError(f"{site.root}: version {seq} is not in this site's log; see `swarm-node log show {site.log_path}`")
-    failures = [f for f in audit.verification.failures if f.author in ("", config.name)]
-    if failures:
-        raise ExportError(f"{site.root}: this site's log does not verify ({failures[0]}); run `swarm-node audit {site.root}`")
     shared = _checked_checkpoint(site.checkpoint_path(seq), entry.body.digest)
     local_path = site.local_checkpoint_path(seq)
     local = rebuild_state(load_checkpoint(local_path, verify=True)[0], copy=True) if local_path.exists() else {}
     plan = own.plan
     shape = task_input_shape(plan.task)
     model = _model(plan, shape, shared | local)
-    card = _card(config.name, own, entry, audit.provenance, plan, shape, fmt, list(shared), sorted(local), config.data)
-    out = Path(out)
-    if out.parent and not out.parent.is_dir():
-        raise ConfigError(f"--out {out}: the folder {out.parent} does not exist; create it or choose another path")
+    card = _card(config.name, own, entry, provenance, plan, shape, fmt, list(shared), sorted(local), config.data)
     writer = {"safetensors": _write_safetensors, "torchscript": _write_torchscript, "onnx": _write_onnx}[fmt]
     writer(model, shape, card, out)
     card["file_sha256"] = file_sha256(out)
@@ -100,9 +105,9 @@ def _checked_checkpoint(path: Path, digest: bytes) -> dict[str, torch.Tensor]:
     try:
         flat, stored, _meta = load_checkpoint(path, verify=True)
     except (CheckpointError, OSError) as exc:
-        raise ExportError(f"{path}: {exc}; restore the checkpoint from backup") from None
+        raise LogError("bad_checkpoint", f"{exc}; restore it from backup", str(path)) from None
     if stored != digest:
-        raise ExportError(f"{path}: holds model {stored.hex()[:16]}, the log says {digest.hex()[:16]}; restore it from backup")
+        raise LogError("digest_mismatch", f"holds model {stored.hex()[:16]}, the log says {digest.hex()[:16]}; restore it from backup", str(path))
     return rebuild_state(flat, copy=True)
 
 

@@ -160,8 +160,25 @@ def test_onnx_export_keeps_the_exact_weights_and_runs_in_the_reference_evaluator
 def test_export_mistakes_are_one_line(finished, tmp_path):
     root, federation = finished
     _, site = first_site(federation)
-    assert_user_error(invoke(node_cli, ["export", "--site", site, "--version", 99, "--out", tmp_path / "m.safetensors"]), "99")
+    assert_user_error(invoke(node_cli, ["export", "--site", site, "--version", 99, "--out", tmp_path / "m.safetensors"]), "--version 99", "holds versions 1 to 3")
     assert_user_error(invoke(node_cli, ["export", "--site", site, "--out", tmp_path / "no" / "m.safetensors"]), "does not exist")
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00" * 100)
     assert_user_error(invoke(node_cli, ["audit", site, "--model", junk]), "not a model exported by swarm-node export")
+
+
+def test_a_damaged_checkpoint_is_not_exported(finished, tmp_path):
+    import shutil
+
+    _, federation = finished
+    name, site = first_site(federation)
+    copy = tmp_path / "site"
+    shutil.copytree(site, copy)
+    checkpoint = SiteDir(copy).checkpoint_path(3)
+    data = bytearray(checkpoint.read_bytes())
+    data[-8] ^= 0xFF  # one byte of the last tensor
+    checkpoint.write_bytes(bytes(data))
+    result = invoke(node_cli, ["export", "--site", copy, "--version", 3, "--out", tmp_path / "m.safetensors"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "digest" in result.output and "swarm-node audit" in result.output, result.output
+    assert not (tmp_path / "m.safetensors").exists()
