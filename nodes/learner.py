@@ -154,9 +154,12 @@ class Learner:
         if self.attack is not None:
             generator = torch.Generator().manual_seed(seed)
             shared = self.attack.craft(reference, shared, [state for _, state in pulled], generator)
-        flat = flatten_state(shared, copy=True)
+        # On the CPU the state's tensors are the parameters themselves: snapshot them. Off
+        # the CPU, state() already made fresh host copies that nothing else holds.
+        on_cpu = self.device.type == "cpu"
+        flat = flatten_state(shared, copy=on_cpu)
         digest = model_digest(flat)
-        local_flat = flatten_state(local, copy=True) if local else None
+        local_flat = flatten_state(local, copy=on_cpu) if local else None
         timings["snapshot"] = time.perf_counter() - started
         metrics = {key: float(value) for key, value in test.items() if key != "samples"}
         if self.data.val_y is not None and len(self.data.val_y):  # for model selection, not reporting

@@ -150,9 +150,9 @@ def test_onnx_export_keeps_the_exact_weights_and_runs_in_the_reference_evaluator
     assert digest.hex() == card["version"]["model_digest"]
     x = torch.rand(3, *card["model"]["input_shape"])
     (scores,) = ReferenceEvaluator(str(out)).run(None, {"image": x.numpy()})
-    module = torch.jit.load(str(root / "model.pt")) if (root / "model.pt").exists() else None
-    if module is not None:
-        assert torch.allclose(torch.from_numpy(scores), module(x), atol=1e-4)
+    traced = root / "reference.pt"  # the same version as TorchScript: the two must agree
+    assert invoke(node_cli, ["export", "--site", site, "--format", "torchscript", "--out", traced]).exit_code == 0
+    assert torch.allclose(torch.from_numpy(scores), torch.jit.load(str(traced))(x), atol=1e-4)
     audited = invoke(node_cli, ["audit", root / "run", "--model", out])
     assert audited.exit_code == 0 and "as logged" in audited.output, audited.output
 
