@@ -25,7 +25,8 @@ from swarm.manifest import Manifest, SignedManifest, load_manifest, save_manifes
 from swarm.manifest_chain import verify_chain
 from swarm.manifest_history import ManifestHistory, load_versions
 from swarm.schedule import Schedule
-from swarm.tensors import FlatModel, flatten_state
+from swarm.tensors import FlatModel, flatten_state, leaf_count
+from swarm.transfer import TransferSettings
 from swarm.transport.base import Transport
 from swarm.transport.zap import ZapAuthenticator
 from swarm.transport.zeromq import Curve, ZmqSettings, ZmqTransport
@@ -121,13 +122,21 @@ def zmq_transport(
     return ZmqTransport(config.name, config.listen, links.endpoints, settings, context, curve).open()
 
 
-def limits_for(model: FlatModel) -> tuple[Limits, ZmqSettings]:
-    """Wire limits fitted to the plan's model, which every member trains: no frame larger than
-    the header limit or the largest tensor, no more frames than tensors + 1, no model larger
-    than ours. libzmq then refuses oversized frames before they are buffered."""
-    limits = replace(Limits(), max_frames=len(model.specs) + 1, max_tensors=len(model.specs), max_model_bytes=model.total_bytes)
-    largest = max((spec.nbytes for spec in model.specs), default=0)
-    settings = ZmqSettings(max_frame_bytes=max(limits.max_header_bytes, largest), max_frames=limits.max_frames, recv_hwm=16)
+def limits_for(model: FlatModel, transfer: TransferSettings) -> tuple[Limits, ZmqSettings]:
+    """Wire limits fitted to the plan's model, which every member trains. Models travel in
+    chunks (swarm.transfer), so no frame is larger than a 4 MiB leaf or an offer's header
+    (its log entries, 4 MiB at most, and the model's leaf hashes), and libzmq refuses
+    anything larger before buffering it. Each neighbour's send queue holds a window of
+    chunks and a few small messages; what a connection can make us buffer is bounded by
+    the receive high-water mark times the largest message."""
+    header = 4 * 1024 * 1024 + 32 * leaf_count(model.specs)
+    limits = replace(Limits(), max_header_bytes=header, max_frames=1 + transfer.leaves_per_chunk)
+    settings = ZmqSettings(
+        max_frame_bytes=max(header, limits.max_frame_bytes),
+        max_frames=limits.max_frames,
+        send_hwm=transfer.window + 8,
+        recv_hwm=2 * transfer.window + 8,  # the neighbour's chunks for us and its requests to us
+    )
     return limits, settings
 
 
@@ -159,7 +168,7 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport,
             raise ConfigError(f"data: this site's data has {key} {actual} but the plan's task says {planned}; fix [data] in site.toml")
     schedule = Schedule.from_plan(plan.neighbours, plan.schedule)
     neighbours = list(schedule.peers(config.name))
-    limits, settings = limits_for(flatten_state(learner.shared_state()))
+    limits, settings = limits_for(flatten_state(learner.shared_state()), config.transfer)
     links = Links({p: manifest.member(p).endpoint for p in neighbours}, {p: manifest.member(p).transport_key for p in neighbours}, keys)
     transport = make_transport(config, links, settings)
     try:
@@ -176,7 +185,7 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport,
         last_metrics=dict(head.body.metrics) if head else {},
     )
     protocol = protocol_cls(config.name, schedule, plan.rounds, learner.samples, params, random.Random(), resume)
-    node = Node(manifest, config.name, protocol, store, learner, transport, site.metrics_path, site.status_path, limits=limits, manifests=ManifestSync(history, time.monotonic))
+    node = Node(manifest, config.name, protocol, store, learner, transport, site.metrics_path, site.status_path, limits=limits, manifests=ManifestSync(history, time.monotonic), transfer=config.transfer)
     return node, transport
 
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from swarm.config import get_int, get_str
 from swarm.errors import ConfigError
 from swarm.merge import MergeSpec, parse_merge, weighted_mean
-from swarm.tensors import FlatModel, flatten_state, model_digest
+from swarm.tensors import FlatModel, digest_from_leaves, flatten_state, leaf_hashes
 
 from .attacks import Attack
 from .data import SiteData
@@ -56,6 +56,7 @@ class RoundResult:
     round: int
     flat: FlatModel  # the published (shared) weights, an owned copy
     digest: bytes
+    leaves: tuple[bytes, ...]  # the digest's leaf hashes, which a transfer offers (swarm.transfer)
     local_flat: FlatModel | None  # the tensors that stay at this site, if any
     metrics: dict[str, float]
     timings: dict[str, float]  # seconds spent merging, training, evaluating, hashing
@@ -158,7 +159,8 @@ class Learner:
         # the CPU, state() already made fresh host copies that nothing else holds.
         on_cpu = self.device.type == "cpu"
         flat = flatten_state(shared, copy=on_cpu)
-        digest = model_digest(flat)
+        leaves = tuple(leaf_hashes(flat))  # hashed once per version: the digest and every offer use them
+        digest = digest_from_leaves(flat.specs, leaves)
         local_flat = flatten_state(local, copy=on_cpu) if local else None
         timings["snapshot"] = time.perf_counter() - started
         metrics = {key: float(value) for key, value in test.items() if key != "samples"}
@@ -170,5 +172,5 @@ class Learner:
             metrics["merge_skipped"] = 1.0
         if "epsilon" in train_stats:
             metrics["epsilon"] = float(train_stats["epsilon"])
-        return RoundResult(round_no, flat, digest, local_flat, metrics, timings, merge_skipped)
+        return RoundResult(round_no, flat, digest, leaves, local_flat, metrics, timings, merge_skipped)
 

@@ -26,8 +26,9 @@ from swarm.errors import LogError, RejectedMessage
 from swarm.log import ParentRef, SignedEntry
 from swarm.evidence import EvidenceStore, ForkEvidence, check_fork
 from swarm.manifest import Manifest, SignedManifest
-from swarm.messages import Evidence, ManifestUpdate, ModelPush, ModelReply, Refusal, VersionReply
-from swarm.tensors import FlatModel, flatten_state, model_digest, rebuild_state
+from swarm.messages import Chunk, ChunkRefusal, ChunkRequest, Evidence, ManifestUpdate, ModelPush, ModelReply, Refusal, VersionReply
+from swarm.tensors import flatten_state, leaf_hashes, rebuild_state
+from swarm.transfer import Offered, TransferSettings, TransferStalled
 from swarm.transport.base import Received, Transport
 
 from .backoff import PeerBackoff
@@ -35,6 +36,7 @@ from .learner import Learner, RoundResult
 from .manifest_sync import ManifestSync, update_message, version_change
 from .round_timer import RoundTimer
 from .store import ForkDetected, VersionStore
+from .transfers import Pull, Transfers
 
 log = logging.getLogger("swarm.node")
 
@@ -99,6 +101,7 @@ class Node:
         clock: Callable[[], float] = time.monotonic,
         limits: Limits = Limits(),
         manifests: ManifestSync | None = None,
+        transfer: TransferSettings = TransferSettings(),
     ) -> None:
         self.manifest = manifest  # the current version (manifests.current when given)
         self.name = name
@@ -124,6 +127,7 @@ class Node:
         # Every member trains the plan's model: a neighbour's model must have exactly its
         # tensor names, dtypes and shapes, or merging it would fail (or be meaningless).
         self.expected_specs = flatten_state(learner.shared_state()).specs
+        self.transfers = Transfers(self.expected_specs, transfer)
         self.started = clock()
         self.manifests = manifests  # None: the manifest never changes while this node runs
         versions = [v.manifest for v in manifests.history.versions] if manifests else [manifest]
@@ -140,6 +144,7 @@ class Node:
             if latest.local_flat is not None:
                 state |= rebuild_state(latest.local_flat, copy=True)
             self.learner.load(state)
+            self.transfers.offer(Offered(latest.flat, leaf_hashes(latest.flat), latest.entry.body.digest))
             log.info("resuming from published version %d", self.store.latest.entry.seq)
         self._write_status("running")
         self._execute(self.protocol.start(self.clock()))
@@ -167,6 +172,7 @@ class Node:
             self._on_received(received)
         if self.job is not None and self.job.done():
             self._finish_round()
+        self._request_chunks()
         self._execute(self.protocol.tick(self.clock()))
         if self.manifests is not None:
             self._follow_manifests()
@@ -194,12 +200,18 @@ class Node:
             if not self.protocol.expects_model(peer, msg.req):
                 self._execute([Dropped(peer, "stale_model_reply")])
                 return
-            self._on_model(peer, msg.req, msg.entries, decoded.model)
+            self._on_offer(peer, msg.req, msg.entries, msg.leaves)
         elif isinstance(msg, ModelPush):
             if not self.protocol.wants_push(peer):
                 self._execute([Dropped(peer, "unwanted_push")])
                 return
-            self._on_model(peer, None, msg.entries, decoded.model)
+            self._on_offer(peer, None, msg.entries, msg.leaves)
+        elif isinstance(msg, ChunkRequest):
+            self._on_chunk_request(peer, msg)
+        elif isinstance(msg, Chunk):
+            self._on_chunk(peer, msg, decoded.data)
+        elif isinstance(msg, ChunkRefusal):
+            self._on_chunk_refusal(peer, msg)
         elif isinstance(msg, Evidence):
             self._on_evidence(peer, msg)
         elif isinstance(msg, ManifestUpdate):
@@ -207,36 +219,106 @@ class Node:
         else:
             self._execute(self.protocol.receive(peer, msg, self.clock()))
 
-    def _on_model(self, peer: str, req: int | None, entries: tuple[bytes, ...], model: FlatModel | None) -> None:
-        """A model reply (to `req`) or push (None): verify the entries' signatures and chain
-        and the tensors against the signed digest before the protocol hears of it."""
+    # -- model transfers (swarm.transfer) ----------------------------------------------------------
+
+    def _on_offer(self, peer: str, req: int | None, entries: tuple[bytes, ...], leaves: tuple[bytes, ...]) -> None:
+        """A model reply (to `req`) or push (None) offers a version: verify its entries'
+        signatures and chain, and that the offered leaf hashes make up the signed digest,
+        then pull the tensors chunk by chunk (or resume pulling them)."""
         with self.timer.measure("verify", self.protocol.activity):
             try:
                 if peer in self.evidence.quarantined:
                     raise RejectedMessage("quarantined", f"{peer} signed two different histories; see {self.evidence.directory}")
-                if model is None:
-                    raise RejectedMessage("missing_model", "a model message without tensors")
-                if model.specs != self.expected_specs:
-                    raise RejectedMessage("model_mismatch", "tensor names, dtypes or shapes differ from the plan's model")
                 new_entries, last = self.store.check_peer_entries(peer, entries)
-                if model_digest(model) != last.body.digest:
-                    raise RejectedMessage("digest_mismatch", f"tensors do not match the digest signed in {peer}'s entry {last.seq}")
-                state = rebuild_state(model)
-                bad = next((name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
-                if bad is not None:
-                    raise RejectedMessage("non_finite_weights", f"tensor {bad!r} holds NaN or Inf")
+                self.transfers.start(peer, req, new_entries, last, leaves)
             except ForkDetected as exc:
                 self._on_fork(peer, exc)
-                failed = self.protocol.model_failed(peer, req, "fork", self.clock())
+                self._execute(self.protocol.model_failed(peer, req, "fork", self.clock()))
+                return
             except (RejectedMessage, LogError) as exc:
                 self._reject(peer, exc.reason, exc.detail)
-                failed = self.protocol.model_failed(peer, req, exc.reason, self.clock())
-            else:
-                failed = None
-                self.store.append_peer_entries(peer, new_entries)
-        if failed is not None:
-            self._execute(failed)
+                self._execute(self.protocol.model_failed(peer, req, exc.reason, self.clock()))
+                return
+        self._request_chunks(peer)
+
+    def _request_chunks(self, only: str | None = None) -> None:
+        """Keep each active pull's window of chunk requests full, asking again for chunks
+        that did not come in time."""
+        now = self.clock()
+        for peer, pull in list(self.transfers.pulls.items()):
+            if not pull.active or (only is not None and peer != only):
+                continue
+            try:
+                wanted = pull.transfer.requests(now)
+            except TransferStalled as exc:
+                self._pull_failed(pull, "transfer_stalled", str(exc))
+                continue
+            for first, count in wanted:
+                if not self._send(peer, encode_message(self.federation, ChunkRequest(pull.transfer.digest, first, count))):
+                    pull.transfer.interrupted()  # not connected now: ask again on a later step
+                    break
+
+    def _on_chunk_request(self, peer: str, msg: ChunkRequest) -> None:
+        try:
+            frames = self.transfers.serve(msg.digest, msg.first, msg.count)
+        except RejectedMessage as exc:
+            self._reject(peer, exc.reason, exc.detail)
             return
+        if frames is None:  # we published twice since offering it: the neighbour asks anew
+            self.dropped["version_gone"] += 1
+            self._send(peer, encode_message(self.federation, ChunkRefusal(msg.digest, "version_gone")))
+            return
+        with self.timer.measure("transfer", self.protocol.activity):
+            self._send(peer, encode_message(self.federation, Chunk(msg.digest, msg.first, msg.count), frames, self.limits))
+
+    def _on_chunk(self, peer: str, msg: Chunk, data: Sequence) -> None:
+        with self.timer.measure("transfer", self.protocol.activity):
+            try:
+                pull = self.transfers.accept(peer, msg, data)
+            except TransferStalled as exc:
+                self._pull_failed(self.transfers.pulls[peer], "transfer_stalled", str(exc))
+                return
+            except RejectedMessage as exc:
+                self._reject(peer, exc.reason, exc.detail)
+                self._request_chunks(peer)  # a refused chunk is asked for again
+                return
+        if pull is None:
+            self._request_chunks(peer)
+        else:
+            self._on_model(pull)
+
+    def _on_chunk_refusal(self, peer: str, msg: ChunkRefusal) -> None:
+        pull = self.transfers.pulls.get(peer)
+        if pull is None or pull.transfer.digest != msg.digest:
+            self.dropped["stale_chunk_refusal"] += 1
+            return
+        self.transfers.end(peer)
+        self._execute(self.protocol.model_failed(peer, pull.req, msg.reason, self.clock()))
+
+    def _pull_failed(self, pull: Pull, reason: str, detail: str) -> None:
+        """The sender stopped answering: tell the protocol, keep what arrived for a resume."""
+        log.info("pulling %s's version %d paused: %s (%d of %d bytes kept for a resume)", pull.peer, pull.last.seq, detail, pull.transfer.bytes_received, pull.transfer.total_bytes)
+        self.transfers.pause(pull.peer)
+        self.dropped[reason] += 1
+        self._execute(self.protocol.model_failed(pull.peer, pull.req, reason, self.clock()))
+
+    def _on_model(self, pull: Pull) -> None:
+        """Every chunk of `pull` arrived and matched its signed leaf hash: check the weights
+        are finite, then log the entries and tell the protocol."""
+        peer, req, last = pull.peer, pull.req, pull.last
+        with self.timer.measure("verify", self.protocol.activity):
+            state = rebuild_state(pull.transfer.model())
+            bad = next((name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+            if bad is not None:
+                self._reject(peer, "non_finite_weights", f"tensor {bad!r} holds NaN or Inf")
+                self._execute(self.protocol.model_failed(peer, req, "non_finite_weights", self.clock()))
+                return
+            try:
+                self.store.append_peer_entries(peer, pull.entries)
+            except LogError as exc:  # the log moved on while the tensors travelled (e.g. a fork)
+                self._reject(peer, exc.reason, exc.detail)
+                self._execute(self.protocol.model_failed(peer, req, exc.reason, self.clock()))
+                return
         held = self.staged.get(peer)
         if held is None or last.seq > held.entry.seq:  # keep the newest verified model per neighbour
             self.staged[peer] = Staged(last, state)
@@ -273,6 +355,7 @@ class Node:
         how = f"evidence from {source}" if source else "it sent us two different entries"
         log.warning("quarantining %s: it signed two different entries for seq %d (%s); no further merges of its models", evidence.author, evidence.seq, how)
         self.staged.pop(evidence.author, None)
+        self.transfers.forget(evidence.author)
         frames = encode_message(self.federation, Evidence(evidence.envelopes))
         for peer in self.protocol.neighbours:
             if peer not in (source, evidence.author):
@@ -330,6 +413,7 @@ class Node:
         self.transport.update_links({p: new.member(p).endpoint for p in still}, {p: new.member(p).transport_key for p in still})
         for name in change.removed:
             self.staged.pop(name, None)
+            self.transfers.forget(name)
             if name in self.protocol.neighbours:
                 # For the protocol a removed member is a neighbour that finished with nothing
                 # more to give: no round waits for it, and lingering does not either.
@@ -352,7 +436,7 @@ class Node:
             if isinstance(action, Send):
                 self._send(action.peer, encode_message(self.federation, action.msg))
             elif isinstance(action, SendModel):
-                self._send_model(action.peer, action.have, lambda entries: ModelReply(action.req, entries))
+                self._send_model(action.peer, action.have, lambda entries, leaves: ModelReply(action.req, entries, leaves))
             elif isinstance(action, PushModel):
                 self._send_model(action.peer, action.have, ModelPush)
             elif isinstance(action, MergeAndTrain):
@@ -370,24 +454,29 @@ class Node:
             if seconds is not None:
                 log.warning("ignoring %s for %.0f s: it keeps sending messages we reject (last: %s)", peer, seconds, reason)
 
-    def _send(self, peer: str, frames: list) -> None:
+    def _send(self, peer: str, frames: list) -> bool:
         if peer in self.former_members:
             self.dropped["not_a_member"] += 1
-            return
+            return False
         if self.backoff.blocked(peer, self.clock()):
             self.dropped["peer_in_backoff"] += 1
-            return
+            return False
         if not self.transport.send(peer, frames):
             self.dropped["send_failed"] += 1
             log.debug("could not queue a message to %s (not connected or queue full)", peer)
+            return False
+        return True
 
-    def _send_model(self, peer: str, have: int, message: Callable[[tuple[bytes, ...]], ModelReply | ModelPush]) -> None:
-        """Our latest published model with the log entries after `have` (what `peer` holds)."""
+    def _send_model(self, peer: str, have: int, message: Callable[[tuple[bytes, ...], tuple[bytes, ...]], ModelReply | ModelPush]) -> None:
+        """Offer our latest published model with the log entries after `have` (what `peer`
+        holds); the neighbour pulls the tensors in chunks."""
         latest = self.store.latest
         assert latest is not None, "the protocol only sends models after publishing"
+        offered = self.transfers.offered.get(latest.entry.body.digest)
+        assert offered is not None, "every published version is offered"
         with self.timer.measure("transfer", self.protocol.activity):
             entries = self.store.entries_after(have, MAX_ENTRIES_PER_REPLY)
-            msg = message(tuple(entries))
+            msg = message(tuple(entries), offered.hashes)
             if latest.entry.author != self.store.key.public:
                 # Our latest version was signed with the key a manifest version replaced
                 # (we restarted with new keys): neighbours take entries signed with an earlier
@@ -398,7 +487,7 @@ class Node:
                     self._send(peer, encode_message(self.federation, Refusal(msg.req, "head_under_old_key")))
                 return
             try:
-                frames = encode_message(self.federation, msg, latest.flat, self.limits)
+                frames = encode_message(self.federation, msg, limits=self.limits)
             except ValueError as exc:  # e.g. the entries would not fit the header limit
                 log.warning("cannot send our model to %s: %s", peer, exc)
                 self.dropped["reply_too_large"] += 1
@@ -429,6 +518,7 @@ class Node:
             parents += [ParentRef(s.entry.body.author, s.entry.seq, s.entry.body.digest) for s in self.job_pulled]
             metrics = result.metrics | self.job_signed
             published = self.store.publish(result.round, result.flat, result.digest, self.learner.samples, parents, metrics, result.local_flat)
+            self.transfers.offer(Offered(result.flat, result.leaves, result.digest))
         merged = {self.names[s.entry.body.author]: s.entry.seq for s in self.job_pulled}
         self._append_metrics(result, metrics, published.entry.seq, merged, self.timer.take(self.protocol.activity))
         self.job_pulled = []
@@ -474,5 +564,6 @@ class Node:
             "dropped": dict(self.dropped),
             "bytes_sent": dict(self.transport.bytes_sent),
             "bytes_received": dict(self.transport.bytes_received),
+            "transfers": self.transfers.status(),
         }
         write_atomic(self.status_path, (json.dumps(status, indent=2) + "\n").encode())

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from swarm.atomic import write_atomic
-from swarm.config import check_keys, get_int, get_str, read_toml, table
+from swarm.config import check_keys, get_float, get_int, get_str, read_toml, table
 from swarm.errors import ConfigError
 from swarm.manifest import ENDPOINT_PATTERN, NAME_PATTERN
+from swarm.transfer import LEAF_BYTES, TransferSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -41,10 +42,11 @@ class SiteConfig:
     data: dict[str, Any]  # validated by nodes.data.DataConfig
     attack: dict[str, Any] = field(default_factory=dict)  # simulated Byzantine site (nodes.attacks); empty: honest
     training: dict[str, str] = field(default_factory=dict)  # this site's device and amp, over the plan's
+    transfer: TransferSettings = TransferSettings()  # how this node pulls models over its links
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "site.toml") -> SiteConfig:
-        check_keys(values, {"site", "node", "data", "attack", "training"}, where)
+        check_keys(values, {"site", "node", "data", "attack", "training", "transfer"}, where)
         site = table(values, "site", where)
         check_keys(site, {"name"}, f"{where} [site]")
         name = get_str(site, "name", "site")
@@ -66,6 +68,7 @@ class SiteConfig:
             data=table(values, "data", where),
             attack=_checked_attack(table(values, "attack", where)),
             training=_checked_hardware(table(values, "training", where)),
+            transfer=_checked_transfer(table(values, "transfer", where)),
         )
 
     def to_toml(self) -> str:
@@ -85,6 +88,10 @@ class SiteConfig:
         if self.training:
             lines += ["", "# Where this site trains (the plan's [training] says what it trains).", "[training]"]
             lines += [f"{key} = {_toml_value(value)}" for key, value in self.training.items()]
+        if self.transfer != TransferSettings():
+            t = self.transfer
+            lines += ["", "[transfer]", f"chunk_mib = {t.chunk_bytes // 2**20}", f"window = {t.window}",
+                      f"chunk_timeout = {t.chunk_timeout!r}", f"retries = {t.retries}"]
         if self.attack:
             lines += ["", "# A SIMULATED BYZANTINE SITE: it publishes poisoned models (nodes.attacks).", "[attack]"]
             lines += [f"{key} = {_toml_value(value)}" for key, value in self.attack.items()]
@@ -107,6 +114,22 @@ def _checked_hardware(values: dict[str, Any]) -> dict[str, str]:
     if "amp" in values and values["amp"] not in AMP_MODES:
         raise ConfigError(f'training.amp: must be one of {", ".join(AMP_MODES)}, got {values["amp"]!r} (example: amp = "bf16")')
     return dict(values)
+
+
+def _checked_transfer(values: dict[str, Any]) -> TransferSettings:
+    """site.toml [transfer]: how this node pulls models (swarm.transfer); defaults suit a LAN."""
+    check_keys(values, {"chunk_mib", "window", "chunk_timeout", "retries"}, "transfer")
+    default = TransferSettings()
+    leaf_mib = LEAF_BYTES // 2**20
+    chunk_mib = get_int(values, "chunk_mib", "transfer", default=default.chunk_bytes // 2**20, minimum=leaf_mib, maximum=64)
+    if chunk_mib % leaf_mib:
+        raise ConfigError(f"transfer.chunk_mib: must be a multiple of {leaf_mib} (a model's leaves are {leaf_mib} MiB), got {chunk_mib} (example: chunk_mib = 8)")
+    return TransferSettings(
+        chunk_bytes=chunk_mib * 2**20,
+        window=get_int(values, "window", "transfer", default=default.window, minimum=1, maximum=64),
+        chunk_timeout=get_float(values, "chunk_timeout", "transfer", default=default.chunk_timeout, minimum=0.1, maximum=3600.0),
+        retries=get_int(values, "retries", "transfer", default=default.retries, minimum=0, maximum=1000),
+    )
 
 
 def _checked_attack(values: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ MAX_UINT = 2**63 - 1  # everything counted on the wire fits a signed 64-bit int
 MAX_ENTRIES = 1024
 MAX_REASON_CHARS = 200
 MAX_SIGNATURES_BYTES = 1024 * 1024  # a manifest's .sigs.json document
+MAX_LEAVES = 65536  # 4 MiB leaves: models up to 256 GiB
+MAX_CHUNK_LEAVES = 16
+HASH_BYTES = 32
 
 
 def check_uint(value: Any) -> None:
@@ -46,6 +49,23 @@ def check_entry_pair(value: Any) -> None:
         raise ValueError("expected exactly 2 log entries")
 
 
+def check_leaves(value: Any) -> None:
+    if type(value) is not tuple or not 1 <= len(value) <= MAX_LEAVES:
+        raise ValueError(f"expected 1 to {MAX_LEAVES} leaf hashes")
+    if any(type(leaf) is not bytes or len(leaf) != HASH_BYTES for leaf in value):
+        raise ValueError(f"a leaf hash is {HASH_BYTES} bytes")
+
+
+def check_hash(value: Any) -> None:
+    if type(value) is not bytes or len(value) != HASH_BYTES:
+        raise ValueError(f"expected {HASH_BYTES} bytes")
+
+
+def check_chunk_count(value: Any) -> None:
+    if type(value) is not int or not 1 <= value <= MAX_CHUNK_LEAVES:
+        raise ValueError(f"expected 1 to {MAX_CHUNK_LEAVES} leaves")
+
+
 def _bytes_check(limit: int, what: str) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         if type(value) is not bytes or not 0 < len(value) <= limit:
@@ -69,7 +89,7 @@ class Message:
     """Base class: subclasses declare KIND and give each field a check via `_field`."""
 
     KIND: ClassVar[str]
-    CARRIES_MODEL: ClassVar[bool] = False
+    DATA_FRAMES: ClassVar[bool] = False  # whether raw data frames follow the header
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -110,22 +130,55 @@ class ModelRequest(Message):
 
 @dataclass(frozen=True)
 class ModelReply(Message):
-    """Signed log envelopes in ascending seq; the last describes the attached tensors."""
+    """An offer of a model (swarm.transfer): signed log envelopes in ascending seq, the
+    last of which signs the model's digest, and the hashes of the model's leaves, which
+    combine into that digest. The receiver pulls the tensors with ChunkRequests."""
 
     KIND: ClassVar[str] = "model_reply"
-    CARRIES_MODEL: ClassVar[bool] = True
     req: int = _field(check_uint)
     entries: tuple[bytes, ...] = _field(check_entries)
+    leaves: tuple[bytes, ...] = _field(check_leaves)
 
 
 @dataclass(frozen=True)
 class ModelPush(Message):
-    """An unasked model (gossip, D-PSGD, epidemic learning): signed log envelopes in
-    ascending seq after what the receiver last acknowledged; the last describes the tensors."""
+    """An unasked offer (gossip, D-PSGD, epidemic learning): signed log envelopes in
+    ascending seq after what the receiver last acknowledged, and the leaf hashes of the
+    model the last one signs."""
 
     KIND: ClassVar[str] = "model_push"
-    CARRIES_MODEL: ClassVar[bool] = True
     entries: tuple[bytes, ...] = _field(check_entries)
+    leaves: tuple[bytes, ...] = _field(check_leaves)
+
+
+@dataclass(frozen=True)
+class ChunkRequest(Message):
+    """Send me leaves first..first+count-1 of the model with this digest (one credit)."""
+
+    KIND: ClassVar[str] = "chunk_req"
+    digest: bytes = _field(check_hash)
+    first: int = _field(check_uint)
+    count: int = _field(check_chunk_count)
+
+
+@dataclass(frozen=True)
+class Chunk(Message):
+    """Leaves first..first+count-1 of the model with this digest, one data frame each."""
+
+    KIND: ClassVar[str] = "chunk"
+    DATA_FRAMES: ClassVar[bool] = True
+    digest: bytes = _field(check_hash)
+    first: int = _field(check_uint)
+    count: int = _field(check_chunk_count)
+
+
+@dataclass(frozen=True)
+class ChunkRefusal(Message):
+    """The sender will not serve chunks of this digest, e.g. reason "version_gone"."""
+
+    KIND: ClassVar[str] = "chunk_refusal"
+    digest: bytes = _field(check_hash)
+    reason: str = _field(check_reason)
 
 
 @dataclass(frozen=True)
@@ -168,7 +221,8 @@ class Refusal(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (VersionRequest, VersionReply, ModelRequest, ModelReply, ModelPush, PushAck, Evidence, ManifestUpdate, Refusal)
+    cls.KIND: cls
+    for cls in (VersionRequest, VersionReply, ModelRequest, ModelReply, ModelPush, ChunkRequest, Chunk, ChunkRefusal, PushAck, Evidence, ManifestUpdate, Refusal)
 }
 
 

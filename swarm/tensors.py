@@ -189,8 +189,35 @@ def model_digest(flat: FlatModel, *, parallel: bool | None = None) -> bytes:
 
     `parallel=None` hashes chunks on a thread pool only for models of PARALLEL_MIN_BYTES or
     more; the result is the same either way, since chunk hashes are combined in order."""
+    return digest_from_leaves(flat.specs, leaf_hashes(flat, parallel=parallel))
+
+
+def leaf_hashes(flat: FlatModel, *, parallel: bool | None = None) -> list[bytes]:
+    """The BLAKE3 hash of every leaf (each tensor's bytes in DIGEST_CHUNK_BYTES pieces), in
+    digest order: what the model digest combines, and what a chunked transfer checks."""
     chunks = [chunk for buffer in flat.buffers for chunk in _chunks(buffer)]
-    return _combine(flat.specs, _run_chunk_jobs(_chunk_hash, chunks, _use_pool(flat, parallel)))
+    return _run_chunk_jobs(_chunk_hash, chunks, _use_pool(flat, parallel))
+
+
+def leaf_count(specs: Sequence[TensorSpec]) -> int:
+    return sum(_chunk_count(spec.nbytes) for spec in specs)
+
+
+def leaf_ranges(specs: Sequence[TensorSpec]) -> list[tuple[int, int, int]]:
+    """(tensor index, start, stop) byte ranges of every leaf, in digest order."""
+    return [
+        (index, start, min(start + DIGEST_CHUNK_BYTES, spec.nbytes))
+        for index, spec in enumerate(specs)
+        for start in range(0, spec.nbytes, DIGEST_CHUNK_BYTES)
+    ]
+
+
+def digest_from_leaves(specs: Sequence[TensorSpec], hashes: Sequence[bytes]) -> bytes:
+    """The model digest from the leaf hashes of `leaf_hashes`; ValueError if their number
+    does not fit the specs."""
+    if len(hashes) != leaf_count(specs):
+        raise ValueError(f"{len(hashes)} leaf hashes, the specs have {leaf_count(specs)} leaves")
+    return _combine(specs, hashes)
 
 
 def _use_pool(flat: FlatModel, parallel: bool | None) -> bool:

@@ -13,7 +13,6 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import torch
 
 from gossip.base import Dropped, Finished, MergeAndTrain, ModelInfo, Params, ProtocolMachine, PushModel, Resume, Send, SendModel
 from gossip.braintorrent import BrainTorrent
@@ -21,7 +20,6 @@ from swarm.codec import decode_message, encode_message
 from swarm.errors import RejectedMessage
 from swarm.messages import ModelPush, ModelReply
 from swarm.schedule import Schedule
-from swarm.tensors import flatten_state, rebuild_state
 from swarm.transport import InMemoryNetwork
 
 FEDERATION = bytes(range(32))
@@ -161,7 +159,7 @@ class Simulation:
                 node.dropped.append("unwanted_model")
                 return
             entry = json.loads(msg.entries[-1])
-            value = float(rebuild_state(decoded.model)["value"].item())
+            value = float(entry["value"])  # the simulation's model is one number, carried in its entry
             held = node.staged.get(peer)
             if held is None or entry["seq"] > held[0]:
                 node.staged[peer] = (entry["seq"], value)
@@ -175,10 +173,12 @@ class Simulation:
             if isinstance(action, Send):
                 node.transport.send(action.peer, encode_message(FEDERATION, action.msg))
             elif isinstance(action, (SendModel, PushModel)):
-                model = flatten_state({"value": torch.tensor([node.value], dtype=torch.float64)})
-                entries = (json.dumps(node.entry).encode(),)
-                msg = ModelReply(action.req, entries) if isinstance(action, SendModel) else ModelPush(entries)
-                node.transport.send(action.peer, encode_message(FEDERATION, msg, model))
+                # The runtime pulls tensors in chunks (swarm.transfer); the protocols only see
+                # the offer, so the simulated model travels inside it.
+                entries = (json.dumps(node.entry | {"value": node.value}).encode(),)
+                leaves = (bytes(32),)
+                msg = ModelReply(action.req, entries, leaves) if isinstance(action, SendModel) else ModelPush(entries, leaves)
+                node.transport.send(action.peer, encode_message(FEDERATION, msg))
             elif isinstance(action, MergeAndTrain):
                 node.history.append(action)
                 node.job = (self.clock.now + node.train_seconds, action)

@@ -65,7 +65,7 @@ def merge_first_from_b(node, federation):
     key = load_site_keys(federation.sites["hospital-b"] / "keys").signing
     flat = b_model(node)
     first = entry(fed, key, flat)
-    node._on_received(reply(fed, pull_from_b(node, fed, 1), [first], flat))
+    reply(node, fed, pull_from_b(node, fed, 1), [first], flat)
     assert node.rejections.counts == {} and node.store.peer_logs["hospital-b"].head.seq == 1  # accepted under v1
     node.job.result()
     node._finish_round()
@@ -93,7 +93,7 @@ def test_a_member_removed_in_v2_is_accepted_before_and_refused_after_adoption(no
     assert node.transport.links == {"hospital-c": v2.manifest.member("hospital-c").endpoint}  # b left the allow-list
     # b's next, validly signed model is refused and counted; nothing of it is kept or staged.
     second = entry(fed, b_key, flat, seq=2, prev=first.hash)
-    node._on_received(reply(fed, 1, [first, second], flat))
+    reply(node, fed, 1, [first, second], flat)
     assert node.rejections.counts["not_a_member"] == 1
     assert node.store.peer_logs["hospital-b"].head.seq == 1 and "hospital-b" not in node.staged
     node._execute(node.protocol.tick(node.protocol.next_deadline()))
@@ -203,12 +203,12 @@ def test_after_a_signing_key_rotation_the_old_key_is_refused_and_the_new_one_con
     node._on_received(Received("hospital-c", encode_message(fed, update_message(v2))))
     assert node.manifest.member("hospital-b").signing_key == new_key.public
     # Seq 2 signed with the old key: refused as revoked. Signed with the new key: it continues the chain.
-    node._on_received(reply(fed, pull_from_b(node, fed, 2), [entry(fed, old_key, flat, seq=2, prev=first.hash)], flat))
+    reply(node, fed, pull_from_b(node, fed, 2), [entry(fed, old_key, flat, seq=2, prev=first.hash)], flat)
     assert node.rejections.counts["revoked_key"] == 1 and node.store.peer_logs["hospital-b"].head.seq == 1
     node.job.result()
     node._finish_round()
     second = entry(fed, new_key, flat, seq=2, prev=first.hash)
-    node._on_received(reply(fed, pull_from_b(node, fed, 2), [second], flat))
+    reply(node, fed, pull_from_b(node, fed, 2), [second], flat)
     assert node.store.peer_logs["hospital-b"].head.envelope == second.envelope and node.rejections.counts["revoked_key"] == 1
     assert node.names[new_key.public] == node.names[old_key.public] == "hospital-b"
 
@@ -227,7 +227,7 @@ def test_a_reply_with_old_key_entries_then_a_new_key_one_is_kept_whole(node_a):
     node._on_received(Received("hospital-c", encode_message(fed, update_message(v2))))
     second = entry(fed, old_key, flat, seq=2, prev=first.hash)  # published before b stopped; a never pulled it
     third = entry(fed, new_key, flat, seq=3, prev=second.hash)
-    node._on_received(reply(fed, pull_from_b(node, fed, 3), [second, third], flat))
+    reply(node, fed, pull_from_b(node, fed, 3), [second, third], flat)
     assert sum(node.rejections.counts.values()) == 0 and [s.entry.seq for s in node.job_pulled] == [3]  # merging it
     node.job.result()
     peer_log = node.store.peer_logs["hospital-b"]
@@ -244,7 +244,7 @@ def test_a_node_restarted_with_new_keys_refuses_to_send_its_old_key_head(node_a)
     node, federation, inboxes = node_a
     fed = federation.manifest.federation_id
     flat = b_model(node)
-    node._on_received(reply(fed, pull_from_b(node, fed, 1), [entry(fed, load_site_keys(federation.sites["hospital-b"] / "keys").signing, flat)], flat))
+    reply(node, fed, pull_from_b(node, fed, 1), [entry(fed, load_site_keys(federation.sites["hospital-b"] / "keys").signing, flat)], flat)
     node.job.result()
     node._finish_round()
     sent_to(inboxes["hospital-b"], fed)

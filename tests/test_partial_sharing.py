@@ -15,7 +15,8 @@ from swarm.checkpoint import load_checkpoint
 from swarm.codec import decode_message
 from swarm.errors import ConfigError
 from swarm.identity import load_site_keys
-from swarm.messages import ModelReply
+from swarm.messages import Chunk, ModelReply
+from swarm.tensors import leaf_count
 from swarm.transport import InMemoryNetwork
 from tests.conftest import join, start_nodes, write_scenario
 
@@ -38,11 +39,17 @@ def test_kept_tensors_never_leave_the_site_and_survive_a_restart(small_federatio
     nodes, threads, stop = start_nodes(federation, network)
     join(threads, stop)
     fed = federation.manifest.federation_id
-    replies = [decode_message(m, fed) for m in network.messages]
-    models = [r.model for r in replies if isinstance(r.msg, ModelReply)]
-    assert models, "no model was exchanged"
-    for model in models:
-        assert [s.name for s in model.specs] == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    decoded = [decode_message(m, fed) for m in network.messages]
+    chunks: dict[bytes, dict[int, int]] = {}
+    for d in decoded:
+        if isinstance(d.msg, Chunk):
+            chunks.setdefault(d.msg.digest, {})[d.msg.first] = sum(len(frame) for frame in d.data)
+    assert chunks, "no model was exchanged"
+    shared_specs = nodes["hospital-a"].store.latest.flat.specs
+    assert [s.name for s in shared_specs] == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    for sent in chunks.values():  # every model that travelled is the shared tensors' bytes, no more
+        assert sum(sent.values()) == sum(spec.nbytes for spec in shared_specs)
+    assert all(len(d.msg.leaves) == leaf_count(shared_specs) for d in decoded if isinstance(d.msg, ModelReply))
     heads = {name: node.learner.state()["4.weight"].clone() for name, node in nodes.items()}
     for node in nodes.values():  # what each site signed covers the shared tensors only
         assert "4.weight" not in [s.name for s in node.store.latest.flat.specs]

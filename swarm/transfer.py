@@ -1,0 +1,186 @@
+"""Chunked model transfer with credit flow control, as pure state (no sockets, no clock).
+
+The zguide's "fileio3" pattern, fitted to signed models. A sender *offers* a version: the
+signed log entries (whose last one carries the model digest) and the BLAKE3 hash of every
+leaf (each tensor's bytes in 4 MiB pieces, swarm.tensors.leaf_hashes). Before it asks for
+a single byte, the receiver checks that those leaf hashes combine into the signed digest,
+so every chunk can be checked on arrival against signed data: one pass of hashing, and no
+second pass over the whole model at the end.
+
+The receiver then *pulls*: it asks for chunks (runs of consecutive leaves, about
+`chunk_bytes` each) and keeps at most `window` requests outstanding, so a sender never
+has more than a window of this transfer in flight. Each arriving leaf is hashed and
+written straight into its tensor's final buffer, preallocated from the plan's specs.
+A chunk that does not arrive in time is asked for again; one with a wrong hash is refused
+and asked for again; after `retries` failures of one chunk the transfer stalls. An
+interrupted transfer (a disconnect, a sender restart, a protocol time-out) keeps its
+verified leaves, and a new offer of the same digest resumes from there.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from blake3 import blake3
+
+from .errors import RejectedMessage
+from .messages import MAX_CHUNK_LEAVES  # a chunk is at most 64 MiB
+from .tensors import DIGEST_CHUNK_BYTES, FlatModel, TensorSpec, byte_view, digest_from_leaves, leaf_ranges
+
+LEAF_BYTES = DIGEST_CHUNK_BYTES
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How a receiver pulls a model; the plan's (or site's) [transfer] table."""
+
+    chunk_bytes: int = 4 * 1024 * 1024  # leaves per chunk = chunk_bytes // 4 MiB, at least one
+    window: int = 4  # chunk requests outstanding per transfer (the credit)
+    chunk_timeout: float = 30.0  # seconds before a requested chunk is asked for again
+    retries: int = 4  # times one chunk may be asked for again before the transfer stalls
+
+    def __post_init__(self) -> None:
+        if not LEAF_BYTES <= self.chunk_bytes <= MAX_CHUNK_LEAVES * LEAF_BYTES:
+            raise ValueError(f"chunk_bytes must be from {LEAF_BYTES} to {MAX_CHUNK_LEAVES * LEAF_BYTES}")
+        if not 1 <= self.window <= 64:
+            raise ValueError("window must be from 1 to 64")
+
+    @property
+    def leaves_per_chunk(self) -> int:
+        return self.chunk_bytes // LEAF_BYTES
+
+
+class TransferStalled(Exception):
+    """A chunk was asked for `retries` times more without arriving intact."""
+
+
+def chunk_plan(leaves: int, leaves_per_chunk: int) -> list[tuple[int, int]]:
+    """(first leaf, leaf count) of each chunk."""
+    return [(first, min(leaves_per_chunk, leaves - first)) for first in range(0, leaves, leaves_per_chunk)]
+
+
+def check_offer(specs: Sequence[TensorSpec], hashes: Sequence[bytes], signed_digest: bytes) -> None:
+    """Refuse an offer whose leaf hashes do not add up to the digest signed in its entry."""
+    try:
+        digest = digest_from_leaves(specs, hashes)
+    except ValueError as error:
+        raise RejectedMessage("offer_mismatch", str(error)) from None
+    if digest != signed_digest:
+        raise RejectedMessage("digest_mismatch", "the offered leaf hashes do not combine into the signed digest")
+
+
+class Incoming:
+    """One model being pulled from one neighbour."""
+
+    def __init__(self, specs: Sequence[TensorSpec], hashes: Sequence[bytes], digest: bytes, settings: TransferSettings) -> None:
+        self.specs = tuple(specs)
+        self.hashes = tuple(hashes)
+        self.digest = digest
+        self.settings = settings
+        self.leaves = leaf_ranges(self.specs)
+        # torch.empty does not touch the pages: memory is committed as chunks arrive.
+        self._tensors = [torch.empty(spec.nbytes, dtype=torch.uint8) for spec in self.specs]
+        self.buffers = [memoryview(t.numpy()) for t in self._tensors]
+        self.chunks = chunk_plan(len(self.leaves), settings.leaves_per_chunk)
+        self._by_first = {first: index for index, (first, _) in enumerate(self.chunks)}
+        self.todo: deque[int] = deque(range(len(self.chunks)))
+        self.inflight: dict[int, float] = {}  # chunk index -> when it was (last) asked for
+        self.tries: dict[int, int] = {}
+        self.done: set[int] = set()
+        self.bytes_received = 0  # intact leaf bytes written into the buffers
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == len(self.chunks)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(spec.nbytes for spec in self.specs)
+
+    def requests(self, now: float) -> list[tuple[int, int]]:
+        """The chunks (first leaf, count) to ask for now: those whose request timed out, then
+        new ones up to the window. Raises TransferStalled when a chunk ran out of retries."""
+        due = [index for index, asked in self.inflight.items() if now - asked >= self.settings.chunk_timeout]
+        for index in due:
+            self._retry(index)
+            del self.inflight[index]
+            self.todo.appendleft(index)
+        wanted = []
+        while self.todo and len(self.inflight) < self.settings.window:
+            index = self.todo.popleft()
+            self.inflight[index] = now
+            wanted.append(self.chunks[index])
+        return wanted
+
+    def interrupted(self) -> None:
+        """The sender went away or the transfer was put aside: what was asked for is asked
+        for again on resuming; the verified leaves stay."""
+        for index in sorted(self.inflight, reverse=True):
+            self.todo.appendleft(index)
+        self.inflight.clear()
+
+    def accept(self, first: Any, count: Any, frames: Sequence[Any]) -> bool:
+        """Check a chunk and write it into the buffers. Returns False for a duplicate of a
+        chunk already held (a late answer to a repeated request); raises RejectedMessage for
+        a chunk nobody asked for or one that does not match the offer (it is asked for again)."""
+        index = self._by_first.get(first)
+        if index is None or self.chunks[index][1] != count:
+            raise RejectedMessage("bad_chunk_range", f"leaves {first}+{count} are not a chunk of this transfer")
+        if index in self.done:
+            return False
+        if index not in self.inflight:
+            raise RejectedMessage("unrequested_chunk", f"chunk at leaf {first} was not asked for")
+        if len(frames) != count:
+            self._refuse(index)
+            raise RejectedMessage("bad_chunk", f"{len(frames)} frames for {count} leaves")
+        views = [byte_view(getattr(frame, "buffer", frame)) for frame in frames]
+        for leaf, view in zip(range(first, first + count), views):
+            tensor, start, stop = self.leaves[leaf]
+            if len(view) != stop - start:
+                self._refuse(index)
+                raise RejectedMessage("bad_chunk", f"leaf {leaf}: {len(view)} bytes, expected {stop - start}")
+            if blake3(view).digest() != self.hashes[leaf]:
+                self._refuse(index)
+                raise RejectedMessage("chunk_hash_mismatch", f"leaf {leaf} does not match its offered hash")
+        for leaf, view in zip(range(first, first + count), views):
+            tensor, start, stop = self.leaves[leaf]
+            self.buffers[tensor][start:stop] = view
+            self.bytes_received += stop - start
+        del self.inflight[index]
+        self.done.add(index)
+        return True
+
+    def model(self) -> FlatModel:
+        """The received model (valid once `complete`); its buffers are this transfer's."""
+        assert self.complete, "the transfer is not complete"
+        return FlatModel(self.specs, tuple(self.buffers))
+
+    def _refuse(self, index: int) -> None:
+        self._retry(index)
+        del self.inflight[index]
+        self.todo.appendleft(index)
+
+    def _retry(self, index: int) -> None:
+        self.tries[index] = self.tries.get(index, 0) + 1
+        if self.tries[index] > self.settings.retries:
+            raise TransferStalled(f"chunk at leaf {self.chunks[index][0]} failed {self.tries[index]} times")
+
+
+class Offered:
+    """A published version as a sender serves it: its tensors, leaf hashes and leaf ranges."""
+
+    def __init__(self, flat: FlatModel, hashes: Sequence[bytes], digest: bytes) -> None:
+        self.flat = flat
+        self.hashes = tuple(hashes)
+        self.digest = digest
+        self.leaves = leaf_ranges(flat.specs)
+
+    def frames(self, first: Any, count: Any, max_leaves: int = MAX_CHUNK_LEAVES) -> list[memoryview]:
+        """The frames of a requested chunk: views of the published buffers, no copy."""
+        if type(first) is not int or type(count) is not int or not 1 <= count <= max_leaves or not 0 <= first <= len(self.leaves) - count:
+            raise RejectedMessage("bad_chunk_range", f"leaves {first}+{count} of {len(self.leaves)}")
+        return [self.flat.buffers[tensor][start:stop] for tensor, start, stop in self.leaves[first : first + count]]
