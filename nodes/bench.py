@@ -1,91 +1,63 @@
-"""Model-exchange benchmark: the full swarm path against raw ZeroMQ, on loopback TCP.
+"""Model-exchange benchmark: the chunked swarm path against raw ZeroMQ, on loopback TCP,
+with sender and receiver in two processes (each with its own libzmq context, as two nodes).
 
-`run_bench` times, in one run and with the repeats of both paths interleaved (so that load
-from other programs on a shared machine hits both alike):
+Per repeat, interleaved with the baseline so that load from other programs hits both alike:
 
-swarm    what a model exchange costs, from "have a state_dict" to "rebuilt tensors
-         verified" on the receiver: `flatten_state` (zero-copy serialization) ->
-         `model_digest` -> `sign_entry` -> `encode_message(ModelReply)` -> `ZmqTransport.send`
-         -> `ZmqTransport.receive` -> `decode_message` -> `open_entry` (signature check) ->
-         `model_digest` of the received tensors == the signed digest -> `rebuild_state`.
-         A node also copies its weights once per published version (`flatten_state(copy=True)`,
-         so training can go on while neighbours pull); that copy is timed separately and
-         reported as `publish_snapshot`, with the ratio it would give if it were included.
-raw_zmq  plain pyzmq DEALER -> ROUTER over TCP sending the same bytes: the same number of
-         frames with the same sizes (a header frame as long as the swarm header, then the
-         state_dict's tensor buffers), `send_multipart(copy=False)` and `recv(copy=False)`.
+swarm    from "the trained weights are in memory" to "the neighbour holds verified tensors":
+         the sender copies the weights into a snapshot (`snapshot`), hashes the
+         leaves (`digest`), signs a log entry (`sign`) and offers the version; the receiver
+         checks the entry's signature and that the leaf hashes make up the signed digest,
+         pulls the chunks with its credit window, hashes each leaf as it arrives and writes
+         it into buffers preallocated from the specs (`pull`), then checks that every weight
+         is finite (`finite`). `ratio_vs_raw_zmq` leaves the snapshot out (a node makes it
+         once per version, not per neighbour); `ratio_with_snapshot` includes it.
+raw_zmq  plain pyzmq DEALER -> ROUTER sending the same tensor buffers as one multipart
+         message, `send_multipart(copy=False)` and `recv_multipart(copy=False)`.
 
-Both paths are timed identically: the clock starts in the sending thread just before the
-first step (serialize, or send_multipart) and stops in the receiving thread once the last
-step is done (rebuild, or the last frame received). Throughput is model bytes (tensor bytes,
-the header is a few hundred bytes) per second, in MiB/s.
+Both clocks are `time.perf_counter` (CLOCK_MONOTONIC, one clock for every process on
+Linux): the sender stamps the start, the receiver the end. Peak RSS (VmHWM, reset before each
+swarm repeat through /proc/self/clear_refs) is reported per side for the swarm path only.
 
-Why a sender *thread* rather than a process. Each side owns its own zmq.Context, hence its
-own libzmq I/O thread, as two nodes would; the transfer itself runs in those I/O threads and
-the kernel, outside the GIL. The Python work of the two sides does not overlap either: the
-sender's steps (BLAKE3 on the digest pool, Ed25519, send) all come before the
-message can be delivered (ZeroMQ hands over a multipart message only once its last frame
-has arrived), and the receiver sits in `poll` (GIL released) until then. So a second
-process would not add parallelism that a thread lacks; it would add a 100 MB state copy
-and IPC to hand timestamps back, and on a 2-core machine both processes compete for the
-same cores exactly as both threads do (measured, 100 MiB, interleaved: median 148 ms with a
-thread, 157 ms with a forked sender process). A thread also keeps one clock
-(`perf_counter`) for start and end. The real deployment differs in that sender and
-receiver are different machines, so the CPU work of each side (digest and sign on one, digest on the other) would
-not share cores with the transfer: numbers here are a pessimistic bound for the swarm path.
+`resume`: the sender serves half the chunks of a fresh version, then closes its sockets
+(as a node that crashes), opens new ones and offers the same version again; the receiver
+keeps its verified chunks and pulls only the rest. `resent_fraction` is what the sender
+served after the cut, as a fraction of the model.
 
-What bounds the ratio on a small machine. Sender and receiver share two cores here, so the
-swarm path is CPU-bound: raw loopback ZeroMQ moves 100 MiB in ~40 ms using ~70 CPU-ms, and
-every extra pass over the bytes (a digest on each side, the snapshot copy) competes for the
-same cores. With SHA-256 (~1 GiB/s per core on cold memory) the two digests alone cost ~200
-CPU-ms and capped the ratio near 0.28; BLAKE3 (~5 GiB/s per core, chunks hashed on two
-threads) brings each digest to ~11 ms. The `serve` figures leave out serialize, digest and sign, which a node does once per
-published version (nodes/learner.py) rather than once per pull.
-
-Reading the stage breakdown: `serialize`, `digest` and `sign` run on the sender;
-`encode_send_receive` runs from the start of `encode_message` until `ZmqTransport.receive`
-returned the whole message (the wire time); `decode`, `verify_signature`,
-`digest_on_receive`, `rebuild` run on the receiver. The stage medians add up to about the
-median total.
+Sender and receiver share this machine's cores, so on a small machine every pass over the
+bytes (hashing, copying) competes with the transfer itself: the figures are a pessimistic
+bound for two hospitals, whose CPUs are separate.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import queue
+import multiprocessing
 import statistics
-import threading
 import time
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
 
 import torch
 import zmq
 
 from swarm.codec import decode_message, encode_message
 from swarm.identity import SigningKey
-from swarm.log import EntryBody, SignedEntry, link_after, open_entry, sign_entry
-from swarm.messages import ModelReply
-from swarm.tensors import DIGEST_WORKERS, flatten_state, model_digest, rebuild_state
-from swarm.transport.zeromq import ZmqTransport, free_tcp_ports
+from swarm.log import EntryBody, open_entry, sign_entry
+from swarm.messages import Chunk, ChunkRequest, ModelPush
+from swarm.tensors import digest_from_leaves, first_non_finite, flatten_state, leaf_hashes, rebuild_state
+from swarm.transfer import Offered, TransferSettings
+from swarm.transport.zeromq import ZmqSettings, ZmqTransport, free_tcp_ports
+
+from .transfers import Transfers
 
 MIB = 1024 * 1024
 HOST = "127.0.0.1"
 SENDER, RECEIVER = "bench-sender", "bench-receiver"
-RECEIVE_LIMIT_S = 60.0  # a transfer that has not arrived by then is a failure, not a slow run
-
-STAGES = (
-    "serialize",
-    "digest",
-    "sign",
-    "encode_send_receive",
-    "decode",
-    "verify_signature",
-    "digest_on_receive",
-    "rebuild",
-)
-PUBLISH_STAGES = ("serialize", "digest", "sign")  # once per published version in a real node
+LIMIT_S = 300.0  # a transfer that has not completed by then is a failure, not a slow run
+FEDERATION = b"bench-federation".ljust(32, b"\0")
+SENDER_STAGES = ("snapshot", "digest", "sign")
+RECEIVER_STAGES = ("verify_entry", "pull", "finite")
 
 
 class BenchError(RuntimeError):
@@ -146,342 +118,287 @@ def make_state(layout: list[tuple[str, tuple[int, ...]]], seed: int = 0) -> dict
     return {name: torch.randn(shape, generator=generator) for name, shape in layout}
 
 
-# --------------------------------------------------------------------------- plumbing
+# --------------------------------------------------------------------------- both sides
 
 
-class _SenderThread:
-    """Runs one callable at a time in a separate thread and hands back its result."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.Queue[Callable[[], Any] | None] = queue.Queue()
-        self._results: queue.Queue[tuple[bool, Any]] = queue.Queue()
-        self.failed = threading.Event()  # lets the receiver stop waiting for a message that never left
-        self._thread = threading.Thread(target=self._loop, name="bench-sender", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                self._results.put((True, job()))
-            except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread
-                self.failed.set()
-                self._results.put((False, exc))
-
-    def submit(self, job: Callable[[], Any]) -> None:
-        self._jobs.put(job)
-
-    def result(self, timeout: float = RECEIVE_LIMIT_S) -> Any:
-        ok, value = self._results.get(timeout=timeout)
-        if not ok:
-            raise value
-        return value
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=10)
+def _zmq_settings(transfer: TransferSettings) -> ZmqSettings:
+    return ZmqSettings(max_frame_bytes=8 * MIB, max_frames=1 + transfer.leaves_per_chunk, send_hwm=transfer.window + 8, recv_hwm=2 * transfer.window + 8, linger_ms=0)
 
 
-def _wait_connected(dealer: zmq.Socket, limit: float = 10.0) -> None:
-    if not dealer.poll(int(limit * 1000), zmq.POLLOUT):
+def _open(name: str, port: int, peer: str, peer_port: int, transfer: TransferSettings) -> ZmqTransport:
+    deadline = time.monotonic() + 10
+    while True:  # after a "crash" the port may take a moment to be free again
+        try:
+            return ZmqTransport(name, f"tcp://{HOST}:{port}", {peer: f"tcp://{HOST}:{peer_port}"}, _zmq_settings(transfer)).open()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _peak_reset() -> None:
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # resets VmHWM to the current RSS
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _sender_main(conn: Connection, layout: list, ports: Sequence[int], transfer: TransferSettings) -> None:
+    torch.set_num_threads(1)
+    state = make_state(layout)
+    key = SigningKey.generate()
+    conn.send(key.public)
+    transport = _open(SENDER, ports[0], RECEIVER, ports[1], transfer)
+    context = zmq.Context()
+    raw = context.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(f"tcp://{HOST}:{ports[2]}")
+    transfers = Transfers(flatten_state(state).specs, transfer)
+    seq, prev = 0, bytes(32)
+
+    def publish() -> tuple[Offered, bytes, dict[str, float]]:
+        nonlocal seq, prev
+        times, started = {}, time.perf_counter()
+        flat = flatten_state(state, copy=True)  # as nodes.learner snapshots each version
+        times["snapshot"], started = time.perf_counter() - started, time.perf_counter()
+        leaves = leaf_hashes(flat)
+        digest = digest_from_leaves(flat.specs, leaves)
+        times["digest"], started = time.perf_counter() - started, time.perf_counter()
+        seq += 1
+        entry = sign_entry(EntryBody(FEDERATION, key.public, seq, prev, "update", digest, 1, (), seq, {}, 0.0), key)
+        prev = entry.hash
+        times["sign"] = time.perf_counter() - started
+        offered = Offered(flat, leaves, digest)
+        transfers.offer(offered)
+        return offered, entry.envelope, times
+
+    def offer(envelope: bytes, offered: Offered) -> None:
+        if not transport.send(RECEIVER, encode_message(FEDERATION, ModelPush((envelope,), offered.hashes))):
+            raise BenchError("the receiver is not connected")
+
+    def serve(cut_after: int | None = None) -> int:
+        """Answer chunk requests until the parent speaks (or `cut_after` chunks were served)."""
+        served = 0
+        while not conn.poll(0):
+            received = transport.receive(0.01)
+            if received is None:
+                continue
+            msg = decode_message(received.frames, FEDERATION).msg
+            if isinstance(msg, ChunkRequest):
+                frames = transfers.serve(msg.digest, msg.first, msg.count)
+                if frames is not None and transport.send(RECEIVER, encode_message(FEDERATION, Chunk(msg.digest, msg.first, msg.count), frames)):
+                    served += sum(len(f) for f in frames)
+                    if cut_after is not None and served >= cut_after:
+                        return served
+        return served
+
+    while (command := conn.recv()) != "stop":
+        if command == "raw":
+            _peak_reset()
+            started = time.perf_counter()
+            raw.send_multipart([b"header", *flatten_state(state).buffers], copy=False)
+            conn.send(started)
+        elif command == "swarm":
+            _peak_reset()
+            started = time.perf_counter()
+            offered, envelope, times = publish()
+            offer(envelope, offered)
+            conn.send((started, times))
+            serve()
+            conn.send(_peak_rss())
+        elif command == "resume":
+            offered, envelope, _ = publish()
+            offer(envelope, offered)
+            serve(cut_after=offered.flat.total_bytes // 2)
+            transport.close()  # a crash: whatever was queued is lost
+            transport = _open(SENDER, ports[0], RECEIVER, ports[1], transfer)
+            _wait_connected(transport)
+            offer(envelope, offered)
+            conn.send(serve())
+    transport.close()
+    raw.close()
+    context.term()
+
+
+def _wait_connected(transport: ZmqTransport) -> None:
+    dealer = transport.dealers[RECEIVER]
+    if not dealer.poll(10_000, zmq.POLLOUT):
         raise BenchError("the sender never connected to the receiver")
 
 
-def _no_message(abort: threading.Event) -> NoReturn:
-    # When the sender failed, the caller's sender.result() then raises the sender's own error.
-    raise BenchError("the sender failed" if abort.is_set() else f"no message arrived within {RECEIVE_LIMIT_S:.0f} s")
+def _receiver_main(conn: Connection, ports: Sequence[int], transfer: TransferSettings, specs: Any) -> None:
+    torch.set_num_threads(1)
+    sender_key = conn.recv()
+    transport = _open(RECEIVER, ports[1], SENDER, ports[0], transfer)
+    context = zmq.Context()
+    raw = context.socket(zmq.ROUTER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.bind(f"tcp://{HOST}:{ports[2]}")
+    transfers = Transfers(specs, transfer)
+    conn.send("ready")
+
+    def pull() -> tuple[dict[str, float], dict[str, Any]]:
+        times: dict[str, float] = {}
+        deadline = time.monotonic() + LIMIT_S
+        pulling = None
+        while True:
+            if time.monotonic() > deadline:
+                raise BenchError(f"no complete model within {LIMIT_S:.0f} s")
+            if pulling is not None and pulling.active:
+                for first, count in pulling.transfer.requests(time.monotonic()):
+                    if not transport.send(SENDER, encode_message(FEDERATION, ChunkRequest(pulling.transfer.digest, first, count))):
+                        pulling.transfer.interrupted()
+                        break
+            received = transport.receive(0.05)
+            if received is None:
+                continue
+            decoded = decode_message(received.frames, FEDERATION)
+            msg = decoded.msg
+            if isinstance(msg, ModelPush):
+                started = time.perf_counter()
+                entry = open_entry(msg.entries[-1])
+                if entry.author != sender_key:
+                    raise BenchError("the entry is not signed by the sender")
+                pulling = transfers.start(SENDER, None, [entry], entry, msg.leaves)
+                times["verify_entry"] = time.perf_counter() - started
+                times["pull"] = time.perf_counter()
+            elif isinstance(msg, Chunk):
+                done = transfers.accept(SENDER, msg, decoded.data)
+                if done is not None:
+                    ended = time.perf_counter()
+                    times["pull"] = ended - times["pull"]
+                    state = rebuild_state(done.transfer.model())
+                    if first_non_finite(state) is not None:
+                        raise BenchError("non-finite weights arrived")
+                    times["finite"] = time.perf_counter() - ended
+                    return times, {"end": time.perf_counter(), "model": state, "buffers": done.transfer.tensors}
+
+    while (command := conn.recv()) != "stop":
+        if command == "raw":
+            _peak_reset()
+            raw.recv_multipart(copy=False)
+            conn.send(time.perf_counter())
+        elif command == "swarm":
+            _peak_reset()
+            times, got = pull()
+            conn.send((got["end"], times, _peak_rss()))
+            transfers.recycle(got["buffers"])  # as a node does once it merged the model
+            del got
+        elif command == "resume":
+            before = transfers.counts["chunk_bytes_received"]
+            times, got = pull()
+            conn.send({"received": transfers.counts["chunk_bytes_received"] - before, "resumed": transfers.counts["resumed"]})
+            del got
+    transport.close()
+    raw.close()
+    context.term()
 
 
-class _SwarmPath:
-    """Sender and receiver ZmqTransports, a signing key, and one timed exchange."""
-
-    def __init__(self, state: dict[str, torch.Tensor]) -> None:
-        self.state = state
-        self.federation = os.urandom(32)
-        self.key = SigningKey.generate()
-        self.head: SignedEntry | None = None
-        self.req = 0
-        send_port, recv_port = free_tcp_ports(HOST, 2)
-        send_at, recv_at = f"tcp://{HOST}:{send_port}", f"tcp://{HOST}:{recv_port}"
-        # Each transport gets its own zmq.Context (and I/O thread), as separate nodes have.
-        self.receiver = ZmqTransport(RECEIVER, recv_at, {SENDER: send_at}).open()
-        try:
-            self.sender = ZmqTransport(SENDER, send_at, {RECEIVER: recv_at}).open()
-        except BaseException:
-            self.receiver.close()
-            raise
-        _wait_connected(self.sender.dealers[RECEIVER])
-
-    def header_bytes(self) -> int:
-        """The length of the header frame this path sends (for the raw path to match)."""
-        flat = flatten_state(self.state)
-        entry = sign_entry(self._body(bytes(32)), self.key)
-        return len(encode_message(self.federation, ModelReply(1, (entry.envelope,)), flat)[0])
-
-    def _body(self, digest: bytes) -> EntryBody:
-        seq, prev = link_after(self.head)
-        return EntryBody(
-            federation=self.federation, author=self.key.public, seq=seq, prev=prev,
-            kind="update", digest=digest, samples=1000, parents=(), round=seq,
-            metrics={"loss": 0.5}, timestamp=time.time(),
-        )
-
-    def send(self) -> dict[str, float]:
-        """Sender side (runs in the sender thread)."""
-        t0 = time.perf_counter()
-        flat = flatten_state(self.state)  # zero-copy serialization, as on the wire
-        t1 = time.perf_counter()
-        digest = model_digest(flat)
-        t2 = time.perf_counter()
-        entry = sign_entry(self._body(digest), self.key)
-        t3 = time.perf_counter()
-        self.req += 1
-        frames = encode_message(self.federation, ModelReply(self.req, (entry.envelope,)), flat)
-        if not self.sender.send(RECEIVER, frames):
-            raise BenchError("ZmqTransport.send refused the model (not connected or queue full)")
-        self.head = entry
-        return {"start": t0, "serialize": t1 - t0, "digest": t2 - t1, "sign": t3 - t2, "encode_start": t3}
-
-    def receive(self, abort: threading.Event) -> tuple[float, dict[str, float], dict[str, torch.Tensor], bool]:
-        """Receiver side: (end time, receiver stage times with the arrival time, state, verified)."""
-        deadline = time.perf_counter() + RECEIVE_LIMIT_S
-        got = None
-        while got is None and time.perf_counter() < deadline and not abort.is_set():
-            got = self.receiver.receive(0.2)
-        t0 = time.perf_counter()
-        if got is None:
-            _no_message(abort)
-        if got.rejected:
-            raise BenchError(f"the receiving transport refused the message: {got.rejected}")
-        decoded = decode_message(got.frames, self.federation)
-        t1 = time.perf_counter()
-        entry = open_entry(decoded.msg.entries[-1])
-        t2 = time.perf_counter()
-        assert decoded.model is not None  # decode_message refuses a ModelReply without one
-        verified = model_digest(decoded.model) == entry.body.digest and entry.author == self.key.public
-        t3 = time.perf_counter()
-        state = rebuild_state(decoded.model)
-        t4 = time.perf_counter()
-        stages = {"arrived": t0, "decode": t1 - t0, "verify_signature": t2 - t1,
-                  "digest_on_receive": t3 - t2, "rebuild": t4 - t3}
-        return t4, stages, state, verified
-
-    def close(self) -> None:
-        self.sender.close()
-        self.receiver.close()
+# --------------------------------------------------------------------------- the run
 
 
-class _RawPath:
-    """Plain pyzmq DEALER -> ROUTER with the same frames; nothing but the transfer."""
-
-    def __init__(self, state: dict[str, torch.Tensor], header_bytes: int) -> None:
-        flat = flatten_state(state)  # zero-copy views of the same tensor memory
-        self.frames: list[Any] = [os.urandom(header_bytes), *flat.buffers]
-        (port,) = free_tcp_ports(HOST, 1)
-        endpoint = f"tcp://{HOST}:{port}"
-        self.recv_context, self.send_context = zmq.Context(), zmq.Context()
-        self.router = self.recv_context.socket(zmq.ROUTER)
-        self.dealer = self.send_context.socket(zmq.DEALER)
-        for sock in (self.router, self.dealer):
-            sock.setsockopt(zmq.LINGER, 0)
-        self.router.bind(endpoint)
-        self.dealer.connect(endpoint)
-        _wait_connected(self.dealer)
-
-    def send(self) -> dict[str, float]:
-        t0 = time.perf_counter()
-        self.dealer.send_multipart(self.frames, copy=False)
-        return {"start": t0}
-
-    def receive(self, abort: threading.Event) -> tuple[float, list[zmq.Frame]]:
-        deadline = time.perf_counter() + RECEIVE_LIMIT_S
-        while not self.router.poll(200):
-            if time.perf_counter() >= deadline or abort.is_set():
-                _no_message(abort)
-        self.router.recv(copy=False)  # the routing id
-        frames = []
-        while self.router.getsockopt(zmq.RCVMORE):
-            frames.append(self.router.recv(copy=False))
-        return time.perf_counter(), frames
-
-    def close(self) -> None:
-        self.dealer.close()
-        self.router.close()
-        self.send_context.term()
-        self.recv_context.term()
-
-
-def _same_state(received: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> bool:
-    return list(received) == sorted(original) and all(
-        received[name].shape == original[name].shape and torch.equal(received[name], original[name])
-        for name in original
-    )
-
-
-# --------------------------------------------------------------------------- the benchmark
-
-
-def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, warmup: int = 1) -> dict:
-    """Time `repeats` swarm exchanges and `repeats` raw ZeroMQ sends of a `size_mb` MiB
-    float32 model (after `warmup` untimed rounds of each), interleaved, on loopback TCP.
-
-    Returns a JSON-ready dict: the model layout, per-repeat seconds and MiB/s and their
-    medians for both paths, the swarm path's per-stage seconds and medians,
-    `ratio_vs_raw_zmq` (median swarm MiB/s / median raw MiB/s), and whether every received
-    model matched its signed digest and the sent tensors."""
-    if size_mb <= 0 or repeats < 1 or warmup < 0 or tensors < 0:
-        raise ValueError("need size_mb > 0, repeats >= 1, warmup >= 0, tensors >= 0")
+def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, window: int = 4, chunk_mib: int = 4, resume: bool = True) -> dict:
     layout = model_layout(int(size_mb * MIB), tensors)
-    state = make_state(layout)
-    model_bytes = sum(t.numel() * t.element_size() for t in state.values())
-
-    swarm_seconds: list[float] = []
-    snapshot_seconds: list[float] = []
-    raw_seconds: list[float] = []
-    stages: dict[str, list[float]] = {name: [] for name in STAGES}
-    digest_verified = True
-    tensors_equal = True
-
-    sender = _SenderThread()
-    swarm = raw = None
-    try:
-        swarm = _SwarmPath(state)
-        raw = _RawPath(state, swarm.header_bytes())
-        for i in range(warmup + repeats):
-            timed = i >= warmup
-            # -- the node's once-per-version copy of the weights, timed on its own
-            started = time.perf_counter()
-            snapshot = flatten_state(state, copy=True)
-            if timed:
-                snapshot_seconds.append(time.perf_counter() - started)
-            del snapshot
-            # -- swarm exchange
-            sender.submit(swarm.send)
-            try:
-                end, recv_stages, received, verified = swarm.receive(sender.failed)
-            finally:
-                sent = sender.result()
-            if timed:
-                swarm_seconds.append(end - sent["start"])
-                for name in PUBLISH_STAGES:
-                    stages[name].append(sent[name])
-                stages["encode_send_receive"].append(recv_stages["arrived"] - sent["encode_start"])
-                for name in ("decode", "verify_signature", "digest_on_receive", "rebuild"):
-                    stages[name].append(recv_stages[name])
-            # Checked after the clock stopped: the rebuilt tensors are the ones that were sent.
-            digest_verified &= verified
-            tensors_equal &= _same_state(received, state)
-            del received
-            # -- raw ZeroMQ, same bytes
-            sender.submit(raw.send)
-            try:
-                end, frames = raw.receive(sender.failed)
-            finally:
-                sent = sender.result()
-            if len(frames) != len(raw.frames) or sum(len(f) for f in frames) != sum(len(memoryview(f)) for f in raw.frames):
-                raise BenchError("the raw path lost frames or bytes")
-            del frames
-            if timed:
-                raw_seconds.append(end - sent["start"])
-    finally:
-        sender.stop()
-        for path in (swarm, raw):
-            if path is not None:
-                path.close()
-
-    def throughput(seconds: list[float]) -> list[float]:
-        return [model_bytes / MIB / s for s in seconds]
-
-    swarm_mibs, raw_mibs = throughput(swarm_seconds), throughput(raw_seconds)
-    swarm_median, raw_median = statistics.median(swarm_mibs), statistics.median(raw_mibs)
-    # A node serializes, digests and signs once per published version and then serves it to
-    # every neighbour that asks; per pull only the remaining stages recur.
-    serve_seconds = [
-        total - sum(stages[name][i] for name in PUBLISH_STAGES) for i, total in enumerate(swarm_seconds)
+    transfer = TransferSettings(chunk_bytes=chunk_mib * MIB, window=window)
+    specs = flatten_state({name: torch.empty(shape) for name, shape in layout}).specs  # pages never touched
+    model_bytes = sum(spec.nbytes for spec in specs)
+    ports = free_tcp_ports(HOST, 3)
+    spawn = multiprocessing.get_context("spawn")
+    to_sender, sender_end = spawn.Pipe()
+    to_receiver, receiver_end = spawn.Pipe()
+    processes = [
+        spawn.Process(target=_sender_main, args=(sender_end, layout, ports, transfer), daemon=True),
+        spawn.Process(target=_receiver_main, args=(receiver_end, ports, transfer, specs), daemon=True),
     ]
-    serve_median = statistics.median(throughput(serve_seconds))
+    for process in processes:
+        process.start()
+    try:
+        to_receiver.send(_recv(to_sender))  # the sender's public key
+        _recv(to_receiver)  # listening
+        raw_s, swarm_s, snapshot_s = [], [], []
+        stages: dict[str, list[float]] = {name: [] for name in SENDER_STAGES + RECEIVER_STAGES}
+        rss_sender, rss_receiver = [], []
+        for repeat in range(repeats + 1):  # the first of each is a warm-up
+            for path in (("raw", "swarm") if repeat % 2 else ("swarm", "raw")):
+                to_receiver.send(path)
+                to_sender.send(path)
+                if path == "raw":
+                    started, ended = _recv(to_sender), _recv(to_receiver)
+                    if repeat:
+                        raw_s.append(ended - started)
+                    continue
+                started, sent_times = _recv(to_sender)
+                ended, received_times, rss = _recv(to_receiver)
+                to_sender.send("done")
+                sender_rss = _recv(to_sender)
+                if repeat:
+                    swarm_s.append(ended - started - sent_times["snapshot"])
+                    snapshot_s.append(sent_times["snapshot"])
+                    for name, value in (sent_times | received_times).items():
+                        stages[name].append(value)
+                    rss_sender.append(sender_rss)
+                    rss_receiver.append(rss)
+        resumed = None
+        if resume:
+            to_receiver.send("resume")
+            to_sender.send("resume")
+            received = _recv(to_receiver)
+            to_sender.send("done")
+            resent = _recv(to_sender)
+            resumed = {"resent_bytes": resent, "resent_fraction": round(resent / model_bytes, 4), "resumed": received["resumed"] >= 1}
+        for conn in (to_sender, to_receiver):
+            conn.send("stop")
+        for process in processes:
+            process.join(timeout=30)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+    raw_median, swarm_median, snapshot_median = statistics.median(raw_s), statistics.median(swarm_s), statistics.median(snapshot_s)
+
+    def mib_per_s(seconds: float) -> float:
+        return round(model_bytes / MIB / seconds, 1)
+
     return {
-        "size_mib": model_bytes / MIB,
         "model_bytes": model_bytes,
-        "tensors": len(layout),
-        "frames": len(layout) + 1,
+        "tensors": len(specs),
         "repeats": repeats,
-        "warmup": warmup,
-        "sender": "thread",
-        "swarm": {
-            "seconds": swarm_seconds,
-            "mib_per_s": swarm_mibs,
-            "median_seconds": statistics.median(swarm_seconds),
-            "median_mib_per_s": swarm_median,
-            "stages": stages,
-            "stage_medians": {name: statistics.median(values) for name, values in stages.items()},
-        },
-        "raw_zmq": {
-            "seconds": raw_seconds,
-            "mib_per_s": raw_mibs,
-            "median_seconds": statistics.median(raw_seconds),
-            "median_mib_per_s": raw_median,
-        },
-        "ratio_vs_raw_zmq": swarm_median / raw_median,
-        "publish_snapshot": {
-            "median_seconds": statistics.median(snapshot_seconds),
-            "ratio_including_snapshot": model_bytes / MIB / (statistics.median(swarm_seconds) + statistics.median(snapshot_seconds)) / raw_median,
-        },
-        "serve": {
-            "seconds": serve_seconds,
-            "median_seconds": statistics.median(serve_seconds),
-            "median_mib_per_s": serve_median,
-            "ratio_vs_raw_zmq": serve_median / raw_median,
-        },
-        "digest_verified": digest_verified,
-        "tensors_equal": tensors_equal,
-        "environment": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "digest_workers": DIGEST_WORKERS,
-            "libzmq": zmq.zmq_version(),
-            "pyzmq": zmq.__version__,
-        },
+        "chunk_bytes": transfer.chunk_bytes,
+        "window": transfer.window,
+        "raw_zmq": {"seconds": raw_s, "median_seconds": raw_median, "median_mib_per_s": mib_per_s(raw_median)},
+        "swarm": {"seconds": swarm_s, "median_seconds": swarm_median, "median_mib_per_s": mib_per_s(swarm_median),
+                  "stage_medians": {name: statistics.median(values) for name, values in stages.items()}},
+        "ratio_vs_raw_zmq": round(raw_median / swarm_median, 3),
+        "ratio_with_snapshot": round(raw_median / (swarm_median + snapshot_median), 3),
+        "peak_rss_bytes": {"sender": max(rss_sender), "receiver": max(rss_receiver)},
+        "peak_rss_over_model": {side: round(max(values) / model_bytes, 2) for side, values in (("sender", rss_sender), ("receiver", rss_receiver))},
+        "resume": resumed,
     }
 
 
+def _recv(conn: Connection) -> Any:
+    if not conn.poll(LIMIT_S):
+        raise BenchError(f"a benchmark process gave no answer within {LIMIT_S:.0f} s")
+    return conn.recv()
+
+
 def format_bench(result: dict) -> str:
-    """A readable multi-line report of a `run_bench` result."""
-    swarm, raw = result["swarm"], result["raw_zmq"]
-    env = result["environment"]
-
-    def series(values: list[float], fmt: str) -> str:
-        return " ".join(format(v, fmt) for v in values)
-
+    mib = result["model_bytes"] / MIB
     lines = [
-        f"model exchange over loopback TCP: {result['size_mib']:.1f} MiB float32 in "
-        f"{result['tensors']} tensors ({result['frames']} frames), "
-        f"{result['repeats']} repeat(s) after {result['warmup']} warm-up, sender in a {result['sender']}",
-        f"  {'':8} {'median':>10} {'MiB/s':>9}   per repeat (MiB/s)",
-        f"  {'swarm':8} {swarm['median_seconds'] * 1000:8.1f}ms {swarm['median_mib_per_s']:9.1f}   {series(swarm['mib_per_s'], '.0f')}",
-        f"  {'raw zmq':8} {raw['median_seconds'] * 1000:8.1f}ms {raw['median_mib_per_s']:9.1f}   {series(raw['mib_per_s'], '.0f')}",
-        f"  ratio vs raw zmq: {result['ratio_vs_raw_zmq']:.3f}",
-        f"  a node also copies the weights once per published version (so training can go on while it serves): "
-        f"{result['publish_snapshot']['median_seconds'] * 1000:.1f}ms; ratio with that copy included: "
-        f"{result['publish_snapshot']['ratio_including_snapshot']:.3f}",
-        f"  serving an already published model (swarm minus serialize/digest/sign, derived): "
-        f"{result['serve']['median_seconds'] * 1000:.1f}ms, {result['serve']['median_mib_per_s']:.1f} MiB/s, "
-        f"ratio {result['serve']['ratio_vs_raw_zmq']:.3f}",
-        "  swarm stages (median ms, share of median total):",
+        f"model {mib:.0f} MiB in {result['tensors']} tensors; chunks of {result['chunk_bytes'] // MIB} MiB, window {result['window']}; {result['repeats']} timed repeats (medians)",
+        f"raw zmq   {result['raw_zmq']['median_mib_per_s']:8.1f} MiB/s  ({result['raw_zmq']['median_seconds'] * 1000:.0f} ms)",
+        f"swarm     {result['swarm']['median_mib_per_s']:8.1f} MiB/s  ({result['swarm']['median_seconds'] * 1000:.0f} ms)",
+        f"ratio vs raw zmq {result['ratio_vs_raw_zmq']:.2f}; with the per-version snapshot {result['ratio_with_snapshot']:.2f}",
+        "stages (ms): " + ", ".join(f"{name} {seconds * 1000:.0f}" for name, seconds in result["swarm"]["stage_medians"].items()),
+        "peak RSS: " + ", ".join(f"{side} {rss / MIB:.0f} MiB ({result['peak_rss_over_model'][side]:.2f} x model)" for side, rss in result["peak_rss_bytes"].items()),
     ]
-    total = swarm["median_seconds"]
-    for name, value in swarm["stage_medians"].items():
-        lines.append(f"    {name:20} {value * 1000:8.2f}ms {100 * value / total:5.1f}%")
-    lines.append(f"    {'sum of medians':20} {sum(swarm['stage_medians'].values()) * 1000:8.2f}ms")
-    lines.append(
-        f"  received digest verified: {'yes' if result['digest_verified'] else 'NO'}; "
-        f"rebuilt tensors equal sent: {'yes' if result['tensors_equal'] else 'NO'}"
-    )
-    lines.append(
-        f"  {env['cpus']} CPUs, torch threads {env['torch_threads']}, digest workers "
-        f"{env['digest_workers']}, libzmq {env['libzmq']}, pyzmq {env['pyzmq']}"
-    )
+    if result["resume"] is not None:
+        r = result["resume"]
+        lines.append(f"resume: cut after half the chunks, resumed {r['resumed']}, sent again {r['resent_bytes'] / MIB:.0f} MiB = {r['resent_fraction']:.0%} of the model")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(format_bench(run_bench()))

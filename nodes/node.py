@@ -17,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from gossip.base import ANNOUNCEMENT, Action, Dropped, Finished, MergeAndTrain, ModelInfo, ProtocolMachine, PulledVersion, PushModel, Send, SendModel
 from swarm.atomic import write_atomic
@@ -27,7 +26,7 @@ from swarm.log import ParentRef, SignedEntry
 from swarm.evidence import EvidenceStore, ForkEvidence, check_fork
 from swarm.manifest import Manifest, SignedManifest
 from swarm.messages import Chunk, ChunkRefusal, ChunkRequest, Evidence, ManifestUpdate, ModelPush, ModelReply, Refusal, VersionReply
-from swarm.tensors import flatten_state, leaf_hashes, rebuild_state
+from swarm.tensors import first_non_finite, flatten_state, leaf_hashes, rebuild_state
 from swarm.transfer import Offered, TransferSettings, TransferStalled
 from swarm.transport.base import Received, Transport
 
@@ -77,7 +76,8 @@ class RejectionLog:
 @dataclass
 class Staged:
     entry: SignedEntry
-    state: dict  # rebuilt tensors of the pulled model (views of the received frames)
+    state: dict  # rebuilt tensors of the pulled model (views of `buffers`)
+    buffers: list  # the transfer's buffers, recycled for the next pull once merged
 
 
 @dataclass
@@ -299,7 +299,7 @@ class Node:
         """The sender stopped answering: tell the protocol, keep what arrived for a resume."""
         log.info("pulling %s's version %d paused: %s (%d of %d bytes kept for a resume)", pull.peer, pull.last.seq, detail, pull.transfer.bytes_received, pull.transfer.total_bytes)
         self.transfers.pause(pull.peer)
-        self.dropped[reason] += 1
+        self.transfers.counts["paused"] += 1
         self._execute(self.protocol.model_failed(pull.peer, pull.req, reason, self.clock()))
 
     def _on_model(self, pull: Pull) -> None:
@@ -308,7 +308,7 @@ class Node:
         peer, req, last = pull.peer, pull.req, pull.last
         with self.timer.measure("verify", self.protocol.activity):
             state = rebuild_state(pull.transfer.model())
-            bad = next((name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+            bad = first_non_finite(state)
             if bad is not None:
                 self._reject(peer, "non_finite_weights", f"tensor {bad!r} holds NaN or Inf")
                 self._execute(self.protocol.model_failed(peer, req, "non_finite_weights", self.clock()))
@@ -321,7 +321,7 @@ class Node:
                 return
         held = self.staged.get(peer)
         if held is None or last.seq > held.entry.seq:  # keep the newest verified model per neighbour
-            self.staged[peer] = Staged(last, state)
+            self.staged[peer] = Staged(last, state, pull.transfer.tensors)
         body = last.body
         info = ModelInfo(last.seq, body.round, body.samples, float(body.metrics.get(AGE, last.seq)))
         self._execute(self.protocol.model_arrived(peer, req, info, self.clock()))
@@ -521,6 +521,8 @@ class Node:
             self.transfers.offer(Offered(result.flat, result.leaves, result.digest))
         merged = {self.names[s.entry.body.author]: s.entry.seq for s in self.job_pulled}
         self._append_metrics(result, metrics, published.entry.seq, merged, self.timer.take(self.protocol.activity))
+        if self.job_pulled:  # merged: the learner keeps no reference to the pulled tensors
+            self.transfers.recycle(self.job_pulled[-1].buffers)
         self.job_pulled = []
         self._execute(self.protocol.published(published.entry.seq, merged, self.clock()))
         # Staged models no newer than what we merged from their author are of no further use.

@@ -15,13 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from swarm.errors import RejectedMessage
 from swarm.log import SignedEntry
 from swarm.messages import Chunk
 from swarm.tensors import TensorSpec
 from swarm.transfer import Incoming, Offered, TransferSettings, check_offer
 
-KEEP_OFFERED = 2  # the latest version and the one before, for neighbours still pulling it
+KEEP_OFFERED = 1  # the latest version only: a model and its snapshot are what a sender holds
 REMEMBERED = 8  # per neighbour: digests of ended pulls, whose late chunks are not an offence
 
 
@@ -43,6 +45,7 @@ class Transfers:
         self.pulls: dict[str, Pull] = {}
         self._ended: dict[str, deque[bytes]] = {}
         self.counts: Counter[str] = Counter()  # chunks and bytes served and received, resumes
+        self._spare: list[torch.Tensor] | None = None  # buffers of a model nobody uses any more
 
     # -- serving ---------------------------------------------------------------------------------
 
@@ -78,7 +81,8 @@ class Transfers:
             return held
         if held is not None:
             self.end(peer)
-        pull = Pull(peer, req, entries, last, Incoming(self.specs, hashes, last.body.digest, self.settings))
+        pull = Pull(peer, req, entries, last, Incoming(self.specs, hashes, last.body.digest, self.settings, reuse=self._spare))
+        self._spare = None
         self.pulls[peer] = pull
         return pull
 
@@ -90,6 +94,9 @@ class Transfers:
                 self.counts["late_chunks"] += 1
                 return None
             raise RejectedMessage("unknown_transfer", "a chunk of a model that was never offered")
+        if not pull.active:  # put aside: what was asked before comes late
+            self.counts["late_chunks"] += 1
+            return None
         if not pull.transfer.accept(msg.first, msg.count, data):
             self.counts["duplicate_chunks"] += 1
             return None
@@ -99,6 +106,11 @@ class Transfers:
             return None
         self.end(peer)
         return pull
+
+    def recycle(self, tensors: list[torch.Tensor]) -> None:
+        """Hand back the buffers of a pulled model once nothing refers to its tensors any
+        more (it was merged): the next pull writes into them. One spare set at most."""
+        self._spare = tensors
 
     def pause(self, peer: str) -> Pull | None:
         """Put `peer`'s pull aside, keeping what arrived (a new offer resumes it)."""

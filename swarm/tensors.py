@@ -184,6 +184,18 @@ def _rebuild_tensor(spec: TensorSpec, buffer: memoryview, copy: bool) -> torch.T
     return tensor.clone() if copy else tensor
 
 
+def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or Inf, None if there is none.
+    One reduction per tensor (NaN propagates through min and max), no temporary the size of
+    the tensor: a 100 MiB model is checked in a few ms."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and tensor.numel():
+            low, high = torch.aminmax(tensor)
+            if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+                return name
+    return None
+
+
 def model_digest(flat: FlatModel, *, parallel: bool | None = None) -> bytes:
     """The 32-byte model digest of docs/ARCHITECTURE.md.
 

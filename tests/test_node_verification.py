@@ -189,3 +189,50 @@ def test_a_neighbour_that_keeps_sending_garbage_is_ignored_for_a_while(puller):
     assert node.rejections.counts["peer_in_backoff"] == 1
     assert node.store.peer_logs["hospital-b"].head is None and node.staged == {}
     assert not node.backoff.blocked("hospital-c", node.clock())
+
+
+def test_chunks_that_do_not_match_the_signed_hashes_are_refused_until_the_pull_gives_up(puller):
+    node, pull_from_b, fed, b_key, _ = puller
+    req = pull_from_b(1)
+    flat = b_model(node)
+    # An honest offer (hashes of the signed model), then other bytes for every chunk.
+    reply(node, fed, req, [entry(fed, b_key, flat)], flat, chunks_from=b_model(node, shift=2.0))
+    retries = node.transfers.settings.retries
+    assert set(node.rejections.counts) == {"chunk_hash_mismatch"}
+    assert node.rejections.counts["chunk_hash_mismatch"] >= retries + 1  # each chunk of the window is asked again
+    assert node.transfers.counts["paused"] == 1
+    assert node.store.peer_logs["hospital-b"].head is None and node.staged == {}
+    assert node.job is not None and node.job_pulled == []  # the round goes on without b
+
+
+def test_chunks_of_an_offer_never_made_are_refused_and_charged_to_their_sender(puller):
+    node, _, fed, _, _ = puller
+    flat = b_model(node)
+    frames = Offered(flat, leaf_hashes(flat), b"").frames(0, 1)
+    node._on_received(Received("hospital-b", encode_message(fed, Chunk(bytes(32), 0, 1), frames)))
+    assert node.rejections.by_peer == {"hospital-b": {"unknown_transfer": 1}}
+    assert node.staged == {} and node.transfers.pulls == {}
+
+
+def test_a_pull_cut_off_resumes_from_its_verified_chunks_on_the_next_offer(puller):
+    node, pull_from_b, fed, b_key, _ = puller
+    req = pull_from_b(1)
+    flat = flatten_state({k: torch.randn(v.shape) if v.is_floating_point() else v for k, v in node.learner.state().items()}, copy=True)
+    signed = [entry(fed, b_key, flat)]
+    b_inbox = node.transport.network.endpoint("hospital-b")
+    node._on_received(Received("hospital-b", encode_message(fed, ModelReply(req, tuple(e.envelope for e in signed), tuple(leaf_hashes(flat))))))
+    pull = node.transfers.pulls["hospital-b"]
+    first_request = decode_message(b_inbox.receive(0).frames, fed).msg
+    served = Offered(flat, leaf_hashes(flat), b"")
+    node._on_received(Received("hospital-b", encode_message(fed, Chunk(first_request.digest, first_request.first, first_request.count), served.frames(first_request.first, first_request.count))))
+    kept = pull.transfer.bytes_received
+    assert 0 < kept
+    node._pull_failed(pull, "transfer_stalled", "the link dropped")  # as after a time-out
+    while b_inbox.receive(0) is not None:  # requests lost with the link
+        pass
+    node.job.result()  # the round went on without b's model
+    node._finish_round()
+    reply(node, fed, pull_from_b(1), signed, flat)  # offered again: only what is missing travels
+    assert node.transfers.counts["resumed"] == 1
+    assert node.transfers.counts["chunk_bytes_received"] == flat.total_bytes
+    assert node.store.peer_logs["hospital-b"].head.seq == 1 and sum(node.rejections.counts.values()) == 0

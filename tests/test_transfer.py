@@ -1,0 +1,161 @@
+"""Chunked transfer as pure state (swarm.transfer): the credit window, re-requests on a
+fake clock, chunks checked against the signed leaf hashes, resume from verified chunks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swarm.errors import RejectedMessage
+from swarm.tensors import DIGEST_CHUNK_BYTES, flatten_state, leaf_count, leaf_hashes, model_digest, rebuild_state
+from swarm.transfer import Incoming, Offered, TransferSettings, TransferStalled, check_offer, chunk_plan
+
+MIB = 1024 * 1024
+
+
+def model(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # 10 MiB + 4 MiB exactly + a few small tensors + an empty one: leaves of every size.
+    return {
+        "big": torch.randn(10 * MIB // 4, generator=g),
+        "exact": torch.randn(DIGEST_CHUNK_BYTES // 4, generator=g),
+        "small.bias": torch.randn(7, generator=g),
+        "small.count": torch.tensor(3, dtype=torch.int64),
+        "zero": torch.zeros(0),
+    }
+
+
+def sender(seed: int = 0) -> Offered:
+    flat = flatten_state(model(seed), copy=True)
+    return Offered(flat, leaf_hashes(flat), model_digest(flat))
+
+
+def pull(offered: Offered, **settings) -> Incoming:
+    check_offer(offered.flat.specs, offered.hashes, offered.digest)
+    return Incoming(offered.flat.specs, offered.hashes, offered.digest, TransferSettings(**settings))
+
+
+def deliver(incoming: Incoming, offered: Offered, requests) -> None:
+    for first, count in requests:
+        assert incoming.accept(first, count, offered.frames(first, count))
+
+
+def test_leaves_are_the_digest_pieces_and_chunks_group_them() -> None:
+    offered = sender()
+    assert leaf_count(offered.flat.specs) == 3 + 1 + 1 + 1 == len(offered.hashes)  # "zero" has no leaf
+    assert chunk_plan(6, 4) == [(0, 4), (4, 2)]
+    assert pull(offered, chunk_bytes=8 * MIB).chunks == [(0, 2), (2, 2), (4, 2)]
+
+
+def test_a_whole_transfer_rebuilds_the_same_tensors_within_the_window() -> None:
+    offered = sender()
+    incoming = pull(offered, window=2)
+    now, asked = 0.0, 0
+    while not incoming.complete:
+        wanted = incoming.requests(now)
+        assert len(incoming.inflight) <= 2  # never more than the credit outstanding
+        asked += len(wanted)
+        deliver(incoming, offered, wanted)
+    assert asked == len(incoming.chunks) == 6
+    assert incoming.bytes_received == offered.flat.total_bytes
+    received = rebuild_state(incoming.model())
+    for name, tensor in model().items():
+        assert torch.equal(received[name], tensor)
+    assert model_digest(incoming.model()) == offered.digest
+
+
+def test_an_offer_whose_hashes_do_not_make_the_signed_digest_is_refused() -> None:
+    offered, other = sender(), sender(seed=1)
+    with pytest.raises(RejectedMessage) as refused:
+        check_offer(offered.flat.specs, other.hashes, offered.digest)
+    assert refused.value.reason == "digest_mismatch"
+    with pytest.raises(RejectedMessage) as refused:
+        check_offer(offered.flat.specs, offered.hashes[:-1], offered.digest)
+    assert refused.value.reason == "offer_mismatch"
+
+
+def test_a_chunk_that_does_not_match_its_signed_hash_is_refused_and_asked_for_again() -> None:
+    offered, other = sender(), sender(seed=1)
+    incoming = pull(offered, window=1, retries=2)
+    [(first, count)] = incoming.requests(0.0)
+    for _ in range(2):
+        with pytest.raises(RejectedMessage) as refused:
+            incoming.accept(first, count, other.frames(first, count))
+        assert refused.value.reason == "chunk_hash_mismatch"
+        assert incoming.requests(0.0) == [(first, count)]  # asked again at once
+    assert incoming.bytes_received == 0  # nothing of the bad chunk was kept
+    with pytest.raises(TransferStalled):
+        incoming.accept(first, count, other.frames(first, count))
+
+
+@pytest.mark.parametrize(
+    "first, count, frames, reason",
+    [
+        (1, 1, "good", "bad_chunk_range"),  # not the start of a chunk of this plan (chunks of 2)
+        (99, 2, "two", "bad_chunk_range"),
+        (0, 2, "one_frame", "bad_chunk"),
+        (0, 2, "short", "bad_chunk"),
+        (2, 2, "good", "unrequested_chunk"),  # window 1: only chunk 0 was asked for
+    ],
+)
+def test_malformed_or_unasked_chunks_are_refused(first, count, frames, reason) -> None:
+    offered = sender()
+    incoming = pull(offered, window=1, chunk_bytes=8 * MIB)
+    assert incoming.requests(0.0) == [(0, 2)]
+    data = {
+        "good": lambda: offered.frames(first, count),
+        "two": lambda: offered.frames(0, 2),
+        "one_frame": lambda: offered.frames(0, 1),
+        "short": lambda: [offered.frames(0, 1)[0], offered.frames(1, 1)[0][:-1]],
+    }[frames]()
+    with pytest.raises(RejectedMessage) as refused:
+        incoming.accept(first, count, data)
+    assert refused.value.reason == reason
+    assert incoming.bytes_received == 0
+
+
+def test_a_late_duplicate_is_ignored_and_a_timed_out_chunk_is_asked_for_again() -> None:
+    offered = sender()
+    incoming = pull(offered, window=2, chunk_timeout=10.0, retries=1)
+    first_two = incoming.requests(0.0)
+    deliver(incoming, offered, first_two[:1])
+    assert incoming.requests(5.0) == [incoming.chunks[2]]  # credit freed by the arrival
+    assert not incoming.accept(*first_two[0], offered.frames(*first_two[0]))  # duplicate
+    again = incoming.requests(10.0)
+    assert first_two[1] in again  # no answer within chunk_timeout: asked for again
+    with pytest.raises(TransferStalled):
+        incoming.requests(20.0)  # ... and once more is one retry too many
+
+
+def test_an_interrupted_transfer_resumes_from_its_verified_chunks() -> None:
+    offered = sender()
+    incoming = pull(offered, window=2)
+    deliver(incoming, offered, incoming.requests(0.0))
+    asked_before = incoming.requests(1.0)  # in flight when the link drops
+    kept = incoming.bytes_received
+    incoming.interrupted()
+    resumed = []
+    while not incoming.complete:
+        wanted = incoming.requests(2.0)
+        resumed += wanted
+        deliver(incoming, offered, wanted)
+    assert resumed[: len(asked_before)] == asked_before  # what was in flight is asked first
+    assert sum(sum(len(f) for f in offered.frames(*c)) for c in resumed) == offered.flat.total_bytes - kept
+    assert model_digest(incoming.model()) == offered.digest
+
+
+def test_a_sender_refuses_ranges_outside_its_model() -> None:
+    offered = sender()
+    for first, count in ((6, 1), (5, 2), (-1, 1), (0, 0), (0, 17), ("0", 1)):
+        with pytest.raises(RejectedMessage) as refused:
+            offered.frames(first, count)
+        assert refused.value.reason == "bad_chunk_range"
+    frames = offered.frames(0, 1)
+    assert frames[0].obj is offered.flat.buffers[0].obj  # a view of the published bytes, no copy
+
+
+def test_settings_are_checked() -> None:
+    for bad in ({"chunk_bytes": MIB}, {"chunk_bytes": 65 * 4 * MIB}, {"window": 0}):
+        with pytest.raises(ValueError):
+            TransferSettings(**bad)
+    assert TransferSettings(chunk_bytes=12 * MIB).leaves_per_chunk == 3
