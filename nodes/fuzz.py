@@ -5,8 +5,9 @@ extension, splices, msgpack length bombs, deep nesting, extension types, pickles
 inputs from scratch:
 
 decode:KIND   `decode_message`, one target per wire message kind; frames are mutated, added,
-              dropped and reordered, and headers are also re-packed with a random value
-              swapped in somewhere, so that the checks behind the msgpack parser are reached
+              dropped, reordered and blown past the frame size limit, and headers are also
+              re-packed with a random value swapped in somewhere, so that the checks behind
+              the msgpack parser are reached
 records       `read_records` and `verify_log_file` over a mutated log file; records are
               also re-framed with a correct checksum, so damage reaches the entry opener
 entry         `open_entry` over mutated envelopes, and over mutated payloads that are
@@ -42,7 +43,7 @@ from typing import Any
 
 import msgpack
 
-from swarm.codec import decode_message, encode_message
+from swarm.codec import DEFAULT_LIMITS, decode_message, encode_message
 from swarm.errors import LogError, RejectedMessage
 from swarm.identity import SigningKey
 from swarm.log import (
@@ -60,7 +61,11 @@ from swarm.log import (
     verify_log_file,
 )
 from swarm.messages import (
+    MAX_CHUNK_LEAVES,
     MESSAGE_TYPES,
+    Chunk,
+    ChunkRefusal,
+    ChunkRequest,
     Evidence,
     ManifestUpdate,
     Message,
@@ -72,7 +77,8 @@ from swarm.messages import (
     VersionReply,
     VersionRequest,
 )
-from swarm.tensors import FlatModel, TensorSpec
+from swarm.tensors import FlatModel, TensorSpec, leaf_hashes, model_digest
+from swarm.transfer import Offered
 
 FED = hashlib.sha256(b"swarm fuzz federation").digest()
 OTHER_FED = hashlib.sha256(b"swarm fuzz other federation").digest()
@@ -96,7 +102,8 @@ def _key(name: str) -> SigningKey:
 
 @dataclass
 class Corpus:
-    """Valid inputs to start from: signed chains, wire messages of every kind, a model."""
+    """Valid inputs to start from: signed chains, wire messages of every kind, a model (whose
+    leaf hashes the offers carry and whose leaves the chunks carry)."""
 
     alice: SigningKey = field(default_factory=lambda: _key("alice"))
     bob: SigningKey = field(default_factory=lambda: _key("bob"))
@@ -104,6 +111,7 @@ class Corpus:
     fork: list[SignedEntry] = field(init=False)  # alice's other history after main's seq 2
     strangers: list[SignedEntry] = field(init=False)  # bob's chain, and alice's in OTHER_FED
     model: FlatModel = field(init=False)
+    served: Offered = field(init=False)  # the model as a sender serves it in chunks
 
     def __post_init__(self) -> None:
         self.model = FlatModel(
@@ -112,6 +120,7 @@ class Corpus:
              TensorSpec("e.empty", "uint8", (0, 5))),
             (bytes(range(24)), bytes(8), bytes(8), b"\x01\x00\x01", b""),
         )
+        self.served = Offered(self.model, leaf_hashes(self.model), model_digest(self.model))
         self.main = _chain(self.alice, FED, CHAIN_LENGTH, None, 0)
         self.fork = _chain(self.alice, FED, CHAIN_LENGTH - 2, self.main[1], 1)
         self.strangers = _chain(self.bob, FED, 3, None, 0) + _chain(self.alice, OTHER_FED, 3, None, 0)
@@ -120,22 +129,31 @@ class Corpus:
     def entries(self) -> list[SignedEntry]:
         return self.main + self.fork + self.strangers
 
-    def messages(self, kind: str) -> list[tuple[Message, FlatModel | None]]:
+    def messages(self, kind: str) -> list[tuple[Message, list[Any]]]:
+        """Seed messages of `kind`, each with its data frames (a Chunk's leaves; else none)."""
         envelopes = tuple(e.envelope for e in self.main[:3])
-        examples: dict[str, list[Message]] = {
-            "version_req": [VersionRequest(0), VersionRequest(2**63 - 1)],
-            "version_reply": [VersionReply(7, 3, 100, False), VersionReply(1, 0, 0, True)],
-            "model_req": [ModelRequest(5, 0), ModelRequest(2**40, 3)],
-            "model_reply": [ModelReply(9, envelopes), ModelReply(1, envelopes[-1:])],
-            "model_push": [ModelPush(envelopes), ModelPush(envelopes[:1])],
-            "push_ack": [PushAck(0), PushAck(12)],
-            "evidence": [Evidence((self.main[2].envelope, self.fork[0].envelope))],
-            "manifest": [ManifestUpdate(b'{"name": "fuzz", "version": 2}', b'{"hospital-a": "c2ln"}')],
-            "refusal": [Refusal(3, "no_model_yet"), Refusal(0, "reply_too_large")],
+        hashes, digest = self.served.hashes, self.served.digest
+        # A chunk of the most leaves a message may carry, so that frame edits cross the limit.
+        full = [bytes([i]) * i for i in range(MAX_CHUNK_LEAVES)]
+        examples: dict[str, list[tuple[Message, list[Any]]]] = {
+            "version_req": [(VersionRequest(0), []), (VersionRequest(2**63 - 1), [])],
+            "version_reply": [(VersionReply(7, 3, 100, False), []), (VersionReply(1, 0, 0, True), [])],
+            "model_req": [(ModelRequest(5, 0), []), (ModelRequest(2**40, 3), [])],
+            "model_reply": [(ModelReply(9, envelopes, hashes), []), (ModelReply(1, envelopes[-1:], hashes[:1]), [])],
+            "model_push": [(ModelPush(envelopes, hashes), []), (ModelPush(envelopes[:1], hashes[-1:]), [])],
+            "chunk_req": [(ChunkRequest(digest, 0, 1), []), (ChunkRequest(digest, 2**40, MAX_CHUNK_LEAVES), [])],
+            "chunk": [(Chunk(digest, 0, len(hashes)), self.served.frames(0, len(hashes))),
+                      (Chunk(digest, 1, 2), self.served.frames(1, 2)),
+                      (Chunk(digest, 2**40, MAX_CHUNK_LEAVES), full)],
+            "chunk_refusal": [(ChunkRefusal(digest, "version_gone"), [])],
+            "push_ack": [(PushAck(0), []), (PushAck(12), [])],
+            "evidence": [(Evidence((self.main[2].envelope, self.fork[0].envelope)), [])],
+            "manifest": [(ManifestUpdate(b'{"name": "fuzz", "version": 2}', b'{"hospital-a": "c2ln"}'), [])],
+            "refusal": [(Refusal(3, "no_model_yet"), []), (Refusal(0, "reply_too_large"), [])],
         }
         if kind not in examples:
             raise ValueError(f"no seed messages of kind {kind!r}: add some to Corpus.messages")
-        return [(msg, self.model if msg.CARRIES_MODEL else None) for msg in examples[kind]]
+        return examples[kind]
 
 
 def _chain(key: SigningKey, federation: bytes, count: int, after: SignedEntry | None, salt: int) -> list[SignedEntry]:
@@ -235,13 +253,13 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
         return msgpack.Timestamp(rng.randrange(2**32), 0)
     if choice == 7:
         return rng.choice(list(MESSAGE_TYPES) + ["version_req\0", "exec"])
-    if choice == 8:
-        return rng.choice(("float32", "bfloat16", "bool", "complex64", "int4"))
+    if choice == 8:  # around the chunk and leaf counts
+        return rng.choice((MAX_CHUNK_LEAVES, MAX_CHUNK_LEAVES + 1, 65536, 65537, 2**32))
     if choice == 9:
         return [rng.randrange(-2, 5) for _ in range(rng.randrange(10))]
     if choice in (10, 11):
         return [random_value(rng, depth + 1) for _ in range(rng.randrange(5))]
-    return {rng.choice(("v", "fed", "kind", "body", "tensors", "req", "entries", "x", "")): random_value(rng, depth + 1)
+    return {rng.choice(("v", "fed", "kind", "body", "tensors", "req", "entries", "leaves", "digest", "count", "x", "")): random_value(rng, depth + 1)
             for _ in range(rng.randrange(5))}
 
 
@@ -289,7 +307,7 @@ class Target:
 
 
 def decode_target(kind: str, corpus: Corpus, blobs: list[bytes]) -> Target:
-    seeds = [[bytes(f) for f in encode_message(FED, msg, model)] for msg, model in corpus.messages(kind)]
+    seeds = [[bytes(f) for f in encode_message(FED, msg, data)] for msg, data in corpus.messages(kind)]
     donors = [frame for frames in seeds for frame in frames]
 
     def make(rng: random.Random) -> Case:
@@ -300,7 +318,7 @@ def decode_target(kind: str, corpus: Corpus, blobs: list[bytes]) -> Target:
 
     def check(frames: Case) -> None:
         decoded = decode_message(frames, FED)
-        again = decode_message([bytes(f) for f in encode_message(FED, decoded.msg, decoded.model)], FED)
+        again = decode_message([bytes(f) for f in encode_message(FED, decoded.msg, decoded.data)], FED)
         if again != decoded:
             raise Invariant(f"an accepted {decoded.msg.KIND} changes when re-encoded")
 
@@ -310,9 +328,9 @@ def decode_target(kind: str, corpus: Corpus, blobs: list[bytes]) -> Target:
 def _mutate_frames(rng: random.Random, frames: Case, donors: list[bytes], blobs: list[bytes]) -> Case:
     op = rng.randrange(8)
     at = rng.randrange(len(frames)) if frames else 0
-    if op in (0, 1) and frames:  # the header (or a tensor frame) as bytes
+    if op in (0, 1) and frames:  # the header (or a data frame) as bytes
         frames[at if op else 0] = mutate_bytes(rng, frames[at if op else 0], donors)
-    elif op in (2, 3) and frames:  # the header as a tree, tensor specs included
+    elif op in (2, 3) and frames:  # the header as a tree, body fields included
         try:
             tree = msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
         except Exception:  # noqa: BLE001 -- already mutated past parsing: leave it so
@@ -331,7 +349,7 @@ def _mutate_frames(rng: random.Random, frames: Case, donors: list[bytes], blobs:
 
 
 def _reshape_frames(rng: random.Random, frames: Case) -> Case:
-    op = rng.randrange(5)
+    op = rng.randrange(6)
     if op == 0 and frames:
         del frames[rng.randrange(len(frames))]
     elif op == 1 and frames:
@@ -339,8 +357,10 @@ def _reshape_frames(rng: random.Random, frames: Case) -> Case:
     elif op == 2 and len(frames) > 2:
         i, j = rng.sample(range(1, len(frames)), 2)
         frames[i], frames[j] = frames[j], frames[i]
-    elif op == 3:  # an endless multipart message, as far as the frame limit and a little past it
-        frames += [b""] * rng.choice((1, 100, 4095, 4096, 4097, 5000))
+    elif op == 3:  # an endless multipart message, as far as the frame limit and past it
+        frames += [b""] * rng.choice((1, 15, 16, 17, 100, 5000))
+    elif op == 4:  # a leaf at the frame size limit, or one byte past it
+        frames.insert(rng.randint(min(1, len(frames)), len(frames)), bytes(DEFAULT_LIMITS.max_frame_bytes + rng.randrange(2)))
     else:
         frames.append(rng.randbytes(rng.randrange(16)))
     return frames

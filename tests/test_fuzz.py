@@ -44,7 +44,11 @@ from swarm.log import (
 )
 from swarm.manifest import parse_manifest
 from swarm.messages import (
+    MAX_CHUNK_LEAVES,
     MESSAGE_TYPES,
+    Chunk,
+    ChunkRefusal,
+    ChunkRequest,
     Evidence,
     ManifestUpdate,
     Message,
@@ -57,20 +61,22 @@ from swarm.messages import (
     VersionRequest,
     to_body,
 )
-from swarm.tensors import DTYPES, flatten_state, rebuild_state
+from swarm.tensors import flatten_state
 from swarm.transport import InMemoryNetwork
+from tests import test_node_verification
 from tests.conftest import join, start_nodes, write_scenario
-from tests.test_codec import FED, OTHER_FED, entries, header, msgpack_values, pack, reasons, sample_model, uints
+from tests.test_codec import DIGEST, FED, LEAF, OTHER_FED, chunk_counts, entries, frames_of, hashes, header, leaves, msgpack_values, pack, reasons, uints
 from tests.test_log import ALICE, BOB, chain, log_bytes, members, payload_map
 from tests.test_log import FED as LOG_FED
 from tests.test_log import OTHER_FED as LOG_OTHER_FED
-from tests.test_node_verification import b_model, entry, puller, reply  # noqa: F401 -- puller is a fixture
+from tests.test_node_verification import b_model, entry, reply
+
+puller = test_node_verification.puller  # a fixture: bound by assignment, not an unused import
 
 # Every reason decode_message can give (swarm/codec.py, swarm/messages.py).
 DECODE_REASONS = {
-    "no_frames", "too_many_frames", "header_too_large", "model_too_large", "bad_msgpack", "bad_header",
-    "wrong_version", "wrong_federation", "unknown_kind", "bad_body", "bad_tensor_spec", "duplicate_tensor",
-    "unexpected_tensors", "missing_tensors", "frame_size_mismatch",
+    "no_frames", "too_many_frames", "header_too_large", "frame_too_large", "bad_msgpack", "bad_header",
+    "wrong_version", "wrong_federation", "unknown_kind", "bad_body", "unexpected_frames", "bad_chunk",
 }
 ENTRY_REASONS = {"bad_envelope", "too_large", "bad_signature", "bad_payload", "author_mismatch"}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -88,11 +94,8 @@ def decode_or_reason(frames: Sequence[Any], limits: Limits = Limits()) -> Decode
 
 def assert_valid(decoded: Decoded) -> None:
     """An accepted message is what it says: re-encoding it gives the same message back."""
-    frames = [bytes(f) for f in encode_message(FED, decoded.msg, decoded.model)]
+    frames = [bytes(f) for f in encode_message(FED, decoded.msg, decoded.data)]
     assert decode_message(frames, FED) == decoded
-    if decoded.model is not None:
-        for spec, tensor in zip(decoded.model.specs, rebuild_state(decoded.model).values()):
-            assert tuple(tensor.shape) == spec.shape and tensor.dtype == DTYPES[spec.dtype]
 
 
 def traced_peak(work: Any) -> int:
@@ -113,8 +116,11 @@ BUILDERS = {
     "version_req": st.builds(VersionRequest, uints),
     "version_reply": st.builds(VersionReply, uints, uints, uints, st.booleans()),
     "model_req": st.builds(ModelRequest, uints, uints),
-    "model_reply": st.builds(ModelReply, uints, entries),
-    "model_push": st.builds(ModelPush, entries),
+    "model_reply": st.builds(ModelReply, uints, entries, leaves),
+    "model_push": st.builds(ModelPush, entries, leaves),
+    "chunk_req": st.builds(ChunkRequest, hashes, uints, chunk_counts),
+    "chunk": st.builds(Chunk, hashes, uints, chunk_counts),
+    "chunk_refusal": st.builds(ChunkRefusal, hashes, reasons),
     "push_ack": st.builds(PushAck, uints),
     "evidence": st.builds(Evidence, st.lists(st.sampled_from([e.envelope for e in SIGNED]), min_size=2, max_size=2).map(tuple)),
     "manifest": st.builds(ManifestUpdate, st.binary(min_size=1, max_size=64), st.binary(min_size=1, max_size=64)),
@@ -127,8 +133,13 @@ def test_every_kind_has_a_builder() -> None:
     assert set(BUILDERS) == set(MESSAGE_TYPES)
 
 
+def data_for(msg: Message) -> list[bytes]:
+    """Data frames for `msg`: one per leaf of a Chunk, each of another length; none for other kinds."""
+    return [bytes([i]) * (i + 1) for i in range(msg.count)] if msg.DATA_FRAMES else []  # type: ignore[attr-defined]
+
+
 def encoded(msg: Message, federation: bytes = FED) -> list[bytes]:
-    return [bytes(f) for f in encode_message(federation, msg, sample_model() if msg.CARRIES_MODEL else None)]
+    return [bytes(f) for f in encode_message(federation, msg, data_for(msg))]
 
 
 @st.composite
@@ -156,7 +167,7 @@ def mutated(draw: st.DrawFn, frames: list[bytes]) -> list[bytes]:
             elif op == "duplicate":
                 frames.insert(i, frames[i])
             else:
-                frames += [b""] * draw(st.sampled_from([1, 4095, 4097]))
+                frames += [b""] * draw(st.sampled_from([1, Limits().max_frames - 1, Limits().max_frames, 4097]))
         elif frames:
             frames[i] = bytes(data)
     return frames
@@ -172,18 +183,19 @@ def test_mutated_messages_of_every_kind_decode_or_are_rejected(data: st.DataObje
 
 
 # Values at the edges of what the field checks allow, and the look-alikes msgpack could pass.
-edge_values = st.sampled_from([True, False, 0, 1, -1, 2**63 - 1, 2**63, 1.0, b"", b"e", "", "no_model_yet", "a\x1b", [b"e"], [b"e", b"f"], [], ["e"]])
+edge_values = st.sampled_from([True, False, 0, 1, -1, 2**63 - 1, 2**63, 1.0, b"", b"e", "", "no_model_yet", "a\x1b", [b"e"], [b"e", b"f"], [], ["e"],
+                               MAX_CHUNK_LEAVES, MAX_CHUNK_LEAVES + 1, LEAF, LEAF[:31], LEAF + b"\0", LEAF.hex(), [LEAF], [LEAF, LEAF[:31]]])
 field_values = st.one_of(edge_values, msgpack_values)
 
 
 @FUZZ
 @given(kind=st.sampled_from(sorted(MESSAGE_TYPES)), values=st.lists(field_values, min_size=4, max_size=4),
-       tensors=st.one_of(st.just([]), st.lists(msgpack_values, max_size=3)), frame=st.booleans())
-def test_random_bodies_of_every_kind_decode_or_are_rejected(kind: str, values: list[Any], tensors: Any, frame: bool) -> None:
+       frames=st.sampled_from([0, 0, 1, 2, MAX_CHUNK_LEAVES, MAX_CHUNK_LEAVES + 1]))
+def test_random_bodies_of_every_kind_decode_or_are_rejected(kind: str, values: list[Any], frames: int) -> None:
     # The right field names with values of any type: the body checks, not the key checks, decide.
     names = [f.name for f in dataclasses.fields(MESSAGE_TYPES[kind])]
     fields = dict(zip(names, values))
-    result = decode_or_reason([pack(header(kind=kind, body=fields, tensors=tensors))] + [b"\0" * 4] * frame)
+    result = decode_or_reason([pack(header(kind=kind, body=fields))] + [b"\0" * 4] * frames)
     if isinstance(result, Decoded):
         # Nothing was coerced on the way in (True for 1, a list for a tuple of bytes ...).
         assert pack(to_body(result.msg)) == pack(fields)
@@ -210,19 +222,19 @@ def test_an_endless_multipart_message_is_refused_before_any_frame_is_read(count:
 
 
 @FUZZ
-@given(header_bytes=st.integers(0, 80), tensor_bytes=st.lists(st.integers(0, 40), max_size=4),
-       max_header=st.integers(1, 64), max_frame=st.integers(0, 32), max_model=st.integers(0, 64), max_frames=st.integers(1, 4))
+@given(header_bytes=st.integers(0, 80), data_bytes=st.lists(st.integers(0, 40), max_size=4),
+       max_header=st.integers(1, 64), max_frame=st.integers(0, 32), max_frames=st.integers(1, 4))
 def test_oversized_frames_are_refused_before_they_are_parsed(
-    header_bytes: int, tensor_bytes: list[int], max_header: int, max_frame: int, max_model: int, max_frames: int
+    header_bytes: int, data_bytes: list[int], max_header: int, max_frame: int, max_frames: int
 ) -> None:
-    limits = Limits(max_header_bytes=max_header, max_frame_bytes=max_frame, max_model_bytes=max_model, max_frames=max_frames)
-    frames = [b"\xc1" * header_bytes, *(b"\0" * n for n in tensor_bytes)]  # \xc1: never valid msgpack
+    limits = Limits(max_header_bytes=max_header, max_frame_bytes=max_frame, max_frames=max_frames)
+    frames = [b"\xc1" * header_bytes, *(b"\0" * n for n in data_bytes)]  # \xc1: never valid msgpack
     if len(frames) > max_frames:
         expected = "too_many_frames"
     elif header_bytes > max_header:
         expected = "header_too_large"
-    elif any(n > max_frame for n in tensor_bytes) or sum(tensor_bytes) > max_model:
-        expected = "model_too_large"
+    elif any(n > max_frame for n in data_bytes):
+        expected = "frame_too_large"
     else:
         expected = "bad_msgpack"  # within every size limit: only now is the header parsed
     assert decode_or_reason(frames, limits) == expected
@@ -243,8 +255,12 @@ def spliced(value: Any, raw: bytes) -> bytes:
     return packed.replace(MARK, raw)
 
 
-def reply_with(tensors: Any, entries: Any = (b"e",)) -> dict[str, Any]:
-    return header(kind="model_reply", body={"req": 1, "entries": list(entries)}, tensors=tensors)
+def offer_with(**body: Any) -> dict[str, Any]:
+    return header(kind="model_reply", body={"req": 1, "entries": [b"e"], "leaves": [LEAF]} | body)
+
+
+def chunk_with(**body: Any) -> dict[str, Any]:
+    return header(kind="chunk", body={"digest": DIGEST, "first": 0, "count": 1} | body)
 
 
 @st.composite
@@ -258,9 +274,9 @@ def length_bombs(draw: st.DrawFn) -> bytes:
 
 
 @FUZZ
-@given(bomb=length_bombs(), where=st.sampled_from(["alone", "body", "tensors"]))
+@given(bomb=length_bombs(), where=st.sampled_from(["alone", "body", "leaves"]))
 def test_length_bombs_are_refused_without_allocating_what_they_declare(bomb: bytes, where: str) -> None:
-    frame = {"alone": bomb, "body": spliced(header(body="MARK"), bomb), "tensors": spliced(header(tensors="MARK"), bomb)}[where]
+    frame = {"alone": bomb, "body": spliced(header(body="MARK"), bomb), "leaves": spliced(offer_with(leaves="MARK"), bomb)}[where]
     outcome: list[Any] = []
     peak = traced_peak(lambda: outcome.append(decode_or_reason([frame])))
     assert outcome == ["bad_msgpack"]
@@ -277,12 +293,12 @@ DEEP_SPOTS = {
     "uint field": header(body={"req": "MARK"}),
     "bool field": header(kind="version_reply", body={"req": 1, "seq": 1, "samples": 1, "done": "MARK"}),
     "reason": header(kind="refusal", body={"req": 1, "reason": "MARK"}),
-    "entries": reply_with([["w", "uint8", [1]]], ["MARK"]),
-    "tensors": header(tensors="MARK"),
-    "tensor name": reply_with([["MARK", "uint8", [1]]]),
-    "dtype": reply_with([["w", "MARK", [1]]]),
-    "shape": reply_with([["w", "uint8", "MARK"]]),
-    "dim": reply_with([["w", "uint8", ["MARK"]]]),
+    "entries": offer_with(entries=["MARK"]),
+    "leaves": offer_with(leaves="MARK"),
+    "leaf hash": offer_with(leaves=[LEAF, "MARK"]),
+    "digest": chunk_with(digest="MARK"),
+    "chunk count": chunk_with(count="MARK"),
+    "chunk refusal reason": header(kind="chunk_refusal", body={"digest": DIGEST, "reason": "MARK"}),
 }
 NESTINGS = {"lists": b"\x91", "maps": b"\x81\xa1k"}
 
@@ -345,19 +361,25 @@ def test_every_ext_type_is_refused(code: int, size: int, where: str) -> None:
 
 
 @FUZZ
-@given(dtype=st.sampled_from(sorted(DTYPES)), shape=st.lists(st.integers(0, 5), max_size=4),
-       data=st.data())
-def test_tensor_frames_must_hold_exactly_the_declared_bytes(dtype: str, shape: list[int], data: st.DataObject) -> None:
-    nbytes = math.prod(shape) * DTYPES[dtype].itemsize
-    length = data.draw(st.one_of(st.just(nbytes), st.integers(max(0, nbytes - 9), nbytes + 9), st.integers(0, 700)))
-    body = {"req": 1, "entries": [b"e"]}
-    frames = [pack(header(kind="model_reply", body=body, tensors=[["w", dtype, shape]])), bytes(length)]
-    result = decode_or_reason(frames)
-    if length == nbytes:
-        assert isinstance(result, Decoded)
-        assert_valid(result)
+@given(count=st.integers(-1, MAX_CHUNK_LEAVES + 2), max_frame=st.integers(0, 48), data=st.data())
+def test_a_chunk_must_carry_exactly_count_leaves(count: int, max_frame: int, data: st.DataObject) -> None:
+    # Frame count and size come first (no parsing), then the body, then frames against count.
+    leaf_count = data.draw(st.one_of(st.just(max(count, 0)), st.integers(0, MAX_CHUNK_LEAVES + 2)))
+    sizes = data.draw(st.lists(st.integers(0, 40), min_size=leaf_count, max_size=leaf_count))
+    limits = Limits(max_frame_bytes=max_frame)
+    frames = frames_of("chunk", *(bytes([n % 256]) * n for n in sizes), count=count)
+    result = decode_or_reason(frames, limits)
+    if len(frames) > limits.max_frames:
+        assert result == "too_many_frames"
+    elif any(n > max_frame for n in sizes):
+        assert result == "frame_too_large"
+    elif not 1 <= count <= MAX_CHUNK_LEAVES:
+        assert result == "bad_body"
+    elif len(sizes) != count:
+        assert result == "bad_chunk"
     else:
-        assert result == "frame_size_mismatch"
+        assert isinstance(result, Decoded) and [bytes(d) for d in result.data] == frames[1:]
+        assert_valid(result)
 
 
 @FUZZ
@@ -398,12 +420,13 @@ def test_pickles_are_refused_by_every_reader_and_never_unpickled(tmp_path: Path,
     marker.unlink()
 
     assert decode_or_reason([payload]) == "bad_msgpack"
-    # Inside a message, a pickle is only ever opaque bytes: a log entry, or a tensor's data.
-    carried = header(kind="model_reply", body={"req": 1, "entries": [payload]}, tensors=[["w", "uint8", [len(payload)]]])
-    decoded = decode_or_reason([pack(carried), payload])
-    assert isinstance(decoded, Decoded) and bytes(decoded.model.buffers[0]) == payload
+    # Inside a message, a pickle is only ever opaque bytes: a log entry, or a chunk's leaf.
+    offer = decode_or_reason(frames_of("model_reply", entries=[payload]))
+    assert isinstance(offer, Decoded) and offer.msg.entries == (payload,)  # type: ignore[attr-defined]
+    chunk = decode_or_reason(frames_of("chunk", payload))
+    assert isinstance(chunk, Decoded) and chunk.data == (payload,)
     with pytest.raises(LogError) as err:
-        open_entry(decoded.msg.entries[0])
+        open_entry(offer.msg.entries[0])  # type: ignore[attr-defined]
     assert err.value.reason == "bad_envelope"
     signed = msgpack.packb({"t": ENTRY_TYPE, "a": ALICE.public, "p": payload, "s": ALICE.sign(SIGNING_DOMAIN + payload)})
     with pytest.raises(LogError) as err:
@@ -633,7 +656,7 @@ def test_replays_gaps_and_forks_are_refused_with_the_right_reason(case: tuple[in
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
-def test_a_neighbours_entries_must_match_what_we_hold_and_extend_it(puller, data: st.DataObject) -> None:  # noqa: F811
+def test_a_neighbours_entries_must_match_what_we_hold_and_extend_it(puller, data: st.DataObject) -> None:
     # nodes/store.py: entries at a seq we already hold must be byte-identical (or it is a
     # fork), new ones must extend our copy of the neighbour's chain. Checking stores nothing.
     node, _, fed, b_key, c_key = puller
@@ -695,7 +718,7 @@ FLOAT32_BITS = {"-inf": 0xFF800000, "signalling NaN": 0x7F800001, "negative NaN"
 
 
 @pytest.mark.parametrize("value", sorted(FLOAT32_BITS))
-def test_non_finite_weights_anywhere_are_refused(puller, value: str) -> None:  # noqa: F811
+def test_non_finite_weights_anywhere_are_refused(puller, value: str) -> None:
     # test_node_verification covers NaN and +Inf in the first tensor's first element; any
     # bit pattern in the last element of the last floating tensor must be found as well.
     node, pull_from_b, fed, b_key, _ = puller
@@ -706,7 +729,7 @@ def test_non_finite_weights_anywhere_are_refused(puller, value: str) -> None:  #
     state[last].view(-1).view(torch.int32)[-1] = struct.unpack("<i", struct.pack("<I", FLOAT32_BITS[value]))[0]
     assert not torch.isfinite(state[last]).all()
     flat = flatten_state(state, copy=True)
-    node._on_received(reply(fed, req, [entry(fed, b_key, flat)], flat))
+    reply(node, fed, req, [entry(fed, b_key, flat)], flat)
     assert node.rejections.counts == {"non_finite_weights": 1}
     assert node.staged == {} and node.store.peer_logs["hospital-b"].head is None
 
@@ -719,8 +742,8 @@ def garbage_stream(fed: bytes) -> list[tuple[str, list[bytes]]]:
     return [
         ("bad_msgpack", [b"\xc1 not msgpack"]),
         ("wrong_federation", [bytes(f) for f in encode_message(bytes(32), VersionRequest(1))]),
-        ("bad_body", [pack({"v": 1, "fed": fed, "kind": "version_req", "body": {"req": -1}, "tensors": []})]),
-        ("unknown_kind", [pack({"v": 1, "fed": fed, "kind": "exec", "body": {}, "tensors": []})]),
+        ("bad_body", [pack({"v": 2, "fed": fed, "kind": "version_req", "body": {"req": -1}})]),
+        ("unknown_kind", [pack({"v": 2, "fed": fed, "kind": "exec", "body": {}})]),
         ("bad_msgpack", [pickle.dumps({"v": 1}, protocol=5)]),
     ]
 
