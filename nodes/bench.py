@@ -4,7 +4,8 @@ with sender and receiver in two processes (each with its own libzmq context, as 
 Per repeat, interleaved with the baseline so that load from other programs hits both alike:
 
 swarm    from "the trained weights are in memory" to "the neighbour holds verified tensors":
-         the sender copies the weights into a snapshot (`snapshot`), hashes the
+         the sender copies the weights into its snapshot, reusing the previous
+         version's tensors once no chunk is in transit from them (`snapshot`), hashes the
          leaves (`digest`), signs a log entry (`sign`) and offers the version; the receiver
          checks the entry's signature and that the leaf hashes make up the signed digest,
          pulls the chunks with its credit window, hashes each leaf as it arrives and writes
@@ -45,7 +46,7 @@ from swarm.codec import decode_message, encode_message
 from swarm.identity import SigningKey
 from swarm.log import EntryBody, open_entry, sign_entry
 from swarm.messages import Chunk, ChunkRequest, ModelPush
-from swarm.tensors import digest_from_leaves, first_non_finite, flatten_state, leaf_hashes, rebuild_state
+from swarm.tensors import digest_from_leaves, first_non_finite, flatten_state, leaf_hashes, rebuild_state, snapshot_state
 from swarm.transfer import Offered, TransferSettings
 from swarm.transport.zeromq import ZmqSettings, ZmqTransport, free_tcp_ports
 
@@ -155,6 +156,7 @@ def _sender_main(conn: Connection, layout: list, ports: Sequence[int], transfer:
     key = SigningKey.generate()
     conn.send(key.public)
     transport = _open(SENDER, ports[0], RECEIVER, ports[1], transfer)
+    _wait_connected(transport)
     context = zmq.Context()
     raw = context.socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
@@ -165,7 +167,8 @@ def _sender_main(conn: Connection, layout: list, ports: Sequence[int], transfer:
     def publish() -> tuple[Offered, bytes, dict[str, float]]:
         nonlocal seq, prev
         times, started = {}, time.perf_counter()
-        flat = flatten_state(state, copy=True)  # as nodes.learner snapshots each version
+        snapshot = snapshot_state(state, transfers.reclaim())  # as nodes.learner does
+        flat = flatten_state(snapshot)
         times["snapshot"], started = time.perf_counter() - started, time.perf_counter()
         leaves = leaf_hashes(flat)
         digest = digest_from_leaves(flat.specs, leaves)
@@ -174,7 +177,7 @@ def _sender_main(conn: Connection, layout: list, ports: Sequence[int], transfer:
         entry = sign_entry(EntryBody(FEDERATION, key.public, seq, prev, "update", digest, 1, (), seq, {}, 0.0), key)
         prev = entry.hash
         times["sign"] = time.perf_counter() - started
-        offered = Offered(flat, leaves, digest)
+        offered = Offered(flat, leaves, digest, snapshot)
         transfers.offer(offered)
         return offered, entry.envelope, times
 
@@ -191,11 +194,16 @@ def _sender_main(conn: Connection, layout: list, ports: Sequence[int], transfer:
                 continue
             msg = decode_message(received.frames, FEDERATION).msg
             if isinstance(msg, ChunkRequest):
-                frames = transfers.serve(msg.digest, msg.first, msg.count)
-                if frames is not None and transport.send(RECEIVER, encode_message(FEDERATION, Chunk(msg.digest, msg.first, msg.count), frames)):
-                    served += sum(len(f) for f in frames)
+                before = transfers.counts["chunk_bytes_sent"]
+
+                def send(frames: list, msg: ChunkRequest = msg) -> Any:
+                    return transport.send_tracked(RECEIVER, encode_message(FEDERATION, Chunk(msg.digest, msg.first, msg.count), frames))
+
+                if transfers.serve(msg.digest, msg.first, msg.count, send):
+                    served += transfers.counts["chunk_bytes_sent"] - before
                     if cut_after is not None and served >= cut_after:
                         return served
+        return served
         return served
 
     while (command := conn.recv()) != "stop":
@@ -258,6 +266,8 @@ def _receiver_main(conn: Connection, ports: Sequence[int], transfer: TransferSet
             received = transport.receive(0.05)
             if received is None:
                 continue
+            if received.rejected:
+                raise BenchError(f"the transport refused a message: {received.rejected}")
             decoded = decode_message(received.frames, FEDERATION)
             msg = decoded.msg
             if isinstance(msg, ModelPush):
@@ -319,8 +329,8 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, window
     for process in processes:
         process.start()
     try:
-        to_receiver.send(_recv(to_sender))  # the sender's public key
-        _recv(to_receiver)  # listening
+        to_receiver.send(_recv(to_sender, processes))  # the sender's public key
+        _recv(to_receiver, processes)  # listening
         raw_s, swarm_s, snapshot_s = [], [], []
         stages: dict[str, list[float]] = {name: [] for name in SENDER_STAGES + RECEIVER_STAGES}
         rss_sender, rss_receiver = [], []
@@ -329,14 +339,14 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, window
                 to_receiver.send(path)
                 to_sender.send(path)
                 if path == "raw":
-                    started, ended = _recv(to_sender), _recv(to_receiver)
+                    started, ended = _recv(to_sender, processes), _recv(to_receiver, processes)
                     if repeat:
                         raw_s.append(ended - started)
                     continue
-                started, sent_times = _recv(to_sender)
-                ended, received_times, rss = _recv(to_receiver)
+                started, sent_times = _recv(to_sender, processes)
+                ended, received_times, rss = _recv(to_receiver, processes)
                 to_sender.send("done")
-                sender_rss = _recv(to_sender)
+                sender_rss = _recv(to_sender, processes)
                 if repeat:
                     swarm_s.append(ended - started - sent_times["snapshot"])
                     snapshot_s.append(sent_times["snapshot"])
@@ -348,9 +358,9 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, window
         if resume:
             to_receiver.send("resume")
             to_sender.send("resume")
-            received = _recv(to_receiver)
+            received = _recv(to_receiver, processes)
             to_sender.send("done")
-            resent = _recv(to_sender)
+            resent = _recv(to_sender, processes)
             resumed = {"resent_bytes": resent, "resent_fraction": round(resent / model_bytes, 4), "resumed": received["resumed"] >= 1}
         for conn in (to_sender, to_receiver):
             conn.send("stop")
@@ -382,9 +392,13 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, window
     }
 
 
-def _recv(conn: Connection) -> Any:
-    if not conn.poll(LIMIT_S):
-        raise BenchError(f"a benchmark process gave no answer within {LIMIT_S:.0f} s")
+def _recv(conn: Connection, processes: Sequence[Any] = ()) -> Any:
+    deadline = time.monotonic() + LIMIT_S
+    while not conn.poll(1.0):
+        if any(not process.is_alive() for process in processes):
+            raise BenchError("a benchmark process died (its traceback is above)")
+        if time.monotonic() > deadline:
+            raise BenchError(f"a benchmark process gave no answer within {LIMIT_S:.0f} s")
     return conn.recv()
 
 

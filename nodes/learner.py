@@ -7,7 +7,7 @@ change bytes that are still being sent or hashed)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from torch import Tensor
 from swarm.config import get_int, get_str
 from swarm.errors import ConfigError
 from swarm.merge import MergeSpec, parse_merge, weighted_mean
-from swarm.tensors import FlatModel, digest_from_leaves, flatten_state, leaf_hashes
+from swarm.tensors import FlatModel, digest_from_leaves, flatten_state, leaf_hashes, snapshot_state
 
 from .attacks import Attack
 from .data import SiteData
@@ -57,6 +57,7 @@ class RoundResult:
     flat: FlatModel  # the published (shared) weights, an owned copy
     digest: bytes
     leaves: tuple[bytes, ...]  # the digest's leaf hashes, which a transfer offers (swarm.transfer)
+    snapshot: dict[str, Tensor] | None  # the writable tensors behind `flat` (None off the CPU)
     local_flat: FlatModel | None  # the tensors that stay at this site, if any
     metrics: dict[str, float]
     timings: dict[str, float]  # seconds spent merging, training, evaluating, hashing
@@ -118,9 +119,16 @@ class Learner:
     def load(self, state: Mapping[str, Tensor]) -> None:
         self.model.load_state_dict(state)
 
-    def run_round(self, round_no: int, pulled: Sequence[tuple[float, Mapping[str, Tensor]]], self_weight: float | None = None) -> RoundResult:
+    def run_round(
+        self,
+        round_no: int,
+        pulled: Sequence[tuple[float, Mapping[str, Tensor]]],
+        self_weight: float | None = None,
+        reuse: Callable[[], dict[str, Tensor] | None] | None = None,
+    ) -> RoundResult:
         """Merge our model (weight `self_weight`, by default our sample count) with the
-        pulled (weight, state) pairs, train, evaluate, snapshot and hash."""
+        pulled (weight, state) pairs, train, evaluate, snapshot and hash. `reuse` gives
+        tensors of an earlier snapshot to copy the new one into (None: allocate)."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         merge_skipped = False
@@ -158,7 +166,8 @@ class Learner:
         # On the CPU the state's tensors are the parameters themselves: snapshot them. Off
         # the CPU, state() already made fresh host copies that nothing else holds.
         on_cpu = self.device.type == "cpu"
-        flat = flatten_state(shared, copy=on_cpu)
+        snapshot = snapshot_state(shared, reuse() if reuse is not None else None) if on_cpu else None
+        flat = flatten_state(snapshot if snapshot is not None else shared)
         leaves = tuple(leaf_hashes(flat))  # hashed once per version: the digest and every offer use them
         digest = digest_from_leaves(flat.specs, leaves)
         local_flat = flatten_state(local, copy=on_cpu) if local else None
@@ -172,5 +181,4 @@ class Learner:
             metrics["merge_skipped"] = 1.0
         if "epsilon" in train_stats:
             metrics["epsilon"] = float(train_stats["epsilon"])
-        return RoundResult(round_no, flat, digest, leaves, local_flat, metrics, timings, merge_skipped)
-
+        return RoundResult(round_no, flat, digest, leaves, snapshot, local_flat, metrics, timings, merge_skipped)

@@ -259,17 +259,24 @@ class Node:
                     break
 
     def _on_chunk_request(self, peer: str, msg: ChunkRequest) -> None:
-        try:
-            frames = self.transfers.serve(msg.digest, msg.first, msg.count)
-        except RejectedMessage as exc:
-            self._reject(peer, exc.reason, exc.detail)
+        if peer in self.former_members or self.backoff.blocked(peer, self.clock()):
+            self.dropped["chunk_not_served"] += 1
             return
-        if frames is None:  # we published twice since offering it: the neighbour asks anew
+
+        def send(frames: list) -> Callable[[], bool] | None:
+            return self.transport.send_tracked(peer, encode_message(self.federation, Chunk(msg.digest, msg.first, msg.count), frames, self.limits))
+
+        with self.timer.measure("transfer", self.protocol.activity):
+            try:
+                sent = self.transfers.serve(msg.digest, msg.first, msg.count, send)
+            except RejectedMessage as exc:
+                self._reject(peer, exc.reason, exc.detail)
+                return
+        if sent is None:  # we published since offering it: the neighbour asks anew
             self.dropped["version_gone"] += 1
             self._send(peer, encode_message(self.federation, ChunkRefusal(msg.digest, "version_gone")))
-            return
-        with self.timer.measure("transfer", self.protocol.activity):
-            self._send(peer, encode_message(self.federation, Chunk(msg.digest, msg.first, msg.count), frames, self.limits))
+        elif not sent:
+            self.dropped["send_failed"] += 1
 
     def _on_chunk(self, peer: str, msg: Chunk, data: Sequence) -> None:
         with self.timer.measure("transfer", self.protocol.activity):
@@ -436,9 +443,9 @@ class Node:
             if isinstance(action, Send):
                 self._send(action.peer, encode_message(self.federation, action.msg))
             elif isinstance(action, SendModel):
-                self._send_model(action.peer, action.have, lambda entries, leaves: ModelReply(action.req, entries, leaves))
+                self._send_model(action.peer, action.have, action.req)
             elif isinstance(action, PushModel):
-                self._send_model(action.peer, action.have, ModelPush)
+                self._send_model(action.peer, action.have, None)
             elif isinstance(action, MergeAndTrain):
                 self._start_round(action)
             elif isinstance(action, Dropped):
@@ -467,16 +474,21 @@ class Node:
             return False
         return True
 
-    def _send_model(self, peer: str, have: int, message: Callable[[tuple[bytes, ...], tuple[bytes, ...]], ModelReply | ModelPush]) -> None:
+    def _send_model(self, peer: str, have: int, req: int | None) -> None:
         """Offer our latest published model with the log entries after `have` (what `peer`
-        holds); the neighbour pulls the tensors in chunks."""
+        holds), as the reply to model request `req` or as a push (None); the neighbour
+        pulls the tensors in chunks."""
         latest = self.store.latest
         assert latest is not None, "the protocol only sends models after publishing"
         offered = self.transfers.offered.get(latest.entry.body.digest)
-        assert offered is not None, "every published version is offered"
+        if offered is None:  # its snapshot is being overwritten by the next version's
+            self.dropped["publishing"] += 1
+            if req is not None:
+                self._send(peer, encode_message(self.federation, Refusal(req, "publishing")))
+            return
         with self.timer.measure("transfer", self.protocol.activity):
             entries = self.store.entries_after(have, MAX_ENTRIES_PER_REPLY)
-            msg = message(tuple(entries), offered.hashes)
+            msg = ModelReply(req, tuple(entries), offered.hashes) if req is not None else ModelPush(tuple(entries), offered.hashes)
             if latest.entry.author != self.store.key.public:
                 # Our latest version was signed with the key a manifest version replaced
                 # (we restarted with new keys): neighbours take entries signed with an earlier
@@ -501,7 +513,7 @@ class Node:
         self.job_pulled = [staged for _, staged in used]
         self.job_signed = dict(action.signed)
         pulled_states = [(p.weight, staged.state) for p, staged in used]
-        self.job = self.executor.submit(self.learner.run_round, action.round, pulled_states, action.self_weight)
+        self.job = self.executor.submit(self.learner.run_round, action.round, pulled_states, action.self_weight, self.transfers.reclaim)
         self.job.add_done_callback(lambda _: self.transport.wake())
 
     def _finish_round(self) -> None:
@@ -518,7 +530,7 @@ class Node:
             parents += [ParentRef(s.entry.body.author, s.entry.seq, s.entry.body.digest) for s in self.job_pulled]
             metrics = result.metrics | self.job_signed
             published = self.store.publish(result.round, result.flat, result.digest, self.learner.samples, parents, metrics, result.local_flat)
-            self.transfers.offer(Offered(result.flat, result.leaves, result.digest))
+            self.transfers.offer(Offered(result.flat, result.leaves, result.digest, result.snapshot))
         merged = {self.names[s.entry.body.author]: s.entry.seq for s in self.job_pulled}
         self._append_metrics(result, metrics, published.entry.seq, merged, self.timer.take(self.protocol.activity))
         if self.job_pulled:  # merged: the learner keeps no reference to the pulled tensors

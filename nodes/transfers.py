@@ -1,17 +1,24 @@
 """The node's side of chunked transfers (swarm.transfer): the versions it serves, by digest,
 and the one model it pulls from each neighbour.
 
-Memory stays bounded by construction. Served chunks are views of published snapshots, so
-any number of neighbours pulling costs no copies, and each neighbour's send queue holds at
-most a window of chunks (the transport's high-water mark). A pull writes into buffers of
-one model, and a node keeps at most one pull per neighbour: a new offer of the same digest
-resumes it, an offer of another digest replaces it.
+Memory stays bounded by construction. Served chunks are views of the published snapshot,
+so any number of neighbours pulling costs no copies, and each neighbour's send queue holds
+at most a window of chunks (the transport's high-water mark). When the next version is
+snapshot, it is copied into the same tensors (`reclaim`) once the transport has let go of
+every chunk sent from them, so a sender holds its model and one snapshot, not two. A pull
+writes into buffers of one model (recycled once a pulled model was merged), and a node keeps
+at most one pull per neighbour: a new offer of the same digest resumes it, an offer of
+another digest replaces it.
+
+`serve` runs on the node's loop and `reclaim` on the training thread: a lock keeps a chunk
+from being sent out of tensors that are being overwritten.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,25 +53,53 @@ class Transfers:
         self._ended: dict[str, deque[bytes]] = {}
         self.counts: Counter[str] = Counter()  # chunks and bytes served and received, resumes
         self._spare: list[torch.Tensor] | None = None  # buffers of a model nobody uses any more
+        self._lock = threading.Lock()
+        self._in_transit: list[Callable[[], bool]] = []  # chunk sends from the served snapshot
 
     # -- serving ---------------------------------------------------------------------------------
 
     def offer(self, offered: Offered) -> None:
-        self.offered[offered.digest] = offered
-        self.offered.move_to_end(offered.digest)
-        while len(self.offered) > KEEP_OFFERED:
-            self.offered.popitem(last=False)
+        with self._lock:
+            if offered.digest not in self.offered:
+                self._in_transit = []
+            self.offered[offered.digest] = offered
+            self.offered.move_to_end(offered.digest)
+            while len(self.offered) > KEEP_OFFERED:
+                self.offered.popitem(last=False)
 
-    def serve(self, digest: bytes, first: Any, count: Any) -> list[memoryview] | None:
-        """A chunk's frames; None when the version is no longer served; RejectedMessage for
-        a range that is not in the model."""
-        offered = self.offered.get(digest)
-        if offered is None:
-            return None
-        frames = offered.frames(first, count)
+    def serve(self, digest: bytes, first: Any, count: Any, send: Callable[[list[memoryview]], Callable[[], bool] | None]) -> bool | None:
+        """Send a chunk with `send` (frames -> a "released?" function, or None when not
+        queued). None when the version is no longer served; RejectedMessage for a range
+        that is not in the model."""
+        with self._lock:
+            offered = self.offered.get(digest)
+            if offered is None:
+                return None
+            frames = offered.frames(first, count)
+            released = send(frames)
+            if released is None:
+                return False
+            if offered.tensors is not None:
+                self._in_transit.append(released)
         self.counts["chunks_sent"] += 1
         self.counts["chunk_bytes_sent"] += sum(len(frame) for frame in frames)
-        return frames
+        return True
+
+    def reclaim(self) -> dict[str, torch.Tensor] | None:
+        """The served snapshot's tensors, for the next snapshot to be copied into, if the
+        transport let go of every chunk sent from them; the version is no longer served
+        from then on (neighbours asking for it get `version_gone`). None: snapshot afresh."""
+        with self._lock:
+            if not self.offered:
+                return None
+            digest, offered = next(reversed(self.offered.items()))
+            self._in_transit = [released for released in self._in_transit if not released()]
+            if offered.tensors is None or self._in_transit:
+                self.counts["snapshot_fresh"] += 1
+                return None
+            del self.offered[digest]
+            self.counts["snapshot_reused"] += 1
+            return dict(offered.tensors)
 
     # -- pulling ---------------------------------------------------------------------------------
 

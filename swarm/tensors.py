@@ -161,6 +161,21 @@ def _flatten_tensor(name: Any, tensor: torch.Tensor, copy: bool) -> tuple[Tensor
     return spec, memoryview(flat.view(torch.uint8).numpy()).toreadonly()
 
 
+def snapshot_state(state: Mapping[str, torch.Tensor], into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """A contiguous copy of `state` that later changes to it cannot reach: written into
+    `into` when that has the same tensors (pages already mapped make the copy several times
+    faster, and a sender keeps one snapshot in memory instead of two), else newly allocated."""
+    fits = into is not None and into.keys() == state.keys() and all(
+        into[k].shape == v.shape and into[k].dtype == v.dtype and into[k].is_contiguous() for k, v in state.items()
+    )
+    if not fits:
+        return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in state.items()}
+    assert into is not None
+    for key, tensor in state.items():
+        into[key].copy_(tensor)
+    return into
+
+
 def rebuild_state(flat: FlatModel, *, copy: bool = False) -> dict[str, torch.Tensor]:
     """Turn a FlatModel back into a state dict.
 

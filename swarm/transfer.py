@@ -20,7 +20,7 @@ verified leaves, and a new offer of the same digest resumes from there.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,12 +184,15 @@ class Incoming:
 
 
 class Offered:
-    """A published version as a sender serves it: its tensors, leaf hashes and leaf ranges."""
+    """A published version as a sender serves it: its tensors, leaf hashes and leaf ranges.
+    `tensors` are the writable tensors behind `flat` when the sender may reuse them for a
+    later snapshot once nothing is being sent from them."""
 
-    def __init__(self, flat: FlatModel, hashes: Sequence[bytes], digest: bytes) -> None:
+    def __init__(self, flat: FlatModel, hashes: Sequence[bytes], digest: bytes, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         self.flat = flat
         self.hashes = tuple(hashes)
         self.digest = digest
+        self.tensors = tensors
         self.leaves = leaf_ranges(flat.specs)
 
     def frames(self, first: Any, count: Any, max_leaves: int = MAX_CHUNK_LEAVES) -> list[memoryview]:

@@ -92,3 +92,20 @@ def test_scaled_replacement_boosts_the_update_from_the_model_before_training(mon
     learner.load(filled(learner, 2.0))
     out = published(learner, [])
     assert all(torch.allclose(t, torch.full_like(t, 2.0 + 5.0 * 1.0)) for t in out.values())
+
+
+def test_a_snapshot_is_written_into_the_tensors_handed_back_and_training_cannot_reach_it():
+    learner = make()
+    learner.load(filled(learner, 3.0))
+    first = learner.run_round(1, [])
+    assert first.snapshot is not None
+    handed_back = first.snapshot
+    learner.load(filled(learner, 5.0))
+    second = learner.run_round(2, [], reuse=lambda: handed_back)
+    assert second.snapshot is handed_back  # no new allocation
+    assert all(torch.equal(t, torch.full_like(t, 5.0)) for t in rebuild_state(second.flat).values())
+    learner.load(filled(learner, 7.0))  # training on: the published bytes stay
+    assert all(torch.equal(t, torch.full_like(t, 5.0)) for t in rebuild_state(second.flat).values())
+    # Tensors that do not fit (another model) are not used: a fresh snapshot instead.
+    third = learner.run_round(3, [], reuse=lambda: {"other": torch.zeros(1)})
+    assert third.snapshot is not None and "other" not in third.snapshot

@@ -159,3 +159,35 @@ def test_settings_are_checked() -> None:
         with pytest.raises(ValueError):
             TransferSettings(**bad)
     assert TransferSettings(chunk_bytes=12 * MIB).leaves_per_chunk == 3
+
+
+def test_a_snapshot_is_reused_only_once_nothing_is_in_transit_from_it() -> None:
+    from nodes.transfers import Transfers
+
+    state = {k: v.clone() for k, v in model().items()}
+    snapshot = {k: v.clone() for k, v in state.items()}
+    flat = flatten_state(snapshot)
+    transfers = Transfers(flat.specs, TransferSettings())
+    transfers.offer(Offered(flat, leaf_hashes(flat), model_digest(flat), snapshot))
+    released = {"now": False}
+    assert transfers.serve(model_digest(flat), 0, 1, lambda frames: lambda: released["now"]) is True
+    assert transfers.reclaim() is None  # a chunk still queued in the transport: snapshot afresh
+    assert transfers.counts["snapshot_fresh"] == 1
+    released["now"] = True
+    reclaimed = transfers.reclaim()
+    assert reclaimed is not None and all(reclaimed[k] is snapshot[k] for k in snapshot)
+    # From now on the old version is not served: its bytes are about to change.
+    assert transfers.serve(model_digest(flat), 0, 1, lambda frames: lambda: True) is None
+    assert transfers.reclaim() is None
+
+
+def test_a_send_that_was_not_queued_holds_nothing() -> None:
+    from nodes.transfers import Transfers
+
+    offered = sender()
+    transfers = Transfers(offered.flat.specs, TransferSettings())
+    transfers.offer(Offered(offered.flat, offered.hashes, offered.digest, {}))
+    assert transfers.serve(offered.digest, 0, 1, lambda frames: None) is False
+    assert transfers.counts["chunks_sent"] == 0
+    with pytest.raises(RejectedMessage):
+        transfers.serve(offered.digest, 99, 1, lambda frames: lambda: True)

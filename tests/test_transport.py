@@ -135,3 +135,16 @@ def test_zmq_port_in_use_is_a_usage_error():
             ZmqTransport("b", f"tcp://127.0.0.1:{port}", {}).open()
     finally:
         first.close()
+
+
+def test_a_tracked_send_says_when_the_transport_let_go_of_the_callers_memory(pair):
+    data = bytearray(b"y" * 1_000_000)  # zero-copy over ZeroMQ: the socket reads this memory
+    released = pair.a.send_tracked("b", [b"header", memoryview(data), b"tail"])
+    assert released is not None
+    got = receive(pair.b)
+    assert got is not None and [frame_bytes(f) for f in got.frames] == [b"header", bytes(data), b"tail"]
+    deadline = time.monotonic() + 10
+    while not released():  # sent: libzmq releases the frames soon after
+        assert time.monotonic() < deadline, "the transport never let go of the frames"
+        time.sleep(0.01)
+    assert pair.a.send_tracked("nobody", [b"x"]) is None

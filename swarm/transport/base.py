@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +27,11 @@ class Transport(Protocol):
     def send(self, peer: str, frames: Sequence[Buffer]) -> bool:
         """Queue a message for `peer` without blocking; False when it cannot be queued now
         (unknown peer, peer not connected, queue full). The protocol's timeouts cover loss."""
+
+    def send_tracked(self, peer: str, frames: Sequence[Buffer]) -> Callable[[], bool] | None:
+        """Like send(), for frames that are views of memory the caller will overwrite later:
+        returns a function that says whether the transport has let go of them (sent, or
+        dropped with a lost connection), or None when the message was not queued."""
 
     def receive(self, timeout: float) -> Received | None:
         """Wait up to `timeout` seconds for one message; None when none came (or woken)."""

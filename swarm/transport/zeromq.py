@@ -20,7 +20,7 @@ import errno
 import os
 import socket
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import zmq
@@ -177,6 +177,23 @@ class ZmqTransport:
             return False
         self.bytes_sent[peer] += sum(memoryview(f).nbytes for f in frames)
         return True
+
+    def send_tracked(self, peer: str, frames: Sequence[Buffer]) -> Callable[[], bool] | None:
+        dealer = self.dealers.get(peer)
+        if dealer is None or not frames:
+            return None
+        trackers = []
+        try:
+            # Frame by frame: send_multipart tracks only the last frame, which pyzmq copies
+            # (and releases at once) when it is small. Once the first frame is queued, the
+            # high-water mark lets the rest of the message through.
+            for index, frame in enumerate(frames):
+                more = zmq.SNDMORE if index < len(frames) - 1 else 0
+                trackers.append(dealer.send(frame, flags=zmq.NOBLOCK | more, copy=False, track=True))
+        except zmq.Again:
+            return None
+        self.bytes_sent[peer] += sum(memoryview(f).nbytes for f in frames)
+        return lambda: all(tracker.done for tracker in trackers)
 
     def receive(self, timeout: float) -> Received | None:
         assert self.router is not None, "open() first"
