@@ -191,3 +191,24 @@ def test_a_send_that_was_not_queued_holds_nothing() -> None:
     assert transfers.counts["chunks_sent"] == 0
     with pytest.raises(RejectedMessage):
         transfers.serve(offered.digest, 99, 1, lambda frames: lambda: True)
+
+
+def test_an_offer_of_a_16_gib_model_fits_the_wire_limits_a_node_sets() -> None:
+    """No 16 GiB tensor is allocated: the limits follow from the specs alone."""
+    from types import SimpleNamespace
+
+    from nodes.launch import limits_for
+    from swarm.codec import decode_message, encode_message
+    from swarm.messages import ModelReply
+    from swarm.tensors import TensorSpec, digest_from_leaves
+
+    specs = tuple(TensorSpec(f"layer{i:02d}.weight", "bfloat16", (2**30,)) for i in range(8))  # 8 x 2 GiB
+    assert sum(spec.nbytes for spec in specs) == 16 * 2**30
+    hashes = tuple(bytes([i % 256]) * 32 for i in range(leaf_count(specs)))
+    assert len(hashes) == 4096
+    limits, zmq_settings = limits_for(SimpleNamespace(specs=specs), TransferSettings())
+    entries = tuple(bytes(3000) for _ in range(1024))  # the most entries an offer carries
+    frames = encode_message(bytes(32), ModelReply(1, entries, hashes), limits=limits)
+    assert len(frames[0]) <= zmq_settings.max_frame_bytes <= 8 * MIB  # libzmq refuses anything larger
+    assert decode_message(frames, bytes(32), limits).msg.leaves == hashes
+    check_offer(specs, hashes, digest_from_leaves(specs, hashes))
