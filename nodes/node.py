@@ -7,7 +7,6 @@ limited) and counted, never raised."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -19,58 +18,29 @@ from pathlib import Path
 
 
 from gossip.base import ANNOUNCEMENT, Action, Dropped, Finished, MergeAndTrain, ModelInfo, ProtocolMachine, PulledVersion, PushModel, Send, SendModel
-from swarm.atomic import write_atomic
 from swarm.codec import Limits, decode_message, encode_message
 from swarm.errors import LogError, RejectedMessage
 from swarm.log import ParentRef, SignedEntry
-from swarm.evidence import EvidenceStore, ForkEvidence, check_fork
+from swarm.evidence import EvidenceStore, ForkEvidence
 from swarm.manifest import Manifest, SignedManifest
 from swarm.messages import Chunk, ChunkRefusal, ChunkRequest, Evidence, ManifestUpdate, ModelPush, ModelReply, Refusal, VersionReply
-from swarm.tensors import first_non_finite, flatten_state, leaf_hashes, rebuild_state
+from swarm.tensors import flatten_state, leaf_hashes, rebuild_state
 from swarm.transfer import Offered, TransferSettings, TransferStalled
 from swarm.transport.base import Received, Transport
 
 from .backoff import PeerBackoff
 from .learner import Learner, RoundResult
+from .records import RejectionLog, append_metrics_line, metrics_line, write_status
 from .manifest_sync import ManifestSync, update_message, version_change
 from .round_timer import RoundTimer
 from .store import ForkDetected, VersionStore
 from .transfers import Pull, Transfers
+from .verification import Verifier
 
 log = logging.getLogger("swarm.node")
 
 MAX_ENTRIES_PER_REPLY = 1024
 AGE = "age"  # gossip learning's signed model age; see gossip.gossip_learning
-
-
-class RejectionLog:
-    """Counts refused messages per reason, and per neighbour and reason (the neighbour the
-    transport authenticated: under CurveZMQ the owner of the key, never a claimed name);
-    logs each (peer, reason) at most every 10 s."""
-
-    def __init__(self, clock: Callable[[], float], known_peers: set[str], interval: float = 10.0) -> None:
-        self.counts: Counter[str] = Counter()
-        self.by_peer: dict[str, Counter[str]] = {}  # neighbours only: strangers pick their names
-        self.known_peers = known_peers
-        self.clock = clock
-        self.interval = interval
-        self._last_logged: dict[tuple[str, str], float] = {}
-        self._unlogged: Counter[tuple[str, str]] = Counter()
-
-    def reject(self, peer: str, reason: str, detail: str = "") -> None:
-        self.counts[reason] += 1
-        if peer in self.known_peers:
-            self.by_peer.setdefault(peer, Counter())[reason] += 1
-        # Senders choose their names: rate-limit all strangers together so memory stays bounded.
-        key = (peer if peer in self.known_peers else "<not a neighbour>", reason)
-        now = self.clock()
-        if now - self._last_logged.get(key, -1e18) >= self.interval:
-            also = f" (+{self._unlogged[key]} more since last report)" if self._unlogged[key] else ""
-            log.warning("rejected message from %s: %s%s%s", peer[:64], reason, f": {detail}" if detail else "", also)
-            self._last_logged[key] = now
-            self._unlogged[key] = 0
-        else:
-            self._unlogged[key] += 1
 
 
 @dataclass
@@ -128,6 +98,7 @@ class Node:
         # tensor names, dtypes and shapes, or merging it would fail (or be meaningless).
         self.expected_specs = flatten_state(learner.shared_state()).specs
         self.transfers = Transfers(self.expected_specs, transfer)
+        self.verifier = Verifier(store, self.evidence, self.transfers)
         self.started = clock()
         self.manifests = manifests  # None: the manifest never changes while this node runs
         versions = [v.manifest for v in manifests.history.versions] if manifests else [manifest]
@@ -227,10 +198,7 @@ class Node:
         then pull the tensors chunk by chunk (or resume pulling them)."""
         with self.timer.measure("verify", self.protocol.activity):
             try:
-                if peer in self.evidence.quarantined:
-                    raise RejectedMessage("quarantined", f"{peer} signed two different histories; see {self.evidence.directory}")
-                new_entries, last = self.store.check_peer_entries(peer, entries)
-                self.transfers.start(peer, req, new_entries, last, leaves)
+                self.verifier.offer(peer, req, entries, leaves)
             except ForkDetected as exc:
                 self._on_fork(peer, exc)
                 self._execute(self.protocol.model_failed(peer, req, "fork", self.clock()))
@@ -314,15 +282,9 @@ class Node:
         are finite, then log the entries and tell the protocol."""
         peer, req, last = pull.peer, pull.req, pull.last
         with self.timer.measure("verify", self.protocol.activity):
-            state = rebuild_state(pull.transfer.model())
-            bad = first_non_finite(state)
-            if bad is not None:
-                self._reject(peer, "non_finite_weights", f"tensor {bad!r} holds NaN or Inf")
-                self._execute(self.protocol.model_failed(peer, req, "non_finite_weights", self.clock()))
-                return
             try:
-                self.store.append_peer_entries(peer, pull.entries)
-            except LogError as exc:  # the log moved on while the tensors travelled (e.g. a fork)
+                state = self.verifier.model(pull)
+            except (RejectedMessage, LogError) as exc:
                 self._reject(peer, exc.reason, exc.detail)
                 self._execute(self.protocol.model_failed(peer, req, exc.reason, self.clock()))
                 return
@@ -339,18 +301,16 @@ class Node:
         """A neighbour sent an entry that contradicts one we hold. If both are signed by it,
         that is proof of equivocation: keep it, quarantine the author, tell the neighbours."""
         try:
-            evidence = check_fork(fork.held, fork.received, self.manifest)
-            if evidence.author != peer:
-                raise LogError("bad_evidence", "the conflicting entry is not the sender's")
+            evidence = self.verifier.fork(peer, fork)
         except LogError as exc:  # e.g. someone else's signature: a forgery, not a fork
-            self._reject(peer, "author_mismatch", exc.detail)
+            self._reject(peer, exc.reason, exc.detail)
             return
         self._reject(peer, "fork", fork.detail)
         self._keep_evidence(evidence, source=None)
 
     def _on_evidence(self, peer: str, msg: Evidence) -> None:
         try:
-            evidence = check_fork(msg.entries[0], msg.entries[1], self.manifest)
+            evidence = self.verifier.evidence_from(msg.entries)
         except LogError as exc:
             self._reject(peer, "bad_evidence", exc.detail)
             return
@@ -545,24 +505,11 @@ class Node:
     # -- records ---------------------------------------------------------------------------------
 
     def _append_metrics(self, result: RoundResult, metrics: dict[str, float], seq: int, merged: dict[str, int], spent: dict[str, float]) -> None:
-        # Wall time per round: the loop's own buckets (wait, transfer, verify, publish, round)
-        # and the worker thread's (merge, train, evaluate, snapshot).
-        timings = spent | result.timings
-        line = {
-            "node": self.name,
-            "round": result.round,
-            "seq": seq,
-            "time": time.time(),
-            "elapsed": round(self.clock() - self.started, 3),
-            **metrics,
-            "samples": self.learner.samples,
-            "merged": merged,
-            "bytes_sent": sum(self.transport.bytes_sent.values()),  # cumulative, all neighbours
-            "bytes_received": sum(self.transport.bytes_received.values()),
-            "timings": {k: round(v, 4) for k, v in timings.items()},
-        }
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(line) + "\n")
+        line = metrics_line(
+            self.name, result.round, seq, self.clock() - self.started, metrics, self.learner.samples, merged,
+            sum(self.transport.bytes_sent.values()), sum(self.transport.bytes_received.values()), spent | result.timings,
+        )
+        append_metrics_line(self.metrics_path, line)
 
     def _write_status(self, state: str) -> None:
         status = {
@@ -580,4 +527,4 @@ class Node:
             "bytes_received": dict(self.transport.bytes_received),
             "transfers": self.transfers.status(),
         }
-        write_atomic(self.status_path, (json.dumps(status, indent=2) + "\n").encode())
+        write_status(self.status_path, status)

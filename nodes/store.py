@@ -179,7 +179,7 @@ class VersionStore:
         peer_log = self.peer_logs[peer]
         held = peer_log.head.seq if peer_log.head else 0
         opened: list[SignedEntry] = []
-        new_envelopes: list[bytes] = []
+        new_entries: list[SignedEntry] = []  # opened (signature checked) once, here
         for envelope in envelopes:
             entry = open_entry(envelope)
             if entry.seq <= held:
@@ -188,13 +188,13 @@ class VersionStore:
                     raise ForkDetected(peer, held_envelope, envelope, entry.seq)
                 opened.append(entry)
             else:
-                new_envelopes.append(envelope)
+                new_entries.append(entry)
         current = self.manifest.member(peer).signing_key
         earlier = self.earlier_keys.get(current, ())
         try:
-            new = verify_extension(peer_log.head, new_envelopes, self.manifest.federation_id, current, earlier_keys=earlier)
+            new = verify_extension(peer_log.head, new_entries, self.manifest.federation_id, current, earlier_keys=earlier)
         except LogError as exc:
-            if exc.reason == "revoked_key" or (exc.reason == "author_mismatch" and any(open_entry(e).author in earlier for e in new_envelopes)):
+            if exc.reason == "revoked_key" or (exc.reason == "author_mismatch" and any(e.author in earlier for e in new_entries)):
                 raise LogError("revoked_key", f"{peer} signed with a key that a manifest version replaced") from None
             raise
         last = new[-1] if new else (opened[-1] if opened else None)

@@ -236,3 +236,19 @@ def test_a_pull_cut_off_resumes_from_its_verified_chunks_on_the_next_offer(pulle
     assert node.transfers.counts["resumed"] == 1
     assert node.transfers.counts["chunk_bytes_received"] == flat.total_bytes
     assert node.store.peer_logs["hospital-b"].head.seq == 1 and sum(node.rejections.counts.values()) == 0
+
+
+def test_each_received_entry_signature_is_checked_once(puller, monkeypatch):
+    import swarm.log.entry as entry_module
+
+    node, pull_from_b, fed, b_key, _ = puller
+    req = pull_from_b(2)
+    flat = b_model(node)
+    first = entry(fed, b_key, flat)
+    second = entry(fed, b_key, flat, seq=2, prev=first.hash)
+    checked = []
+    real = entry_module.verify_signature
+    monkeypatch.setattr(entry_module, "verify_signature", lambda *args: checked.append(1) or real(*args))
+    reply(node, fed, req, [first, second], flat)
+    assert node.store.peer_logs["hospital-b"].head.seq == 2 and sum(node.rejections.counts.values()) == 0
+    assert len(checked) == 2  # one per entry: opened once, chained and logged without reopening

@@ -55,7 +55,7 @@ def _seq_problem(prev: SignedEntry, entry: SignedEntry) -> str:
     return f"{expected}: entries are missing"
 
 
-def verify_extension(head: SignedEntry | None, envelopes: Sequence[bytes],
+def verify_extension(head: SignedEntry | None, envelopes: Sequence[bytes | SignedEntry],
                      federation: bytes, author: bytes, location: str | None = None,
                      earlier_keys: Sequence[bytes] = ()) -> list[SignedEntry]:
     """Open and check entries that extend `author`'s chain after `head` (None: from the
@@ -81,12 +81,12 @@ def verify_history(envelopes: Sequence[bytes], federation: bytes, keys: Sequence
     return _check_chain(None, envelopes, federation, tuple(keys), lambda i: f"{location} entry {i + 1}")
 
 
-def _check_chain(prev: SignedEntry | None, envelopes: Sequence[bytes], federation: bytes,
+def _check_chain(prev: SignedEntry | None, envelopes: Sequence[bytes | SignedEntry], federation: bytes,
                  keys: tuple[bytes, ...], where: Callable[[int], str]) -> list[SignedEntry]:
     out: list[SignedEntry] = []
     for i, envelope in enumerate(envelopes):
         try:
-            entry = open_entry(envelope)
+            entry = envelope if isinstance(envelope, SignedEntry) else open_entry(envelope)
             if entry.author not in keys:
                 raise LogError("author_mismatch", "entry is not signed by the expected author")
             if entry.federation != federation:

@@ -129,10 +129,14 @@ class UpdateLog:
         """Append a neighbour's entries, as verify_extension took them, durably and in one
         write. Across a key rotation the first of them may be signed with an earlier key of
         the author's history, as long as the last one is signed with the current key (only
-        that key vouches for older entries; `append` takes current-key entries only)."""
+        that key vouches for older entries; `append` takes current-key entries only).
+        Their signatures were checked when they were opened (a SignedEntry comes only from
+        open_entry or sign_entry), so only the chain is checked again here."""
         with self._lock:
             fd = self._writable_fd()
-            opened = [open_entry(entry.envelope) for entry in entries]
+            opened = list(entries)
+            if not all(isinstance(entry, SignedEntry) for entry in opened):
+                raise TypeError("extend takes SignedEntry objects (from open_entry or verify_extension)")
             if not opened:
                 return
             if opened[-1].author != self.author:
