@@ -30,7 +30,7 @@ from swarm.transport.base import Received, Transport
 
 from .backoff import PeerBackoff
 from .learner import Learner, RoundResult
-from .records import RejectionLog, append_metrics_line, metrics_line, write_status
+from .records import RejectionLog, append_metrics_line, metrics_line, peak_rss_bytes, write_status
 from .manifest_sync import ManifestSync, update_message, version_change
 from .round_timer import RoundTimer
 from .store import ForkDetected, VersionStore
@@ -526,5 +526,6 @@ class Node:
             "bytes_sent": dict(self.transport.bytes_sent),
             "bytes_received": dict(self.transport.bytes_received),
             "transfers": self.transfers.status(),
+            "peak_rss_bytes": peak_rss_bytes(),
         }
         write_status(self.status_path, status)

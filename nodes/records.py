@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -72,6 +73,11 @@ def metrics_line(
         "bytes_received": bytes_received,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
+
+
+def peak_rss_bytes() -> int:
+    """The most memory this process has held (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def write_status(path: Path, status: Mapping[str, Any]) -> None:

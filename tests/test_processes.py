@@ -332,3 +332,53 @@ def test_a_node_survives_members_that_claim_a_neighbours_name_and_vanish(small_f
     assert "Assertion failed" not in (sites["hospital-a"] / "node.log").read_text()
     status = json.loads((sites["hospital-a"] / "status.json").read_text())
     assert status["state"] == "stopped" and status["published_seq"] >= 1
+
+
+@pytest.mark.slow
+def test_32_connections_sending_frames_over_the_limit_cost_the_node_no_memory(small_federation):
+    """An --insecure node (anyone may connect) takes 32 connections, each sending three
+    messages with a 64 MiB frame: 6 GiB offered. Frames are limited to a leaf or an offer
+    header (a few MiB), so libzmq drops each connection at the frame's size field before
+    buffering it. The attacked node ends the plan with about the memory of its unattacked
+    neighbour."""
+    import zmq
+
+    _, federation = small_federation(nodes=2, rounds=4)
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(site), "--insecure"], stdout=subprocess.DEVNULL,
+                         stderr=open(site / "node.log", "ab"), env=ENV)
+        for site in federation.sites.values()
+    ]
+    context = zmq.Context()
+    sockets = []
+    big = bytes(64 * 1024 * 1024)
+    try:
+        deadline = time.monotonic() + 60
+        while not (federation.sites["hospital-a"] / "status.json").exists():
+            assert time.monotonic() < deadline, "hospital-a never started"
+            time.sleep(0.05)  # written once the node listens
+        for _ in range(32):
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 4)
+            sock.connect(federation.manifest.member("hospital-a").endpoint)
+            sockets.append(sock)
+        for sock in sockets:
+            for _ in range(3):
+                try:
+                    sock.send_multipart([b"\x80", big], flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:  # dropped and reconnecting: the node refused it already
+                    pass
+        for process in processes:
+            assert process.wait(180) == 0
+    finally:
+        for sock in sockets:
+            sock.close()
+        context.term()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    status = {name: json.loads((site / "status.json").read_text()) for name, site in federation.sites.items()}
+    assert status["hospital-a"]["state"] == "finished" and status["hospital-a"]["published_seq"] == 4
+    attacked, quiet = status["hospital-a"]["peak_rss_bytes"], status["hospital-b"]["peak_rss_bytes"]
+    assert attacked < quiet + 256 * 1024 * 1024, (attacked, quiet)  # 6 GiB were offered
