@@ -22,7 +22,9 @@ swarm repeat through /proc/self/clear_refs) is reported per side for the swarm p
 `resume`: the sender serves half the chunks of a fresh version, then closes its sockets
 (as a node that crashes), opens new ones and offers the same version again; the receiver
 keeps its verified chunks and pulls only the rest. `resent_fraction` is what the sender
-served after the cut, as a fraction of the model.
+served after the cut, as a fraction of the model. `receiver_restart`: the receiver stops
+half way through a pull, saves it as a stopping node does (nodes.transfers), starts over
+with nothing but the saved file, and is offered the same version again.
 
 Sender and receiver share this machine's cores, so on a small machine every pass over the
 bytes (hashing, copying) competes with the transfer itself: the figures are a pessimistic
@@ -34,15 +36,18 @@ from __future__ import annotations
 import math
 import multiprocessing
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import torch
 import zmq
 
 from swarm.codec import decode_message, encode_message
+from swarm.errors import RejectedMessage
 from swarm.identity import SigningKey
 from swarm.log import EntryBody, open_entry, sign_entry
 from swarm.messages import Chunk, ChunkRequest, ModelPush
@@ -220,6 +225,10 @@ def _sender_main(conn: Connection, layout: list, ports: Sequence[int], transfer:
             conn.send((started, times))
             serve()
             conn.send(_peak_rss())
+        elif command == "restart":
+            offered, envelope, _ = publish()
+            offer(envelope, offered)
+            conn.send(serve())
         elif command == "resume":
             offered, envelope, _ = publish()
             offer(envelope, offered)
@@ -240,7 +249,7 @@ def _wait_connected(transport: ZmqTransport) -> None:
         raise BenchError("the sender never connected to the receiver")
 
 
-def _receiver_main(conn: Connection, ports: Sequence[int], transfer: TransferSettings, specs: Any) -> None:
+def _receiver_main(conn: Connection, ports: Sequence[int], transfer: TransferSettings, specs: Any, incoming_dir: str) -> None:
     torch.set_num_threads(1)
     sender_key = conn.recv()
     transport = _open(RECEIVER, ports[1], SENDER, ports[0], transfer)
@@ -251,10 +260,11 @@ def _receiver_main(conn: Connection, ports: Sequence[int], transfer: TransferSet
     transfers = Transfers(specs, transfer)
     conn.send("ready")
 
-    def pull() -> tuple[dict[str, float], dict[str, Any]]:
-        times: dict[str, float] = {}
+    def pull(pulling: Any = None, cut_after: int | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+        """Pull the next offered model (or go on with `pulling`); with `cut_after`, stop
+        once that many bytes arrived and return the unfinished pull under "cut"."""
+        times: dict[str, float] = {"pull": time.perf_counter()}
         deadline = time.monotonic() + LIMIT_S
-        pulling = None
         while True:
             if time.monotonic() > deadline:
                 raise BenchError(f"no complete model within {LIMIT_S:.0f} s")
@@ -282,7 +292,12 @@ def _receiver_main(conn: Connection, ports: Sequence[int], transfer: TransferSet
                 times["verify_entry"] = time.perf_counter() - started
                 times["pull"] = time.perf_counter()
             elif isinstance(msg, Chunk):
-                done = transfers.accept(SENDER, msg, decoded.data)
+                try:
+                    done = transfers.accept(SENDER, msg, decoded.data)
+                except RejectedMessage:  # asked for before a restart: a node refuses it the same way
+                    continue
+                if cut_after is not None and pulling is not None and pulling.transfer.bytes_received >= cut_after:
+                    return times, {"cut": pulling}
                 if done is not None:
                     ended = time.perf_counter()
                     times["pull"] = ended - times["pull"]
@@ -308,6 +323,25 @@ def _receiver_main(conn: Connection, ports: Sequence[int], transfer: TransferSet
             times, got = pull()
             conn.send({"received": transfers.counts["chunk_bytes_received"] - before, "resumed": transfers.counts["resumed"]})
             del got
+        elif command == "restart":  # the receiver stops half way, saves, starts again, is offered the same version
+            _, got = pull(cut_after=sum(spec.nbytes for spec in specs) // 2)
+            cut = got["cut"]
+            started = time.perf_counter()
+            transfers.save(Path(incoming_dir))
+            saved_s = time.perf_counter() - started
+            transport.close()
+            del got
+            transfers = Transfers(specs, transfer)  # a new process would know nothing else
+            started = time.perf_counter()
+            transfers.load(Path(incoming_dir), [SENDER])
+            transport = _open(RECEIVER, ports[1], SENDER, ports[0], transfer)
+            pulling = transfers.start(SENDER, None, cut.entries, cut.last, cut.transfer.hashes)
+            loaded_s = time.perf_counter() - started
+            del cut
+            times, got = pull(pulling)
+            conn.send({"received_after_restart": transfers.counts["chunk_bytes_received"], "from_disk": transfers.counts["resumed_from_disk_bytes"],
+                       "save_seconds": saved_s, "load_seconds": loaded_s})
+            del got
     transport.close()
     raw.close()
     context.term()
@@ -322,12 +356,13 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, window
     specs = flatten_state({name: torch.empty(shape) for name, shape in layout}).specs  # pages never touched
     model_bytes = sum(spec.nbytes for spec in specs)
     ports = free_tcp_ports(HOST, 3)
+    incoming = tempfile.TemporaryDirectory(prefix="swarm-bench-incoming-")  # the receiver's SITE/incoming
     spawn = multiprocessing.get_context("spawn")
     to_sender, sender_end = spawn.Pipe()
     to_receiver, receiver_end = spawn.Pipe()
     processes = [
         spawn.Process(target=_sender_main, args=(sender_end, layout, ports, transfer), daemon=True),
-        spawn.Process(target=_receiver_main, args=(receiver_end, ports, transfer, specs), daemon=True),
+        spawn.Process(target=_receiver_main, args=(receiver_end, ports, transfer, specs, incoming.name), daemon=True),
     ]
     for process in processes:
         process.start()
@@ -365,6 +400,17 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, window
             to_sender.send("done")
             resent = _recv(to_sender, processes)
             resumed = {"resent_bytes": resent, "resent_fraction": round(resent / model_bytes, 4), "resumed": received["resumed"] >= 1}
+            to_receiver.send("restart")
+            to_sender.send("restart")
+            received = _recv(to_receiver, processes)
+            to_sender.send("done")
+            _recv(to_sender, processes)
+            resumed["receiver_restart"] = {
+                "pulled_after_restart_fraction": round(received["received_after_restart"] / model_bytes, 4),
+                "from_disk_fraction": round(received["from_disk"] / model_bytes, 4),
+                "save_seconds": round(received["save_seconds"], 3),
+                "load_seconds": round(received["load_seconds"], 3),
+            }
         for conn in (to_sender, to_receiver):
             conn.send("stop")
         for process in processes:
@@ -373,6 +419,7 @@ def run_bench(size_mb: float = 100.0, repeats: int = 5, tensors: int = 0, window
         for process in processes:
             if process.is_alive():
                 process.kill()
+        incoming.cleanup()
     raw_median, swarm_median, snapshot_median = statistics.median(raw_s), statistics.median(swarm_s), statistics.median(snapshot_s)
 
     def mib_per_s(seconds: float) -> float:
@@ -417,5 +464,8 @@ def format_bench(result: dict) -> str:
     ]
     if result["resume"] is not None:
         r = result["resume"]
-        lines.append(f"resume: cut after half the chunks, resumed {r['resumed']}, sent again {r['resent_bytes'] / MIB:.0f} MiB = {r['resent_fraction']:.0%} of the model")
+        lines.append(f"resume after the sender crashed half way: resumed {r['resumed']}, sent again {r['resent_bytes'] / MIB:.0f} MiB = {r['resent_fraction']:.0%} of the model")
+        rr = r["receiver_restart"]
+        lines.append(f"resume after the receiver restarted half way: {rr['from_disk_fraction']:.0%} of the model from its saved pull "
+                     f"(save {rr['save_seconds'] * 1000:.0f} ms, load and check {rr['load_seconds'] * 1000:.0f} ms), {rr['pulled_after_restart_fraction']:.0%} pulled again")
     return "\n".join(lines)

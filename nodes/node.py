@@ -98,6 +98,7 @@ class Node:
         # tensor names, dtypes and shapes, or merging it would fail (or be meaningless).
         self.expected_specs = flatten_state(learner.shared_state()).specs
         self.transfers = Transfers(self.expected_specs, transfer)
+        self.transfers.load(store.site.incoming_dir, protocol.neighbours)
         self.verifier = Verifier(store, self.evidence, self.transfers)
         self.started = clock()
         self.manifests = manifests  # None: the manifest never changes while this node runs
@@ -127,6 +128,7 @@ class Node:
                 self._finish_round()
         finally:
             self.executor.shutdown(wait=True)
+            self.transfers.save(self.store.site.incoming_dir)  # pulls cut by the stop resume after a restart
         state = "finished" if self.protocol.finished else "stopped"
         self._write_status(state)
         return NodeOutcome(state, self.protocol.published_seq, dict(self.rejections.counts))

@@ -13,6 +13,7 @@
       metrics.jsonl             one line per round
       status.json               counters and state, rewritten at exit
       evidence/                 proofs of equivocation: forked log entries, conflicting manifests
+      incoming/<peer>.part      what a pull had received when the node stopped, for a resume
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ class SiteDir:
     metrics_path = property(lambda self: self.root / "metrics.jsonl")
     status_path = property(lambda self: self.root / "status.json")
     evidence_dir = property(lambda self: self.root / "evidence")  # proofs that a member equivocated
+    incoming_dir = property(lambda self: self.root / "incoming")  # pulls cut by a stop (nodes.transfers)
 
     def checkpoint_path(self, seq: int) -> Path:
         return self.checkpoints_dir / f"{seq:08d}.swt"

@@ -101,6 +101,25 @@ class Incoming:
         self.done: set[int] = set()
         self.bytes_received = 0  # intact leaf bytes written into the buffers
 
+    def received(self) -> list[memoryview | None]:
+        """Each leaf's bytes in order, None for a leaf not received (its buffer holds
+        whatever the memory held before: never write that anywhere)."""
+        done_leaves = {leaf for index in self.done for leaf in range(self.chunks[index][0], sum(self.chunks[index]))}
+        return [self.buffers[tensor][start:stop] if leaf in done_leaves else None for leaf, (tensor, start, stop) in enumerate(self.leaves)]
+
+    def recover(self) -> int:
+        """Mark as done every chunk whose bytes already in the buffers match their offered
+        hashes (a pull written to disk before a restart): returns the bytes recovered."""
+        intact = [blake3(self.buffers[tensor][start:stop]).digest() == self.hashes[leaf] for leaf, (tensor, start, stop) in enumerate(self.leaves)]
+        recovered = 0
+        for index, (first, count) in enumerate(self.chunks):
+            if index not in self.done and all(intact[first : first + count]):
+                self.done.add(index)
+                self.todo.remove(index)
+                recovered += sum(stop - start for _, start, stop in self.leaves[first : first + count])
+        self.bytes_received += recovered
+        return recovered
+
     @property
     def complete(self) -> bool:
         return len(self.done) == len(self.chunks)

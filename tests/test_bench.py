@@ -20,7 +20,8 @@ def test_a_transfer_between_two_processes_is_timed_and_a_cut_one_resumes():
     """Real processes and sockets: every repeat pulls a verified model (the receiver raises
     otherwise), and a transfer whose sender "crashes" after half its chunks resumes. With a
     window of one chunk, at most one chunk is lost at the cut, so the sender serves just over
-    half the model again."""
+    half the model again. A receiver that stops half way and starts again from its saved
+    pull takes half the model from disk and pulls only the other half."""
     result = run_bench(size_mb=64, repeats=2, window=1)
 
     assert result["model_bytes"] == 64 * 1024 * 1024 and result["repeats"] == 2
@@ -34,6 +35,9 @@ def test_a_transfer_between_two_processes_is_timed_and_a_cut_one_resumes():
     assert resume["resumed"] is True
     assert 0 < resume["resent_bytes"] <= result["model_bytes"] // 2 + 4 * 1024 * 1024
     assert resume["resent_fraction"] < 0.6
+    restart = resume["receiver_restart"]  # the receiver saved half, restarted, and pulled the rest
+    assert 0.45 <= restart["from_disk_fraction"] <= 0.6
+    assert abs(restart["from_disk_fraction"] + restart["pulled_after_restart_fraction"] - 1.0) < 0.01
 
     json.dumps(result)  # the CLI prints it with --json
     report = format_bench(result)

@@ -252,3 +252,49 @@ def test_each_received_entry_signature_is_checked_once(puller, monkeypatch):
     reply(node, fed, req, [first, second], flat)
     assert node.store.peer_logs["hospital-b"].head.seq == 2 and sum(node.rejections.counts.values()) == 0
     assert len(checked) == 2  # one per entry: opened once, chained and logged without reopening
+
+
+def test_a_node_restarted_mid_pull_resumes_from_what_it_saved_at_the_stop(small_federation):
+    _, federation = small_federation(nodes=3, rounds=5)
+    fed = federation.manifest.federation_id
+    b_key = load_site_keys(federation.sites["hospital-b"] / "keys").signing
+
+    def start():
+        network = InMemoryNetwork()
+        node, _ = open_node(federation.sites["hospital-a"], lambda config, links, settings: network.endpoint(config.name))
+        node.protocol.start(0.0)
+        return node, network.endpoint("hospital-b")
+
+    def ask_b(node) -> int:
+        node._execute(node.protocol.tick(node.protocol.next_deadline()))
+        polls = dict(node.protocol.pending)
+        node._on_received(Received("hospital-b", encode_message(fed, VersionReply(polls["hospital-b"], 1, 100, False))))
+        node._on_received(Received("hospital-c", encode_message(fed, VersionReply(polls["hospital-c"], 0, 100, False))))
+        return node.protocol.pending["hospital-b"]
+
+    node, b_inbox = start()
+    flat = flatten_state({k: torch.randn(v.shape) if v.is_floating_point() else v for k, v in node.learner.state().items()}, copy=True)
+    signed = (entry(fed, b_key, flat).envelope,)
+    served = Offered(flat, leaf_hashes(flat), b"")
+    node._on_received(Received("hospital-b", encode_message(fed, ModelReply(ask_b(node), signed, served.hashes))))
+    requests = [decode_message(r.frames, fed).msg for r in iter(lambda: b_inbox.receive(0), None)]
+    request = next(m for m in requests if isinstance(m, ChunkRequest))  # b answers one, then the node stops
+    node._on_received(Received("hospital-b", encode_message(fed, Chunk(request.digest, request.first, request.count), served.frames(request.first, request.count))))
+    kept = node.transfers.pulls["hospital-b"].transfer.bytes_received
+    node.executor.shutdown(wait=True)
+    node.transfers.save(node.store.site.incoming_dir)  # what Node.run does on its way out
+    node.store.close()
+
+    node, b_inbox = start()
+    try:
+        node._on_received(Received("hospital-b", encode_message(fed, ModelReply(ask_b(node), signed, served.hashes))))
+        while (received := b_inbox.receive(0)) is not None:
+            msg = decode_message(received.frames, fed).msg
+            if isinstance(msg, ChunkRequest):
+                node._on_received(Received("hospital-b", encode_message(fed, Chunk(msg.digest, msg.first, msg.count), served.frames(msg.first, msg.count))))
+        assert node.transfers.counts["resumed_from_disk_bytes"] == kept > 0
+        assert node.transfers.counts["chunk_bytes_received"] == flat.total_bytes - kept
+        assert node.store.peer_logs["hospital-b"].head.seq == 1 and sum(node.rejections.counts.values()) == 0
+    finally:
+        node.executor.shutdown(wait=True)
+        node.store.close()

@@ -212,3 +212,80 @@ def test_an_offer_of_a_16_gib_model_fits_the_wire_limits_a_node_sets() -> None:
     assert len(frames[0]) <= zmq_settings.max_frame_bytes <= 8 * MIB  # libzmq refuses anything larger
     assert decode_message(frames, bytes(32), limits).msg.leaves == hashes
     check_offer(specs, hashes, digest_from_leaves(specs, hashes))
+
+
+def _signed_last(offered: Offered):
+    """A stand-in for the verified log entry that signs `offered`'s digest."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(seq=1, body=SimpleNamespace(digest=offered.digest))
+
+
+def test_a_pull_saved_at_a_stop_resumes_after_the_receiver_restarts(tmp_path) -> None:
+    from nodes.transfers import Transfers
+    from swarm.messages import Chunk
+
+    offered = sender()
+    incoming_dir = tmp_path / "incoming"
+    before = Transfers(offered.flat.specs, TransferSettings(window=2))
+    pull = before.start("hospital-b", 1, [], _signed_last(offered), offered.hashes)
+    for first, count in pull.transfer.requests(0.0):
+        before.accept("hospital-b", Chunk(offered.digest, first, count), offered.frames(first, count))
+    kept = pull.transfer.bytes_received
+    before.save(incoming_dir)  # the node stops
+    assert kept > 0 and (incoming_dir / "hospital-b.part").stat().st_size == offered.flat.total_bytes
+
+    after = Transfers(offered.flat.specs, TransferSettings(window=2))
+    after.load(incoming_dir, ["hospital-b", "hospital-c"])
+    pull = after.start("hospital-b", 2, [], _signed_last(offered), offered.hashes)
+    assert after.counts["resumed_from_disk_bytes"] == kept == pull.transfer.bytes_received
+    assert list(incoming_dir.iterdir()) == []  # read once, then gone
+    done = None
+    while done is None:
+        for first, count in pull.transfer.requests(1.0):
+            done = after.accept("hospital-b", Chunk(offered.digest, first, count), offered.frames(first, count)) or done
+    assert after.counts["chunk_bytes_received"] == offered.flat.total_bytes - kept  # only the rest travelled
+    assert model_digest(done.transfer.model()) == offered.digest
+
+
+def test_a_saved_pull_is_trusted_only_leaf_by_leaf_and_only_for_its_version(tmp_path) -> None:
+    from nodes.transfers import Transfers
+    from swarm.messages import Chunk
+
+    old, new = sender(seed=1), sender(seed=2)
+    transfers = Transfers(old.flat.specs, TransferSettings(window=3))  # 3 of 6 chunks arrive
+    pull = transfers.start("hospital-b", 1, [], _signed_last(old), old.hashes)
+    for first, count in pull.transfer.requests(0.0):
+        transfers.accept("hospital-b", Chunk(old.digest, first, count), old.frames(first, count))
+    transfers.save(tmp_path)
+    (tmp_path / "hospital-x.json").write_text("{}")  # a stranger's leftover: removed on load
+    again = Transfers(old.flat.specs, TransferSettings())
+    again.load(tmp_path, ["hospital-b"])
+    assert not (tmp_path / "hospital-x.json").exists()
+    pull = again.start("hospital-b", 2, [], _signed_last(new), new.hashes)  # another version now
+    assert again.counts["resumed_from_disk_bytes"] == 0 and pull.transfer.bytes_received == 0
+    assert list(tmp_path.iterdir()) == []
+    # A file whose bytes were damaged: only the leaves that still match count.
+    transfers.save(tmp_path)
+    with open(tmp_path / "hospital-b.part", "r+b") as handle:
+        handle.write(b"\xff" * 16)  # the first leaf
+    third = Transfers(old.flat.specs, TransferSettings())
+    third.load(tmp_path, ["hospital-b"])
+    pull = third.start("hospital-b", 3, [], _signed_last(old), old.hashes)
+    assert 0 < pull.transfer.bytes_received < transfers.pulls["hospital-b"].transfer.bytes_received
+    assert 0 not in pull.transfer.done
+
+
+def test_a_pull_that_cannot_be_saved_costs_only_its_resume(tmp_path, caplog) -> None:
+    from nodes.transfers import Transfers
+    from swarm.messages import Chunk
+
+    offered = sender()
+    transfers = Transfers(offered.flat.specs, TransferSettings())
+    pull = transfers.start("hospital-b", 1, [], _signed_last(offered), offered.hashes)
+    first, count = pull.transfer.requests(0.0)[0]
+    transfers.accept("hospital-b", Chunk(offered.digest, first, count), offered.frames(first, count))
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the incoming directory should be")
+    transfers.save(blocked)
+    assert "cannot save the pull from hospital-b" in caplog.text and str(blocked) in caplog.text
