@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Any
 
 import torch
 
-from swarm.atomic import fsync_dir, write_atomic
+from swarm.atomic import write_atomic, write_sparse_atomic
 from swarm.errors import RejectedMessage
 from swarm.log import SignedEntry
 from swarm.messages import Chunk
@@ -153,7 +152,13 @@ class Transfers:
             part = directory / f"{peer}.part"
             try:
                 directory.mkdir(parents=True, exist_ok=True)
-                _write_sparse_atomic(part, incoming)
+                # Leaves not received are holes (zeros, which only a leaf of zeros matches):
+                # a half-pulled 10 GiB model costs 5 GiB of disk and of writing.
+                offsets = [0]
+                for spec in incoming.specs:
+                    offsets.append(offsets[-1] + spec.nbytes)
+                pieces = [(offsets[tensor] + start, view) for view, (tensor, start, _) in zip(incoming.received(), incoming.leaves) if view is not None]
+                write_sparse_atomic(part, incoming.total_bytes, pieces)
                 write_atomic(directory / f"{peer}.json", json.dumps({"peer": peer, "seq": pull.last.seq, "digest": incoming.digest.hex(), "bytes": incoming.total_bytes}).encode())
             except OSError as exc:
                 log.warning("cannot save the pull from %s to %s (%s): it starts again after the restart; free space or fix the permissions of %s", peer, part, exc.strerror or exc, directory)
@@ -256,29 +261,3 @@ class Transfers:
                 for peer, p in sorted(self.pulls.items())
             },
         }
-
-
-def _write_sparse_atomic(path: Path, incoming: Incoming) -> None:
-    """The pull's bytes at their offsets in a file of the model's size, durably and
-    atomically; leaves not received are holes (read back as zeros, which only a leaf of
-    zeros matches), so a half-pulled 10 GiB model costs 5 GiB of disk and of writing."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.ftruncate(fd, incoming.total_bytes)
-        offsets = [0]
-        for spec in incoming.specs:
-            offsets.append(offsets[-1] + spec.nbytes)
-        for view, (tensor, start, _) in zip(incoming.received(), incoming.leaves):
-            position = offsets[tensor] + start
-            while view is not None and len(view):
-                written = os.pwrite(fd, view, position)
-                view, position = view[written:], position + written
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)

@@ -4,6 +4,7 @@ at any moment either whole or not at all."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -27,16 +28,38 @@ def write_chunks_atomic(path: Path, chunks: list[bytes | memoryview], mode: int 
 
     The temporary file is created with `mode` from the start, so a private key never exists
     on disk with wider permissions, not even for a moment."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
+
+    def fill(fd: int) -> None:
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
+
+    _replace_atomically(Path(path), mode, fill)
+
+
+def write_sparse_atomic(path: Path, size: int, pieces: Iterable[tuple[int, bytes | memoryview]], mode: int = 0o600) -> None:
+    """Like write_chunks_atomic for a file of `size` bytes holding `pieces` (offset, bytes)
+    and holes elsewhere, which read back as zeros and take no disk space."""
+
+    def fill(fd: int) -> None:
+        os.ftruncate(fd, size)
+        for position, piece in pieces:
+            view = memoryview(piece).cast("B")
+            while view:
+                written = os.pwrite(fd, view, position)
+                view, position = view[written:], position + written
+
+    _replace_atomically(Path(path), mode, fill)
+
+
+def _replace_atomically(path: Path, mode: int, fill: Callable[[int], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        fill(fd)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
