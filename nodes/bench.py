@@ -269,9 +269,11 @@ def _receiver_main(conn: Connection, ports: Sequence[int], transfer: TransferSet
             if time.monotonic() > deadline:
                 raise BenchError(f"no complete model within {LIMIT_S:.0f} s")
             if pulling is not None and pulling.active:
-                for first, count in pulling.transfer.requests(time.monotonic()):
+                wanted = pulling.transfer.requests(time.monotonic())
+                for position, (first, count) in enumerate(wanted):
                     if not transport.send(SENDER, encode_message(FEDERATION, ChunkRequest(pulling.transfer.digest, first, count))):
-                        pulling.transfer.interrupted()
+                        for unsent, _ in reversed(wanted[position:]):
+                            pulling.transfer.not_sent(unsent)
                         break
             received = transport.receive(0.05)
             if received is None:

@@ -223,9 +223,10 @@ class Node:
             except TransferStalled as exc:
                 self._pull_failed(pull, "transfer_stalled", str(exc))
                 continue
-            for first, count in wanted:
+            for position, (first, count) in enumerate(wanted):
                 if not self._send(peer, encode_message(self.federation, ChunkRequest(pull.transfer.digest, first, count))):
-                    pull.transfer.interrupted()  # not connected now: ask again on a later step
+                    for unsent, _ in reversed(wanted[position:]):  # not connected now: ask on a later step
+                        pull.transfer.not_sent(unsent)
                     break
 
     def _on_chunk_request(self, peer: str, msg: ChunkRequest) -> None:

@@ -94,6 +94,8 @@ class Transfers:
             if released is None:
                 return False
             if offered.tensors is not None:
+                if len(self._in_transit) >= 4096:  # many pulls in one round: forget what left
+                    self._in_transit = [pending for pending in self._in_transit if not pending()]
                 self._in_transit.append(released)
         self.counts["chunks_sent"] += 1
         self.counts["chunk_bytes_sent"] += sum(len(frame) for frame in frames)

@@ -144,6 +144,13 @@ class Incoming:
             wanted.append(self.chunks[index])
         return wanted
 
+    def not_sent(self, first: int) -> None:
+        """The request for the chunk at leaf `first` could not be sent (not connected): it is
+        asked for again later, without counting as a retry."""
+        index = self._by_first[first]
+        if self.inflight.pop(index, None) is not None:
+            self.todo.appendleft(index)
+
     def interrupted(self) -> None:
         """The sender went away or the transfer was put aside: what was asked for is asked
         for again on resuming; the verified leaves stay."""

@@ -289,3 +289,12 @@ def test_a_pull_that_cannot_be_saved_costs_only_its_resume(tmp_path, caplog) -> 
     blocked.write_text("a file where the incoming directory should be")
     transfers.save(blocked)
     assert "cannot save the pull from hospital-b" in caplog.text and str(blocked) in caplog.text
+
+
+def test_a_request_that_could_not_be_sent_is_asked_again_without_a_retry() -> None:
+    offered = sender()
+    incoming = pull(offered, window=2, retries=0)
+    first_two = incoming.requests(0.0)
+    for first, _ in reversed(first_two):
+        incoming.not_sent(first)
+    assert incoming.requests(1.0) == first_two  # same order, and retries=0 did not stall it
