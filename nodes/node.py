@@ -73,7 +73,6 @@ class Node:
         manifests: ManifestSync | None = None,
         transfer: TransferSettings = TransferSettings(),
     ) -> None:
-        self.manifest = manifest  # the current version (manifests.current when given)
         self.name = name
         self.protocol = protocol
         self.store = store
@@ -106,6 +105,12 @@ class Node:
         self.names = {m.signing_key: m.name for v in versions for m in v.members}  # every key any version listed
         self.former_members = {m.name for v in versions for m in v.members} - {m.name for m in manifest.members}
         self.halted: str | None = None  # why this node stopped early (a manifest version it cannot run under)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest version this node runs under: the store's, which checks every
+        neighbour's entries against it (ManifestSync keeps the signed history)."""
+        return self.store.manifest
 
     # -- main loop -------------------------------------------------------------------------------
 
@@ -374,9 +379,7 @@ class Node:
         if self.manifests is not None:
             self._announce(signed, skip=sender, removed=change.removed)
             self.manifests.adopted_now()
-        self.manifest = new
         self.store.use_manifest(new, [v.manifest for v in self.manifests.history.versions] if self.manifests else [new])
-        self.evidence.manifest = new
         self.names |= {m.signing_key: m.name for m in new.members}
         self.former_members = (self.former_members | set(change.removed)) - {m.name for m in new.members}
         still = [p for p in self.protocol.neighbours if new.member_or_none(p) is not None]

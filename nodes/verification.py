@@ -50,7 +50,7 @@ class Verifier:
         """Evidence from an entry `peer` sent that contradicts one we hold; LogError
         ("author_mismatch") when it is not the sender's own signature: a forgery, not a fork."""
         try:
-            evidence = check_fork(fork.held, fork.received, self.evidence.manifest)
+            evidence = check_fork(fork.held, fork.received, self.store.manifest)
             if evidence.author != peer:
                 raise LogError("bad_evidence", "the conflicting entry is not the sender's")
         except LogError as exc:
@@ -59,4 +59,4 @@ class Verifier:
 
     def evidence_from(self, entries: Sequence[bytes]) -> ForkEvidence:
         """Evidence a neighbour passed on; LogError ("bad_evidence" or why) if it proves nothing."""
-        return check_fork(entries[0], entries[1], self.evidence.manifest)
+        return check_fork(entries[0], entries[1], self.store.manifest)

@@ -58,8 +58,9 @@ class EvidenceStore:
     found there are quarantined again when a node restarts."""
 
     def __init__(self, directory: Path, manifest: Manifest) -> None:
+        """`manifest` checks the evidence kept on disk; it is not kept (a running node checks
+        new evidence against the manifest version it runs under)."""
         self.directory = Path(directory)
-        self.manifest = manifest
         self.forks: dict[tuple[str, int], ForkEvidence] = {}
         if self.directory.is_dir():
             for path in sorted(self.directory.glob("*.fork")):
