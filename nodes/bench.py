@@ -50,7 +50,7 @@ from swarm.codec import decode_message, encode_message
 from swarm.errors import RejectedMessage
 from swarm.identity import SigningKey
 from swarm.log import EntryBody, open_entry, sign_entry
-from swarm.messages import Chunk, ChunkRequest, ModelPush
+from swarm.messages import MAX_CHUNK_LEAVES, Chunk, ChunkRequest, ModelPush
 from swarm.tensors import digest_from_leaves, first_non_finite, flatten_state, leaf_hashes, rebuild_state, snapshot_state
 from swarm.transfer import Offered, TransferSettings
 from swarm.transport.zeromq import ZmqSettings, ZmqTransport, free_tcp_ports
@@ -128,7 +128,7 @@ def make_state(layout: list[tuple[str, tuple[int, ...]]], seed: int = 0) -> dict
 
 
 def _zmq_settings(transfer: TransferSettings) -> ZmqSettings:
-    return ZmqSettings(max_frame_bytes=8 * MIB, max_frames=1 + transfer.leaves_per_chunk, send_hwm=transfer.window + 8, recv_hwm=2 * transfer.window + 8, linger_ms=0)
+    return ZmqSettings(max_frame_bytes=8 * MIB, max_frames=1 + MAX_CHUNK_LEAVES, send_hwm=transfer.window + 8, recv_hwm=2 * transfer.window + 8, linger_ms=0)
 
 
 def _open(name: str, port: int, peer: str, peer_port: int, transfer: TransferSettings) -> ZmqTransport:

@@ -26,6 +26,7 @@ from swarm.manifest_chain import verify_chain
 from swarm.manifest_history import ManifestHistory, load_versions
 from swarm.schedule import Schedule
 from swarm.tensors import FlatModel, flatten_state, leaf_count
+from swarm.messages import MAX_CHUNK_LEAVES
 from swarm.transfer import TransferSettings
 from swarm.transport.base import Transport
 from swarm.transport.zap import ZapAuthenticator
@@ -130,7 +131,7 @@ def limits_for(model: FlatModel, transfer: TransferSettings) -> tuple[Limits, Zm
     chunks and a few small messages; what a connection can make us buffer is bounded by
     the receive high-water mark times the largest message."""
     header = 4 * 1024 * 1024 + 32 * leaf_count(model.specs)
-    limits = replace(Limits(), max_header_bytes=header, max_frames=1 + transfer.leaves_per_chunk)
+    limits = replace(Limits(), max_header_bytes=header, max_frames=1 + MAX_CHUNK_LEAVES)
     settings = ZmqSettings(
         max_frame_bytes=max(header, limits.max_frame_bytes),
         max_frames=limits.max_frames,

@@ -38,29 +38,37 @@ LEAF_BYTES = DIGEST_CHUNK_BYTES
 class TransferSettings:
     """How a receiver pulls a model; the plan's (or site's) [transfer] table."""
 
-    chunk_bytes: int = 4 * 1024 * 1024  # leaves per chunk = chunk_bytes // 4 MiB, at least one
+    chunk_bytes: int = 4 * 1024 * 1024  # consecutive leaves up to this many bytes travel as one chunk
     window: int = 4  # chunk requests outstanding per transfer (the credit)
     chunk_timeout: float = 30.0  # seconds before a requested chunk is asked for again
     retries: int = 4  # times one chunk may be asked for again before the transfer stalls
 
     def __post_init__(self) -> None:
-        if not LEAF_BYTES <= self.chunk_bytes <= MAX_CHUNK_LEAVES * LEAF_BYTES:
-            raise ValueError(f"chunk_bytes must be from {LEAF_BYTES} to {MAX_CHUNK_LEAVES * LEAF_BYTES}")
+        if not 1 <= self.chunk_bytes <= MAX_CHUNK_LEAVES * LEAF_BYTES:  # below a leaf: one leaf a chunk
+            raise ValueError(f"chunk_bytes must be from 1 to {MAX_CHUNK_LEAVES * LEAF_BYTES}")
         if not 1 <= self.window <= 64:
             raise ValueError("window must be from 1 to 64")
 
-    @property
-    def leaves_per_chunk(self) -> int:
-        return self.chunk_bytes // LEAF_BYTES
 
 
 class TransferStalled(Exception):
     """A chunk was asked for `retries` times more without arriving intact."""
 
 
-def chunk_plan(leaves: int, leaves_per_chunk: int) -> list[tuple[int, int]]:
-    """(first leaf, leaf count) of each chunk."""
-    return [(first, min(leaves_per_chunk, leaves - first)) for first in range(0, leaves, leaves_per_chunk)]
+def chunk_plan(leaf_bytes: Sequence[int], chunk_bytes: int) -> list[tuple[int, int]]:
+    """(first leaf, leaf count) of each chunk: consecutive leaves, as many as fit in
+    `chunk_bytes` (at least one, at most MAX_CHUNK_LEAVES), so that a model's small tensors
+    (biases, norms) travel together instead of one round trip each."""
+    chunks: list[tuple[int, int]] = []
+    first, size = 0, 0
+    for leaf, nbytes in enumerate(leaf_bytes):
+        if leaf > first and (size + nbytes > chunk_bytes or leaf - first == MAX_CHUNK_LEAVES):
+            chunks.append((first, leaf - first))
+            first, size = leaf, 0
+        size += nbytes
+    if leaf_bytes:
+        chunks.append((first, len(leaf_bytes) - first))
+    return chunks
 
 
 def check_offer(specs: Sequence[TensorSpec], hashes: Sequence[bytes], signed_digest: bytes) -> None:
@@ -92,7 +100,7 @@ class Incoming:
         else:
             self.tensors = [torch.empty(spec.nbytes, dtype=torch.uint8) for spec in self.specs]
         self.buffers = [memoryview(t.numpy()) for t in self.tensors]
-        self.chunks = chunk_plan(len(self.leaves), settings.leaves_per_chunk)
+        self.chunks = chunk_plan([stop - start for _, start, stop in self.leaves], settings.chunk_bytes)
         self._by_first = {first: index for index, (first, _) in enumerate(self.chunks)}
         self.todo: deque[int] = deque(range(len(self.chunks)))
         self.inflight: dict[int, float] = {}  # chunk index -> when it was (last) asked for

@@ -15,7 +15,7 @@ from swarm.identity import SigningKey, load_site_keys
 from swarm.log import EntryBody, sign_entry
 from swarm.messages import Chunk, ChunkRequest, Evidence, ModelReply, VersionReply
 from swarm.tensors import flatten_state, leaf_hashes, model_digest
-from swarm.transfer import Offered
+from swarm.transfer import Offered, TransferSettings
 from swarm.transport import InMemoryNetwork, Received
 
 
@@ -195,6 +195,7 @@ def test_chunks_that_do_not_match_the_signed_hashes_are_refused_until_the_pull_g
     node, pull_from_b, fed, b_key, _ = puller
     req = pull_from_b(1)
     flat = b_model(node)
+    node.transfers.settings = TransferSettings(chunk_bytes=1)  # one chunk per tensor of this small model
     # An honest offer (hashes of the signed model), then other bytes for every chunk.
     reply(node, fed, req, [entry(fed, b_key, flat)], flat, chunks_from=b_model(node, shift=2.0))
     retries = node.transfers.settings.retries
@@ -219,6 +220,7 @@ def test_a_pull_cut_off_resumes_from_its_verified_chunks_on_the_next_offer(pulle
     req = pull_from_b(1)
     flat = flatten_state({k: torch.randn(v.shape) if v.is_floating_point() else v for k, v in node.learner.state().items()}, copy=True)
     signed = [entry(fed, b_key, flat)]
+    node.transfers.settings = TransferSettings(chunk_bytes=1)  # one chunk per tensor of this small model
     b_inbox = node.transport.network.endpoint("hospital-b")
     node._on_received(Received("hospital-b", encode_message(fed, ModelReply(req, tuple(e.envelope for e in signed), tuple(leaf_hashes(flat))))))
     pull = node.transfers.pulls["hospital-b"]
@@ -262,6 +264,7 @@ def test_a_node_restarted_mid_pull_resumes_from_what_it_saved_at_the_stop(small_
     def start():
         network = InMemoryNetwork()
         node, _ = open_node(federation.sites["hospital-a"], lambda config, links, settings: network.endpoint(config.name))
+        node.transfers.settings = TransferSettings(chunk_bytes=1)  # one chunk per tensor of this small model
         node.protocol.start(0.0)
         return node, network.endpoint("hospital-b")
 

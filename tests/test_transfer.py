@@ -43,8 +43,14 @@ def deliver(incoming: Incoming, offered: Offered, requests) -> None:
 def test_leaves_are_the_digest_pieces_and_chunks_group_them() -> None:
     offered = sender()
     assert leaf_count(offered.flat.specs) == 3 + 1 + 1 + 1 == len(offered.hashes)  # "zero" has no leaf
-    assert chunk_plan(6, 4) == [(0, 4), (4, 2)]
-    assert pull(offered, chunk_bytes=8 * MIB).chunks == [(0, 2), (2, 2), (4, 2)]
+    leaf = DIGEST_CHUNK_BYTES
+    assert chunk_plan([leaf, leaf, leaf, leaf, 10, 10], 2 * leaf) == [(0, 2), (2, 2), (4, 2)]
+    assert chunk_plan([leaf, 10, 10, leaf], leaf) == [(0, 1), (1, 2), (3, 1)]  # small leaves share a chunk
+    assert chunk_plan([1] * 40, leaf) == [(0, 16), (16, 16), (32, 8)]  # at most 16 frames a chunk
+    assert chunk_plan([], leaf) == []
+    # big: 4 + 4 + 2 MiB; exact: 4 MiB; then the two small tensors together
+    assert pull(offered).chunks == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 2)]
+    assert pull(offered, chunk_bytes=8 * MIB).chunks == [(0, 2), (2, 4)]  # 8 MiB, then 2 + 4 MiB + 36 bytes
 
 
 def test_a_whole_transfer_rebuilds_the_same_tensors_within_the_window() -> None:
@@ -56,7 +62,7 @@ def test_a_whole_transfer_rebuilds_the_same_tensors_within_the_window() -> None:
         assert len(incoming.inflight) <= 2  # never more than the credit outstanding
         asked += len(wanted)
         deliver(incoming, offered, wanted)
-    assert asked == len(incoming.chunks) == 6
+    assert asked == len(incoming.chunks) == 5
     assert incoming.bytes_received == offered.flat.total_bytes
     received = rebuild_state(incoming.model())
     for name, tensor in model().items():
@@ -95,7 +101,7 @@ def test_a_chunk_that_does_not_match_its_signed_hash_is_refused_and_asked_for_ag
         (99, 2, "two", "bad_chunk_range"),
         (0, 2, "one_frame", "bad_chunk"),
         (0, 2, "short", "bad_chunk"),
-        (2, 2, "good", "unrequested_chunk"),  # window 1: only chunk 0 was asked for
+        (2, 4, "good", "unrequested_chunk"),  # window 1: only chunk 0 was asked for
     ],
 )
 def test_malformed_or_unasked_chunks_are_refused(first, count, frames, reason) -> None:
@@ -155,10 +161,9 @@ def test_a_sender_refuses_ranges_outside_its_model() -> None:
 
 
 def test_settings_are_checked() -> None:
-    for bad in ({"chunk_bytes": MIB}, {"chunk_bytes": 65 * 4 * MIB}, {"window": 0}):
+    for bad in ({"chunk_bytes": 0}, {"chunk_bytes": 65 * 4 * MIB}, {"window": 0}):
         with pytest.raises(ValueError):
             TransferSettings(**bad)
-    assert TransferSettings(chunk_bytes=12 * MIB).leaves_per_chunk == 3
 
 
 def test_a_snapshot_is_reused_only_once_nothing_is_in_transit_from_it() -> None:
