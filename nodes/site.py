@@ -28,6 +28,7 @@ from swarm.atomic import write_atomic
 from swarm.config import check_keys, get_float, get_int, get_str, read_toml, table
 from swarm.errors import ConfigError
 from swarm.manifest import ENDPOINT_PATTERN, NAME_PATTERN
+from swarm.messages import MAX_CHUNK_LEAVES
 from swarm.transfer import LEAF_BYTES, TransferSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -121,10 +122,8 @@ def _checked_transfer(values: dict[str, Any]) -> TransferSettings:
     """site.toml [transfer]: how this node pulls models (swarm.transfer); defaults suit a LAN."""
     check_keys(values, {"chunk_mib", "window", "chunk_timeout", "retries"}, "transfer")
     default = TransferSettings()
-    leaf_mib = LEAF_BYTES // 2**20
-    chunk_mib = get_int(values, "chunk_mib", "transfer", default=default.chunk_bytes // 2**20, minimum=leaf_mib, maximum=64)
-    if chunk_mib % leaf_mib:
-        raise ConfigError(f"transfer.chunk_mib: must be a multiple of {leaf_mib} (a model's leaves are {leaf_mib} MiB), got {chunk_mib} (example: chunk_mib = 8)")
+    # Chunks group whole 4 MiB leaves up to this size; below 4, every leaf travels alone.
+    chunk_mib = get_int(values, "chunk_mib", "transfer", default=default.chunk_bytes // 2**20, minimum=1, maximum=MAX_CHUNK_LEAVES * LEAF_BYTES // 2**20)
     return TransferSettings(
         chunk_bytes=chunk_mib * 2**20,
         window=get_int(values, "window", "transfer", default=default.window, minimum=1, maximum=64),

@@ -303,3 +303,21 @@ def test_a_request_that_could_not_be_sent_is_asked_again_without_a_retry() -> No
     for first, _ in reversed(first_two):
         incoming.not_sent(first)
     assert incoming.requests(1.0) == first_two  # same order, and retries=0 did not stall it
+
+
+def test_a_sites_transfer_table_round_trips_and_mistakes_name_the_field(tmp_path) -> None:
+    from nodes.site import SiteConfig
+    from swarm.config import read_toml
+    from swarm.errors import ConfigError
+
+    base = {"site": {"name": "hospital-a"}, "node": {"endpoint": "tcp://127.0.0.1:7000"}}
+    config = SiteConfig.from_dict(base | {"transfer": {"chunk_mib": 16, "window": 8, "chunk_timeout": 120, "retries": 10}})
+    assert config.transfer == TransferSettings(chunk_bytes=16 * MIB, window=8, chunk_timeout=120.0, retries=10)
+    (tmp_path / "site.toml").write_text(config.to_toml())
+    assert SiteConfig.from_dict(read_toml(tmp_path / "site.toml")).transfer == config.transfer
+    assert "[transfer]" not in SiteConfig.from_dict(base).to_toml()  # defaults are not written out
+    for table, field in (({"chunk_mib": 0}, "transfer.chunk_mib"), ({"chunk_mib": 65}, "transfer.chunk_mib"),
+                         ({"window": 0}, "transfer.window"), ({"chunk_timeout": -1}, "transfer.chunk_timeout"),
+                         ({"speed": 1}, "transfer.speed")):
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            SiteConfig.from_dict(base | {"transfer": table})
