@@ -133,7 +133,8 @@ class Node:
                 self._finish_round()
         finally:
             self.executor.shutdown(wait=True)
-            self.transfers.save(self.store.site.incoming_dir)  # pulls cut by the stop resume after a restart
+            if not self.protocol.finished:  # pulls cut by the stop resume after a restart
+                self.transfers.save(self.store.site.incoming_dir)
         state = "finished" if self.protocol.finished else "stopped"
         self._write_status(state)
         return NodeOutcome(state, self.protocol.published_seq, dict(self.rejections.counts))
