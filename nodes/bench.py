@@ -204,7 +204,7 @@ def _sender_main(conn: Connection, layout: list, ports: Sequence[int], transfer:
                 def send(frames: list, msg: ChunkRequest = msg) -> Any:
                     return transport.send_tracked(RECEIVER, encode_message(FEDERATION, Chunk(msg.digest, msg.first, msg.count), frames))
 
-                if transfers.serve(msg.digest, msg.first, msg.count, send):
+                if transfers.serve(RECEIVER, msg.digest, msg.first, msg.count, send):
                     served += transfers.counts["chunk_bytes_sent"] - before
                     if cut_after is not None and served >= cut_after:
                         return served

@@ -96,7 +96,7 @@ class Node:
         # Every member trains the plan's model: a neighbour's model must have exactly its
         # tensor names, dtypes and shapes, or merging it would fail (or be meaningless).
         self.expected_specs = flatten_state(learner.shared_state()).specs
-        self.transfers = Transfers(self.expected_specs, transfer)
+        self.transfers = Transfers(self.expected_specs, transfer, clock)
         self.transfers.load(store.site.incoming_dir, protocol.neighbours)
         self.verifier = Verifier(store, self.evidence, self.transfers)
         self.started = clock()
@@ -245,7 +245,7 @@ class Node:
 
         with self.timer.measure("transfer", self.protocol.activity):
             try:
-                sent = self.transfers.serve(msg.digest, msg.first, msg.count, send)
+                sent = self.transfers.serve(peer, msg.digest, msg.first, msg.count, send)
             except RejectedMessage as exc:
                 self._reject(peer, exc.reason, exc.detail)
                 return

@@ -5,7 +5,9 @@ Memory stays bounded by construction. Served chunks are views of the published s
 so any number of neighbours pulling costs no copies, and each neighbour's send queue holds
 at most a window of chunks (the transport's high-water mark). When the next version is
 snapshot, it is copied into the same tensors (`reclaim`) once the transport has let go of
-every chunk sent from them, so a sender holds its model and one snapshot, not two. A pull
+every chunk sent from them, so a sender holds its model and one snapshot, not two; only
+while a neighbour is still pulling the served version does the new snapshot get fresh
+memory, and the old version stays served until that pull goes quiet. A pull
 writes into buffers of one model (recycled once a pulled model was merged), and a node keeps
 at most one pull per neighbour: a new offer of the same digest resumes it, an offer of
 another digest replaces it.
@@ -27,6 +29,7 @@ from collections import Counter, OrderedDict, deque
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +46,11 @@ from swarm.transfer import Incoming, Offered, TransferSettings, check_offer
 
 log = logging.getLogger("swarm.node")
 
-KEEP_OFFERED = 1  # the latest version only: a model and its snapshot are what a sender holds
+# A version that a neighbour has pulled part of, and asked for within this long, is still
+# being pulled: it is not overwritten by the next snapshot and stays served beside the new
+# one, so a neighbour on a slow link finishes what it started (the sender then holds two
+# snapshots for a while).
+PULLED_RECENTLY_S = 10.0
 REMEMBERED = 8  # per neighbour: digests of ended pulls, whose late chunks are not an offence
 
 
@@ -58,9 +65,11 @@ class Pull:
 
 
 class Transfers:
-    def __init__(self, specs: Sequence[TensorSpec], settings: TransferSettings) -> None:
+    def __init__(self, specs: Sequence[TensorSpec], settings: TransferSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.specs = tuple(specs)
         self.settings = settings
+        self.clock = clock
+        self._pulling: dict[tuple[bytes, str], tuple[set[int], float]] = {}  # (digest, peer) -> leaves sent, when last
         self._saved: dict[str, tuple[bytes, Path]] = {}  # peer -> (digest, file) of pulls saved at the last stop
         self.offered: OrderedDict[bytes, Offered] = OrderedDict()
         self.pulls: dict[str, Pull] = {}
@@ -73,15 +82,19 @@ class Transfers:
     # -- serving ---------------------------------------------------------------------------------
 
     def offer(self, offered: Offered) -> None:
+        """Serve `offered` from now on, and the version before it only while a neighbour is
+        still pulling it (one snapshot in memory otherwise)."""
         with self._lock:
             if offered.digest not in self.offered:
                 self._in_transit = []
+            for digest in list(self.offered):
+                if digest != offered.digest and not self._being_pulled(digest):
+                    self._drop(digest)
+            while len(self.offered) > 1:  # at most the one being pulled and the new one
+                self._drop(next(iter(self.offered)))
             self.offered[offered.digest] = offered
-            self.offered.move_to_end(offered.digest)
-            while len(self.offered) > KEEP_OFFERED:
-                self.offered.popitem(last=False)
 
-    def serve(self, digest: bytes, first: Any, count: Any, send: Callable[[list[memoryview]], Callable[[], bool] | None]) -> bool | None:
+    def serve(self, peer: str, digest: bytes, first: Any, count: Any, send: Callable[[list[memoryview]], Callable[[], bool] | None]) -> bool | None:
         """Send a chunk with `send` (frames -> a "released?" function, or None when not
         queued). None when the version is no longer served; RejectedMessage for a range
         that is not in the model."""
@@ -93,6 +106,9 @@ class Transfers:
             released = send(frames)
             if released is None:
                 return False
+            leaves, _ = self._pulling.get((digest, peer), (set(), 0.0))
+            leaves.update(range(first, first + count))
+            self._pulling[(digest, peer)] = (leaves, self.clock())
             if offered.tensors is not None:
                 if len(self._in_transit) >= 4096:  # many pulls in one round: forget what left
                     self._in_transit = [pending for pending in self._in_transit if not pending()]
@@ -103,19 +119,34 @@ class Transfers:
 
     def reclaim(self) -> dict[str, torch.Tensor] | None:
         """The served snapshot's tensors, for the next snapshot to be copied into, if the
-        transport let go of every chunk sent from them; the version is no longer served
-        from then on (neighbours asking for it get `version_gone`). None: snapshot afresh."""
+        transport let go of every chunk sent from them and no neighbour is part way through
+        pulling it; the version is no longer served from then on (a neighbour asking for it
+        gets `version_gone`). None: snapshot afresh."""
         with self._lock:
             if not self.offered:
                 return None
             digest, offered = next(reversed(self.offered.items()))
             self._in_transit = [released for released in self._in_transit if not released()]
-            if offered.tensors is None or self._in_transit:
+            if offered.tensors is None or self._in_transit or self._being_pulled(digest):
                 self.counts["snapshot_fresh"] += 1
                 return None
-            del self.offered[digest]
+            self._drop(digest)
             self.counts["snapshot_reused"] += 1
             return dict(offered.tensors)
+
+    def _being_pulled(self, digest: bytes) -> bool:
+        """Whether a neighbour has part of this version, and asked for more lately."""
+        total = len(self.offered[digest].leaves)
+        now = self.clock()
+        return any(
+            key[0] == digest and len(leaves) < total and now - when < PULLED_RECENTLY_S
+            for key, (leaves, when) in self._pulling.items()
+        )
+
+    def _drop(self, digest: bytes) -> None:
+        del self.offered[digest]
+        for key in [key for key in self._pulling if key[0] == digest]:
+            del self._pulling[key]
 
     # -- pulling ---------------------------------------------------------------------------------
 

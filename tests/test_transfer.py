@@ -166,24 +166,66 @@ def test_settings_are_checked() -> None:
             TransferSettings(**bad)
 
 
-def test_a_snapshot_is_reused_only_once_nothing_is_in_transit_from_it() -> None:
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def served_transfers(clock: FakeClock) -> tuple:
     from nodes.transfers import Transfers
 
-    state = {k: v.clone() for k, v in model().items()}
-    snapshot = {k: v.clone() for k, v in state.items()}
+    snapshot = {k: v.clone() for k, v in model().items()}
     flat = flatten_state(snapshot)
-    transfers = Transfers(flat.specs, TransferSettings())
+    transfers = Transfers(flat.specs, TransferSettings(), clock)
     transfers.offer(Offered(flat, leaf_hashes(flat), model_digest(flat), snapshot))
+    return transfers, snapshot, model_digest(flat)
+
+
+def test_a_snapshot_is_reused_only_once_nothing_is_in_transit_from_it() -> None:
+    from nodes.transfers import PULLED_RECENTLY_S
+
+    clock = FakeClock()
+    transfers, snapshot, digest = served_transfers(clock)
     released = {"now": False}
-    assert transfers.serve(model_digest(flat), 0, 1, lambda frames: lambda: released["now"]) is True
+    assert transfers.serve("hospital-b", digest, 0, 1, lambda frames: lambda: released["now"]) is True
+    clock.now += PULLED_RECENTLY_S  # hospital-b went quiet half way
     assert transfers.reclaim() is None  # a chunk still queued in the transport: snapshot afresh
     assert transfers.counts["snapshot_fresh"] == 1
     released["now"] = True
     reclaimed = transfers.reclaim()
     assert reclaimed is not None and all(reclaimed[k] is snapshot[k] for k in snapshot)
     # From now on the old version is not served: its bytes are about to change.
-    assert transfers.serve(model_digest(flat), 0, 1, lambda frames: lambda: True) is None
+    assert transfers.serve("hospital-b", digest, 0, 1, lambda frames: lambda: True) is None
     assert transfers.reclaim() is None
+
+
+def test_a_snapshot_a_neighbour_pulled_whole_is_reused_at_once() -> None:
+    clock = FakeClock()
+    transfers, snapshot, digest = served_transfers(clock)
+    for first, count in pull(transfers.offered[digest]).chunks:
+        assert transfers.serve("hospital-b", digest, first, count, lambda frames: lambda: True)
+    assert transfers.reclaim() is not None  # its pull is complete: nothing waits for the old bytes
+
+
+def test_a_version_a_neighbour_is_still_pulling_stays_served_beside_the_next() -> None:
+    from nodes.transfers import PULLED_RECENTLY_S
+
+    clock = FakeClock()
+    transfers, snapshot, old = served_transfers(clock)
+    assert transfers.serve("hospital-b", old, 0, 1, lambda frames: lambda: True)
+    clock.now += 1.0
+    assert transfers.reclaim() is None  # hospital-b is half way: the next snapshot gets new memory
+    newer = sender(seed=5)
+    transfers.offer(Offered(newer.flat, newer.hashes, newer.digest, {}))
+    assert list(transfers.offered) == [old, newer.digest]
+    assert transfers.serve("hospital-b", old, 1, 1, lambda frames: lambda: True)  # the slow neighbour goes on
+    clock.now += PULLED_RECENTLY_S
+    newest = sender(seed=6)
+    transfers.offer(Offered(newest.flat, newest.hashes, newest.digest, {}))
+    assert list(transfers.offered) == [newest.digest]  # quiet versions are let go
 
 
 def test_a_send_that_was_not_queued_holds_nothing() -> None:
@@ -192,10 +234,10 @@ def test_a_send_that_was_not_queued_holds_nothing() -> None:
     offered = sender()
     transfers = Transfers(offered.flat.specs, TransferSettings())
     transfers.offer(Offered(offered.flat, offered.hashes, offered.digest, {}))
-    assert transfers.serve(offered.digest, 0, 1, lambda frames: None) is False
+    assert transfers.serve("hospital-b", offered.digest, 0, 1, lambda frames: None) is False
     assert transfers.counts["chunks_sent"] == 0
     with pytest.raises(RejectedMessage):
-        transfers.serve(offered.digest, 99, 1, lambda frames: lambda: True)
+        transfers.serve("hospital-b", offered.digest, 99, 1, lambda frames: lambda: True)
 
 
 def test_an_offer_of_a_16_gib_model_fits_the_wire_limits_a_node_sets() -> None:
