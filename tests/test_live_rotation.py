@@ -66,21 +66,22 @@ def test_a_live_key_rotation_keeps_the_federation_training_under_the_new_keys(tm
     sites = federation.sites
     b_site = sites[ROTATED]
     old_key = load_site_keys(b_site / "keys").signing.public
+    # The rotation, as an operator does it: fresh keys for the same name and endpoint,
+    # version 2 proposed with --rotate, signed with the new keys, with b's old ones and with
+    # a's (2 of the 3 members of version 1). Prepared before the nodes start, so that on a
+    # busy machine the slow CLI runs do not let the federation finish before the install.
+    new_keys = tmp_path / "b-new-keys"
+    cli("init", "--site", new_keys, "--name", ROTATED, "--endpoint", federation.manifest.member(ROTATED).endpoint)
+    new_key = load_site_keys(new_keys / "keys").signing.public
+    v2 = tmp_path / "manifest-v2.json"
+    cli("federation", "propose", "--from", federation.manifest_path, "--rotate", new_keys / "member.json", "--out", v2)
+    card = load_manifest(v2).manifest.member(ROTATED)
+    assert card.signing_key == new_key and card.transport_key != federation.manifest.member(ROTATED).transport_key
+    cli("federation", "sign", v2, "--site", new_keys)
+    assert "with its old key of version 1" in cli("federation", "sign", v2, "--site", b_site)
+    assert "enough signatures" in cli("federation", "sign", v2, "--site", sites["hospital-a"])
     processes = {name: start(site) for name, site in sites.items()}
     try:
-        # The rotation, as an operator does it: fresh keys for the same name and endpoint,
-        # version 2 proposed with --rotate, signed with the new keys, with b's old ones and
-        # with a's (2 of the 3 members of version 1)...
-        new_keys = tmp_path / "b-new-keys"
-        cli("init", "--site", new_keys, "--name", ROTATED, "--endpoint", federation.manifest.member(ROTATED).endpoint)
-        new_key = load_site_keys(new_keys / "keys").signing.public
-        v2 = tmp_path / "manifest-v2.json"
-        cli("federation", "propose", "--from", federation.manifest_path, "--rotate", new_keys / "member.json", "--out", v2)
-        card = load_manifest(v2).manifest.member(ROTATED)
-        assert card.signing_key == new_key and card.transport_key != federation.manifest.member(ROTATED).transport_key
-        cli("federation", "sign", v2, "--site", new_keys)
-        assert "with its old key of version 1" in cli("federation", "sign", v2, "--site", b_site)
-        assert "enough signatures" in cli("federation", "sign", v2, "--site", sites["hospital-a"])
         deadline = time.monotonic() + 60
         while min(len(log_entries(site)) for site in sites.values()) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -93,7 +94,7 @@ def test_a_live_key_rotation_keeps_the_federation_training_under_the_new_keys(tm
         deadline = time.monotonic() + 30
         while len(log_entries(b_site)) < stalled_at + 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        # ... and installed at every site while the nodes run: at a first, which tells b.
+        # Version 2 is installed at every site while the nodes run: at a first, which tells b.
         cli("federation", "install", v2, "--site", sites["hospital-a"])
 
         # b stops on its own once it adopts version 2.
