@@ -7,14 +7,15 @@ a single byte, the receiver checks that those leaf hashes combine into the signe
 so every chunk can be checked on arrival against signed data: one pass of hashing, and no
 second pass over the whole model at the end.
 
-The receiver then *pulls*: it asks for chunks (runs of consecutive leaves, about
-`chunk_bytes` each) and keeps at most `window` requests outstanding, so a sender never
+The receiver then *pulls*: it asks for chunks (runs of consecutive leaves of up to
+`chunk_bytes`, a leaf never split) and keeps at most `window` requests outstanding, so a sender never
 has more than a window of this transfer in flight. Each arriving leaf is hashed and
 written straight into its tensor's final buffer, preallocated from the plan's specs.
 A chunk that does not arrive in time is asked for again; one with a wrong hash is refused
 and asked for again; after `retries` failures of one chunk the transfer stalls. An
 interrupted transfer (a disconnect, a sender restart, a protocol time-out) keeps its
-verified leaves, and a new offer of the same digest resumes from there.
+verified leaves, and a new offer of the same digest resumes from there; leaves read back
+from disk after the receiver's own restart are trusted only if they match (`recover`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ LEAF_BYTES = DIGEST_CHUNK_BYTES
 
 @dataclass(frozen=True)
 class TransferSettings:
-    """How a receiver pulls a model; the plan's (or site's) [transfer] table."""
+    """How a receiver pulls a model: site.toml's [transfer] table."""
 
     chunk_bytes: int = 4 * 1024 * 1024  # consecutive leaves up to this many bytes travel as one chunk
     window: int = 4  # chunk requests outstanding per transfer (the credit)
@@ -48,7 +49,6 @@ class TransferSettings:
             raise ValueError(f"chunk_bytes must be from 1 to {MAX_CHUNK_LEAVES * LEAF_BYTES}")
         if not 1 <= self.window <= 64:
             raise ValueError("window must be from 1 to 64")
-
 
 
 class TransferStalled(Exception):
