@@ -19,7 +19,7 @@ import zmq
 
 from gossip.base import Resume
 from swarm.codec import Limits
-from swarm.errors import ConfigError, ManifestError, UsageError
+from swarm.errors import ConfigError, ManifestError, SwarmError, UsageError, resource_error
 from swarm.identity import SiteKeys, load_site_keys
 from swarm.manifest import Manifest, SignedManifest, load_manifest, save_manifest, signatures_path
 from swarm.manifest_chain import verify_chain
@@ -225,14 +225,27 @@ def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | 
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     outcomes: list[NodeOutcome | None] = [None] * len(site_roots)
+    errors: list[BaseException | None] = [None] * len(site_roots)
     try:
         for root in site_roots:
-            opened.append(open_node(root, functools.partial(zmq_transport, context=context, authenticator=authenticator), device))
+            try:
+                opened.append(open_node(root, functools.partial(zmq_transport, context=context, authenticator=authenticator), device))
+            except OSError as exc:  # e.g. a log or key file the node may not write
+                error = resource_error(exc)
+                if error is None:
+                    raise
+                raise error from None
         if len(opened) > 1:
             handlers = [_node_log_handler(node.name, SiteDir(root).root / "node.log") for (node, _), root in zip(opened, site_roots)]
 
         def run_one(index: int, node: Node) -> None:
-            outcomes[index] = node.run(stop)
+            try:
+                outcomes[index] = node.run(stop)
+            except BaseException as exc:
+                errors[index] = exc
+                stop.set()  # one node failing stops the others in this process
+                if not isinstance(exc, SwarmError):
+                    raise  # a bug: the thread prints its traceback
 
         threads = [threading.Thread(target=run_one, args=(i, node), name=f"node-{node.name}") for i, (node, _) in enumerate(opened)]
         for thread in threads:
@@ -254,9 +267,13 @@ def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | 
             logging.getLogger().removeHandler(handler)
             handler.close()
     results = []
+    for error in errors:
+        if isinstance(error, SwarmError):  # e.g. a full disk: one line, its own exit code
+            raise error
     for (node, _), outcome in zip(opened, outcomes):
         if outcome is None:
-            raise RuntimeError(f"node {node.name} stopped with an error; see its node.log")
+            where = "its node.log" if len(opened) > 1 else "the traceback above"
+            raise RuntimeError(f"node {node.name} stopped with an error; see {where}")
         log.info("%s %s at version %d; rejected messages: %s", node.name, outcome.state, outcome.published_seq, outcome.rejected or "none")
         results.append(outcome)
     return results

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gossip.base import ANNOUNCEMENT, Action, Dropped, Finished, MergeAndTrain, ModelInfo, ProtocolMachine, PulledVersion, PushModel, Send, SendModel
 from swarm.codec import Limits, decode_message, encode_message
-from swarm.errors import LogError, RejectedMessage
+from swarm.errors import LogError, RejectedMessage, resource_error
 from swarm.log import ParentRef, SignedEntry
 from swarm.evidence import EvidenceStore, ForkEvidence
 from swarm.manifest import Manifest, SignedManifest
@@ -115,6 +115,23 @@ class Node:
     # -- main loop -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> NodeOutcome:
+        """Run until the plan is done, `stop` is set, or a manifest version halts the node.
+        A resource the machine refuses (a full disk, a permission) stops it with a
+        ResourceError naming the path and the fix; status.json says so where it can."""
+        try:
+            return self._run(stop)
+        except OSError as exc:
+            error = resource_error(exc)
+            if error is None:
+                raise
+            log.error("stopping: %s", error)
+            try:
+                self._write_status("stopped", error=str(error))
+            except OSError:  # the same full disk, most likely: the log line above must do
+                pass
+            raise error from None
+
+    def _run(self, stop: threading.Event) -> NodeOutcome:
         latest = self.store.latest
         if latest is not None:
             state = rebuild_state(latest.flat, copy=True)
@@ -518,10 +535,11 @@ class Node:
         )
         append_metrics_line(self.metrics_path, line)
 
-    def _write_status(self, state: str) -> None:
+    def _write_status(self, state: str, error: str | None = None) -> None:
         status = {
             "node": self.name,
             "state": state,
+            **({"error": error} if error else {}),
             "published_seq": self.protocol.published_seq,
             "rounds": self.protocol.rounds,
             "rejected": dict(self.rejections.counts),

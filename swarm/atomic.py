@@ -56,14 +56,19 @@ def write_sparse_atomic(path: Path, size: int, pieces: Iterable[tuple[int, bytes
 
 def _replace_atomically(path: Path, mode: int, fill: Callable[[int], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file, not its temporary
     try:
         os.fchmod(fd, mode)
         fill(fd)
         os.fsync(fd)
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # os.write and fsync name no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     os.close(fd)
     os.replace(tmp, path)

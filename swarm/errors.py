@@ -1,12 +1,15 @@
 """The exception hierarchy.
 
 `UsageError` and its subclasses are mistakes a user can fix (a bad config, a missing key
-file, a port in use); the CLIs print their message as one line and exit 2. `RejectedMessage`
+file, a port in use); the CLIs print their message as one line and exit 2. A
+`ResourceError` is the machine refusing something (a full disk, a permission, a read-only
+file system): one line naming the path and the fix, exit 3. `RejectedMessage`
 is raised by network-facing decoders and is always caught by the node, which logs and counts
 it instead of crashing. Everything else is a bug and keeps its traceback. `brief` quotes an
 untrusted value in an error message.
 """
 
+import errno
 import reprlib
 from typing import Any
 
@@ -37,6 +40,34 @@ class SwarmError(Exception):
     """Base class for every error this project raises on purpose."""
 
     exit_code = 1
+
+
+class ResourceError(SwarmError):
+    """The machine refused a resource the node needs; the message names the path and the fix."""
+
+    exit_code = 3
+
+
+_RESOURCES = {
+    errno.ENOSPC: ("its file system is full", "free space on it (`df -h`)"),
+    errno.EDQUOT: ("the disk quota is used up", "free space or raise the quota"),
+    errno.EACCES: ("permission denied", "give the user that runs the node write access to the site directory"),
+    errno.EPERM: ("operation not permitted", "give the user that runs the node write access to the site directory"),
+    errno.EROFS: ("its file system is read-only", "put the site directory on a writable file system"),
+    errno.EFBIG: ("the file would exceed this process's file-size limit", "raise the limit (`ulimit -f`, LimitFSIZE=)"),
+}
+
+
+def resource_error(exc: OSError) -> ResourceError | None:
+    """The one-line ResourceError for an OSError the machine caused; None for any other
+    (a bug, which keeps its traceback)."""
+    known = _RESOURCES.get(exc.errno) if exc.errno is not None else None
+    if known is None:
+        return None
+    problem, fix = known
+    where = exc.filename if exc.filename is not None else "a file of the site directory"
+    return ResourceError(f"cannot write {where}: {problem}; {fix}, then start the node again "
+                         "(what was written before is whole: every write is atomic)")
 
 
 class UsageError(SwarmError):

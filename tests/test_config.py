@@ -3,7 +3,9 @@ the bad value and an example of a good one."""
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -146,3 +148,32 @@ def test_table_config():
         "plan.demo.y: unknown key, got 'y' = 0 (known keys: n, x)"
     )
     assert message(lambda: _Demo.from_dict("n = 1")).startswith("demo: must be a table")
+
+
+@pytest.mark.parametrize("code, says", [
+    (errno.ENOSPC, "its file system is full; free space on it"),
+    (errno.EACCES, "permission denied; give the user that runs the node write access"),
+    (errno.EROFS, "read-only; put the site directory on a writable file system"),
+    (errno.EDQUOT, "quota"),
+])
+def test_a_resource_the_machine_refuses_is_one_line_naming_the_path_and_the_fix(code, says):
+    from swarm.errors import ResourceError, resource_error
+
+    error = resource_error(OSError(code, os.strerror(code), "/site/checkpoints/00000007.swt"))
+    assert isinstance(error, ResourceError) and error.exit_code == 3
+    assert str(error).startswith("cannot write /site/checkpoints/00000007.swt: ") and says in str(error)
+    assert "\n" not in str(error)
+    assert resource_error(OSError(errno.EBADF, "bad file descriptor")) is None  # a bug keeps its traceback
+
+
+def test_a_failed_atomic_write_names_the_file_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    from swarm import atomic
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic.os, "write", full)
+    with pytest.raises(OSError) as failed:
+        atomic.write_atomic(tmp_path / "status.json", b"{}")
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(tmp_path / "status.json")
+    assert list(tmp_path.iterdir()) == []

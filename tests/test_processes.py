@@ -382,3 +382,35 @@ def test_32_connections_sending_frames_over_the_limit_cost_the_node_no_memory(sm
     assert status["hospital-a"]["state"] == "finished" and status["hospital-a"]["published_seq"] == 4
     attacked, quiet = status["hospital-a"]["peak_rss_bytes"], status["hospital-b"]["peak_rss_bytes"]
     assert attacked < quiet + 256 * 1024 * 1024, (attacked, quiet)  # 6 GiB were offered
+
+
+def _run_with_file_size_limit(site: Path, limit: int | None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`swarm-node run` for one site; with `limit`, every file it writes is capped at that
+    many bytes (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write past it fails with EFBIG):
+    a resource failure we can cause without root or a small file system."""
+    import resource
+
+    def cap() -> None:
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "nodes", "run", "--site", str(site), "--insecure"], capture_output=True, text=True,
+                          env=ENV, timeout=timeout, preexec_fn=cap)
+
+
+@pytest.mark.slow
+def test_a_write_the_machine_refuses_stops_the_node_with_one_line_and_a_restart_says_the_same(small_federation):
+    _, federation = small_federation(nodes=2, rounds=3)
+    site = federation.sites["hospital-a"]  # runs alone: b never starts, so a trains on its own
+    for _ in range(2):  # the cause still there on the restart: the same line, nothing else
+        result = _run_with_file_size_limit(site, limit=4096)
+        assert result.returncode == 3, result.stderr[-2000:]
+        [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert "checkpoints" in line and "file-size limit" in line and "start the node again" in line, line
+        assert "Traceback" not in result.stderr
+        status = json.loads((site / "status.json").read_text())
+        assert status["state"] == "stopped" and "file-size limit" in status["error"]
+        assert not [p for p in (site / "checkpoints").iterdir() if ".tmp" in p.name]  # nothing half-written
+    result = _run_with_file_size_limit(site, limit=None)  # the cause removed: the plan runs to its end
+    assert result.returncode == 0 and result.stdout.startswith("finished at version 3"), result.stderr[-2000:]
+    assert swarm_node("log", "verify", str(site)).returncode == 0

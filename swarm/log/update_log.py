@@ -180,7 +180,7 @@ class UpdateLog:
                 os.ftruncate(fd, self._size)
             except OSError:
                 pass
-            raise
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         self._size += len(record)
 
     def close(self) -> None:
