@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -73,7 +76,11 @@ def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, t
         config = replace(config, insecure=True)
     config.check_data()
     out = out or Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_scenario(config, out, _progress, force=force)
+    with _sigterm_as_interrupt():
+        summary = run_scenario(config, out, _progress, force=force)
+    if summary.get("interrupted"):
+        click.echo(f"interrupted: the nodes were stopped and keep their state; partial summary (no baselines) at {out / 'summary.json'}", err=True)
+        sys.exit(130)
     _progress(format_table(summary))
     _progress(f"summary: {out / 'summary.json'}")
     if not summary["ok"]:
@@ -213,3 +220,17 @@ def topology(name: str, params: tuple[str, ...], nodes: int, seed: int | None, r
 
 def entry() -> None:
     run_cli(main)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager, `kill`) stops a run the way Ctrl-C does."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -54,10 +54,12 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
                           task.training, config.rounds, task.init_seed, history=False, held_out=held_out)
 
     local = pooled = None
-    if config.local_only:
+    if outcome.interrupted and (config.local_only or config.pooled):
+        progress("interrupted: no baselines; the summary is marked incomplete")
+    if config.local_only and not outcome.interrupted:
         progress("training the local-only baseline (each site alone, same budget)")
         local = baseline("single")
-    if config.pooled:
+    if config.pooled and not outcome.interrupted:
         progress("training the pooled baseline (all data in one place, same budget)")
         pooled = baseline("mix")
     floor = majority_class({s.name: s.train_y for s in sites}, {s.name: s.test_y for s in sites},
@@ -131,6 +133,8 @@ def build_summary(config: ScenarioConfig, federation: Federation, outcome: RunOu
         "wall_seconds": round(outcome.wall_seconds, 2),
         "workers": outcome.workers,  # worker processes (several nodes each in large federations)
         "timed_out": outcome.timed_out,
+        "interrupted": outcome.interrupted,
+        "incomplete": outcome.interrupted,  # stopped early: no baselines, nodes short of the plan
         "ok": outcome.all_finished and audit.ok,
         "environment": {"code": _code_version(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
     }
@@ -161,6 +165,20 @@ def _scores(row: dict[str, Any]) -> dict[str, float]:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def interrupted_summary(config: ScenarioConfig, outcome: RunOutcome) -> dict[str, Any]:
+    """What is known when a second Ctrl-C cuts the summary short: the nodes' own records."""
+    return {
+        "scenario": config.name,
+        "rounds": config.rounds,
+        "interrupted": True,
+        "incomplete": True,
+        "ok": False,
+        "nodes": [{"name": n.name, "rounds_completed": len(n.metrics), "exit_code": n.exit_code, "metrics": _scores(n.metrics[-1] if n.metrics else {})}
+                  for n in outcome.nodes],
+        "wall_seconds": round(outcome.wall_seconds, 2),
+    }
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> Path:

@@ -13,7 +13,7 @@ from swarm.errors import ConfigError
 
 from .config import ScenarioConfig
 from .federation import create_federation
-from .report import build_summary, write_summary
+from .report import build_summary, interrupted_summary, write_summary
 from .runner import run_federation, worker_placement
 
 Progress = Callable[[str], None]
@@ -41,6 +41,10 @@ def run_scenario(config: ScenarioConfig, out: Path, progress: Progress, *, force
             f"{topology} topology, {config.rounds} rounds -> {out}"
         )
         outcome = run_federation(federation.sites, config.rounds, config.timeout, progress, nodes_per_worker=placement.nodes_per_worker, backend=config.backend, insecure=config.insecure)
-    summary = build_summary(config, federation, outcome, progress)
+    try:
+        summary = build_summary(config, federation, outcome, progress)
+    except KeyboardInterrupt:  # a second Ctrl-C: what the nodes recorded is still worth keeping
+        summary = interrupted_summary(config, outcome)
+        progress("interrupted again: writing what the nodes recorded")
     write_summary(out, summary)
     return summary

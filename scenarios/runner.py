@@ -176,10 +176,11 @@ class RunOutcome:
     timed_out: bool
     workers: int = 1
     peak_rss_bytes: int | None = None  # sum over worker processes of each one's peak (local workers only)
+    interrupted: bool = False  # Ctrl-C or SIGTERM: the nodes were stopped before the plan's end
 
     @property
     def all_finished(self) -> bool:
-        return not self.timed_out and all(n.exit_code == 0 for n in self.nodes)
+        return not self.timed_out and not self.interrupted and all(n.exit_code == 0 for n in self.nodes)
 
 
 def run_federation(
@@ -201,7 +202,7 @@ def run_federation(
     workers = _distinct_workers(nodes)
     if per_worker > 1 or backend != "local":
         progress(f"{len(sites)} nodes in {len(workers)} worker processes ({per_worker} per worker, {backend})")
-    timed_out = False
+    timed_out = interrupted = False
     last_round_shown = 0
     peaks: dict[int, int] = {}
     try:
@@ -219,13 +220,13 @@ def run_federation(
             time.sleep(0.25)
     except KeyboardInterrupt:
         progress("interrupted: stopping the nodes (they persist their state)")
-        timed_out = True
+        interrupted = True
     finally:
         stop_workers(workers)
     for node in nodes:
         node.read_new_metrics()
     peak = sum(peaks.values()) if peaks and all(hasattr(w, "peak_rss") for w in workers) else None
-    return RunOutcome(nodes, time.monotonic() - started, timed_out, len(workers), peak)
+    return RunOutcome(nodes, time.monotonic() - started, timed_out, len(workers), peak, interrupted)
 
 
 def _sample_peaks(workers: list[WorkerHandle], peaks: dict[int, int]) -> None:

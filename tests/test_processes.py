@@ -414,3 +414,42 @@ def test_a_write_the_machine_refuses_stops_the_node_with_one_line_and_a_restart_
     result = _run_with_file_size_limit(site, limit=None)  # the cause removed: the plan runs to its end
     assert result.returncode == 0 and result.stdout.startswith("finished at version 3"), result.stderr[-2000:]
     assert swarm_node("log", "verify", str(site)).returncode == 0
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                pass
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_scenario_run_stops_its_nodes_skips_the_baselines_and_keeps_a_partial_summary(tmp_path, how):
+    scenario = write_scenario(tmp_path, nodes=3, rounds=1000)  # far more than the test waits for
+    out = tmp_path / "out"
+    runner = subprocess.Popen([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        while not any((site / "metrics.jsonl").exists() for site in (out / "sites").glob("*")):
+            assert runner.poll() is None and time.monotonic() < deadline, "the federation never published a version"
+            time.sleep(0.1)
+        runner.send_signal(how)
+        stdout, stderr = runner.communicate(timeout=180)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 130, stderr[-2000:]
+    assert "partial summary (no baselines)" in stderr and "Traceback" not in stderr
+    assert "training the local-only baseline" not in stdout and "interrupted: no baselines" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["incomplete"] is True and summary["interrupted"] is True and summary["ok"] is False
+    assert all(node["local_only"] is None and 0 < node["rounds_completed"] < 1000 for node in summary["nodes"])
+    assert summary["log_verification"]["ok"]  # what the stopped nodes wrote is whole
+    assert _processes_mentioning(str(out)) == []  # no node outlived its runner
