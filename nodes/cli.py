@@ -226,6 +226,29 @@ def run(site_dirs: tuple[Path, ...], insecure: bool, device: str | None) -> None
         click.echo(f"{outcome.state} at version {outcome.published_seq}" + (f" ({site_dir})" if len(site_dirs) > 1 else ""))
 
 
+@main.command()
+@SITE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print status.json with disk free, the last round and warnings.")
+@click.option("--watch", type=click.FloatRange(min=1.0), default=None, help="Print again every this many seconds, until Ctrl-C.")
+@user_errors
+def status(site_dir: Path, as_json: bool, watch: float | None) -> None:
+    """What the site's node is doing: state, versions, each neighbour's last contact,
+    bytes, refused messages, disk free, and warnings. Exit 1 if there are warnings."""
+    import time
+
+    from .site_status import format_status, site_status
+
+    while True:
+        report = site_status(site_dir)
+        click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
+        if watch is None:
+            break
+        time.sleep(watch)
+        click.echo("")
+    if report["warnings"]:
+        sys.exit(1)
+
+
 @main.group("log")
 def log_group() -> None:
     """Audit update logs."""

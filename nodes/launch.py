@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import random
 import resource
 import shutil
@@ -237,6 +238,8 @@ def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | 
                 raise error from None
         if len(opened) > 1:
             handlers = [_node_log_handler(node.name, SiteDir(root).root / "node.log") for (node, _), root in zip(opened, site_roots)]
+        elif not _is_stderr(SiteDir(site_roots[0]).root / "node.log"):  # a scenario worker sends stderr there already
+            handlers = [_site_log_handler(SiteDir(site_roots[0]).root / "node.log")]
 
         def run_one(index: int, node: Node) -> None:
             try:
@@ -277,6 +280,21 @@ def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | 
         log.info("%s %s at version %d; rejected messages: %s", node.name, outcome.state, outcome.published_seq, outcome.rejected or "none")
         results.append(outcome)
     return results
+
+
+def _site_log_handler(path: Path) -> logging.Handler:
+    """A single node's log lines also go to SITE/node.log (the operator's record of the run)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _is_stderr(path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(2), os.stat(path))
+    except OSError:
+        return False
 
 
 def _node_log_handler(name: str, path: Path) -> logging.Handler:

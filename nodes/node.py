@@ -105,6 +105,8 @@ class Node:
         self.names = {m.signing_key: m.name for v in versions for m in v.members}  # every key any version listed
         self.former_members = {m.name for v in versions for m in v.members} - {m.name for m in manifest.members}
         self.halted: str | None = None  # why this node stopped early (a manifest version it cannot run under)
+        self.last_heard: dict[str, float] = {}  # neighbour -> wall-clock time of its last message
+        self.last_published: float | None = None  # wall-clock time of the last publish
 
     @property
     def manifest(self) -> Manifest:
@@ -186,6 +188,8 @@ class Node:
         if received.rejected:
             self._reject(peer, received.rejected)
             return
+        if peer in self.rejections.known_peers:  # authenticated by the transport: it is alive
+            self.last_heard[peer] = time.time()
         try:
             decoded = decode_message(received.frames, self.federation, self.limits)
         except RejectedMessage as exc:
@@ -516,7 +520,13 @@ class Node:
             published = self.store.publish(result.round, result.flat, result.digest, self.learner.samples, parents, metrics, result.local_flat)
             self.transfers.offer(Offered(result.flat, result.leaves, result.digest, result.snapshot))
         merged = {self.names[s.entry.body.author]: s.entry.seq for s in self.job_pulled}
-        self._append_metrics(result, metrics, published.entry.seq, merged, self.timer.take(self.protocol.activity))
+        spent = self.timer.take(self.protocol.activity)
+        self._append_metrics(result, metrics, published.entry.seq, merged, spent)
+        self.last_published = time.time()
+        score = next((f"{key} {metrics[key]:.3f}" for key in ("accuracy", "dice") if key in metrics), "")
+        log.info("round %d: published version %d, merged %s%s; %.1f s", result.round, published.entry.seq,
+                 ", ".join(f"{peer}#{seq}" for peer, seq in sorted(merged.items())) or "nothing (trained alone)",
+                 f"; {score}" if score else "", sum(spent.values()) + sum(result.timings.values()))
         if self.job_pulled:  # merged: the learner keeps no reference to the pulled tensors
             self.transfers.recycle(self.job_pulled[-1].buffers)
         self.job_pulled = []
@@ -536,6 +546,7 @@ class Node:
         append_metrics_line(self.metrics_path, line)
 
     def _write_status(self, state: str, error: str | None = None) -> None:
+        heads = self.store.peer_heads()
         status = {
             "node": self.name,
             "state": state,
@@ -552,5 +563,11 @@ class Node:
             "bytes_received": dict(self.transport.bytes_received),
             "transfers": self.transfers.status(),
             "peak_rss_bytes": peak_rss_bytes(),
+            "updated": time.time(),
+            "last_published": self.last_published,
+            "neighbours": {
+                peer: {"last_heard": self.last_heard.get(peer), "head": heads.get(peer, 0), "merged": self.protocol.merged.get(peer, 0)}
+                for peer in sorted(self.protocol.neighbours)
+            },
         }
         write_status(self.status_path, status)

@@ -453,3 +453,61 @@ def test_an_interrupted_scenario_run_stops_its_nodes_skips_the_baselines_and_kee
     assert all(node["local_only"] is None and 0 < node["rounds_completed"] < 1000 for node in summary["nodes"])
     assert summary["log_verification"]["ok"]  # what the stopped nodes wrote is whole
     assert _processes_mentioning(str(out)) == []  # no node outlived its runner
+
+
+@pytest.mark.slow
+def test_status_shows_a_running_node_its_neighbours_and_warnings_and_node_log_is_written(small_federation):
+    _, federation = small_federation(nodes=3, rounds=500, topology="complete")
+    sites = federation.sites
+    processes = {name: subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(site)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, env=ENV) for name, site in sites.items()}
+    a = sites["hospital-a"]
+    try:
+        deadline = time.monotonic() + 120
+        while len(log_entries(a)) < 2:
+            assert time.monotonic() < deadline and processes["hospital-a"].poll() is None, "hospital-a never published"
+            time.sleep(0.1)
+        result = swarm_node("status", "--site", str(a), "--json")
+        report = json.loads(result.stdout)
+        assert report["state"] == "running" and report["published_seq"] >= 1 and report["disk_free_bytes"] > 0
+        assert set(report["neighbours"]) == {"hospital-b", "hospital-c"}
+        assert all(seen["last_heard"] is not None for seen in report["neighbours"].values())
+        text = swarm_node("status", "--site", str(a)).stdout
+        assert text.startswith("hospital-a: running, version") and "hospital-b" in text and "last heard" in text
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            assert process.wait(120) == 0
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    result = swarm_node("status", "--site", str(a))
+    assert result.returncode == 0 and "hospital-a: stopped, version" in result.stdout and "WARNING" not in result.stdout
+    node_log = (a / "node.log").read_text()  # written by the node itself: its stderr went nowhere
+    assert "round 1: published version 1, merged" in node_log and "received SIGTERM" in node_log
+
+
+def test_status_warns_about_silent_neighbours_a_stale_status_a_node_alone_and_a_stop(tmp_path):
+    from nodes.site_status import SILENT_S, STALE_S, format_status, site_status
+
+    site = tmp_path / "site"
+    site.mkdir()
+    now = 1_000_000.0
+    status = {"node": "hospital-a", "state": "running", "published_seq": 7, "rounds": 30, "manifest_version": 1,
+              "updated": now - STALE_S - 1, "last_published": now - 5, "rejected": {}, "rejected_by_peer": {"hospital-c": {"bad_msgpack": 3}},
+              "neighbours": {"hospital-b": {"last_heard": now - SILENT_S - 30, "head": 6, "merged": 6}, "hospital-c": {"last_heard": None, "head": 0, "merged": 0}},
+              "bytes_sent": {}, "bytes_received": {}}
+    (site / "status.json").write_text(json.dumps(status))
+    (site / "metrics.jsonl").write_text("".join(json.dumps({"round": r, "merged": {}, "accuracy": 0.5}) + "\n" for r in (5, 6, 7)))
+    report = site_status(site, now=now)
+    warnings = "\n".join(report["warnings"])
+    assert "was last written" in warnings and "hospital-b silent for" in warnings and "hospital-c silent since the node started" in warnings
+    assert "trained alone for the last 3 rounds" in warnings and "3 messages from hospital-c refused (bad_msgpack 3)" in warnings
+    assert "WARNING hospital-b silent" in format_status(report, now=now)
+    status |= {"state": "stopped", "error": "cannot write X: its file system is full; free space on it"}
+    (site / "status.json").write_text(json.dumps(status))
+    warnings = site_status(site, now=now)["warnings"]
+    assert warnings[0].startswith("stopped: cannot write X") and not any("silent" in w for w in warnings)
+    result = swarm_node("status", "--site", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "has `swarm-node run --site" in result.stderr
