@@ -122,8 +122,12 @@ def compare(scenario_path: Path, repeats: int, out: Path | None, force: bool, to
             shutil.rmtree(child)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "scenario.toml", config.source.encode())
-    results = run_compare(config, repeats, out, _progress, threads=threads)
+    with _sigterm_as_interrupt():
+        results = run_compare(config, repeats, out, _progress, threads=threads)
     write_atomic(out / "compare.json", (json.dumps(results, indent=2) + "\n").encode())
+    if results.get("incomplete"):
+        click.echo(f"interrupted: {out / 'compare.json'} holds the runs that finished ({results['runs_completed']}), marked incomplete", err=True)
+        sys.exit(130)
     paths = write_report(results, out)
     _progress(markdown_table(results))
     _progress("wrote " + ", ".join(str(p) for p in [out / "compare.json", *paths.values()]))
@@ -168,7 +172,12 @@ def sweep(sweep_path: Path, out: Path | None, force: bool) -> None:
     grid = load_sweep(sweep_path)  # every cell validated before the first one runs
     # A fixed default (no timestamp), so running the same command again resumes the sweep.
     out = out or Path("runs") / grid.path.stem
-    rows = run_sweep(grid, out, _progress, force=force)
+    try:
+        with _sigterm_as_interrupt():
+            rows = run_sweep(grid, out, _progress, force=force)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished cells and {out / 'results.csv'} are kept; run the same command again to resume", err=True)
+        sys.exit(130)
     _progress(format_table(rows))
     failed = [row["cell"] for row in rows if not row["ok"]]
     if failed:

@@ -29,7 +29,6 @@ import multiprocessing
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -106,6 +105,34 @@ def run_compare(config: ScenarioConfig, repeats: int, out: Path, progress: Progr
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in order}
     data: list[dict[str, Any]] = []
     base_seed = int(config.data.get("seed", 0))
+    try:
+        _run_repeats(config, repeats, out, progress, threads, methods, params, shape, task, metrics, names, runs, data, base_seed)
+        interrupted = False
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what finished, say it is not the whole comparison
+        progress("interrupted: the comparison keeps the runs that finished and is marked incomplete")
+        interrupted = True
+    labels = LABELS | {SWARM: swarm_label(config), CONSENSUS: f"{swarm_label(config).split(' (')[0]}: consensus of the final models"}
+    return {
+        "scenario": config.name,
+        "repeats": repeats,
+        **({"incomplete": True, "interrupted": True, "runs_completed": {m: len(runs[m]) for m in order}} if interrupted else {}),
+        "task": shape.kind,
+        "metrics": metrics,
+        "primary_metric": _ranking_metric(shape.kind),
+        "rounds": config.rounds,
+        "nodes": config.nodes,
+        "threads": threads,
+        "settings": {"topology": config.topology, "protocol": config.protocol, "model": config.model,
+                     "training": config.training, "data": config.data},  # with the command line's overrides
+        "stable_after_round": STABLE_AFTER,
+        "data": data,
+        "methods": {m: _summarise(runs[m], metrics, _ranking_metric(shape.kind)) | {"label": labels[m]} for m in order if runs[m]},
+    }
+
+
+def _run_repeats(config: ScenarioConfig, repeats: int, out: Path, progress: Progress, threads: int, methods: Sequence[str],
+                 params: Mapping[str, Any], shape: Any, task: Task, metrics: list[str], names: Sequence[str],
+                 runs: dict[str, list[dict[str, Any]]], data: list[dict[str, Any]], base_seed: int) -> None:
     for repeat in range(repeats):
         repeat_config = replace(config, name=f"{config.name}-r{repeat}", data=config.data | {"seed": base_seed + repeat})
         source = repeat_config.data_source()
@@ -127,22 +154,6 @@ def run_compare(config: ScenarioConfig, repeats: int, out: Path, progress: Progr
             progress(f"  {method}: {_line(runs[method][-1], metrics)}")
         if SWARM in methods:
             progress(f"  {CONSENSUS}: {_line(runs[CONSENSUS][-1], metrics)}")
-    labels = LABELS | {SWARM: swarm_label(config), CONSENSUS: f"{swarm_label(config).split(' (')[0]}: consensus of the final models"}
-    return {
-        "scenario": config.name,
-        "repeats": repeats,
-        "task": shape.kind,
-        "metrics": metrics,
-        "primary_metric": _ranking_metric(shape.kind),
-        "rounds": config.rounds,
-        "nodes": config.nodes,
-        "threads": threads,
-        "settings": {"topology": config.topology, "protocol": config.protocol, "model": config.model,
-                     "training": config.training, "data": config.data},  # with the command line's overrides
-        "stable_after_round": STABLE_AFTER,
-        "data": data,
-        "methods": {m: _summarise(runs[m], metrics, _ranking_metric(shape.kind)) | {"label": labels[m]} for m in order},
-    }
 
 
 def _ranking_metric(kind: str) -> str:
@@ -191,12 +202,38 @@ def _scored(global_scores: Mapping[str, float], per_model: Mapping[str, Mapping[
 def _run_baseline(method: str, sites: Sequence[SiteData], held_out: Samples, task: Task, shape: Any, rounds: int,
                   params: Mapping[str, Any], threads: int) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")  # a clean process: its peak memory is the method's
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        result, cost = pool.submit(_baseline_job, method, list(sites), held_out, task, shape.input_shape,
-                                   shape.num_classes, rounds, dict(params), threads).result()
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_baseline_process, args=(sender, method, list(sites), held_out, task, shape.input_shape,
+                                                              shape.num_classes, rounds, dict(params), threads), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        while not receiver.poll(0.5):
+            if not process.is_alive() and not receiver.poll(0):
+                raise RuntimeError(f"the {method} baseline process died (exit {process.exitcode}); its traceback is above")
+        ok, payload = receiver.recv()
+    finally:  # Ctrl-C or SIGTERM included: a baseline never outlives the comparison
+        if process.is_alive():
+            process.terminate()
+        process.join(10)
+    if not ok:
+        raise RuntimeError(f"the {method} baseline failed: {payload}")
+    result, cost = payload
     history = [{"round": h["round"], "global": h.get("global", {}), "global_models": h.get("global_models", {})}
                for h in result["history"]]
     return _scored(result["global"], result["global_models"], result["sites"], sites, result["metrics"], history, cost)
+
+
+def _baseline_process(conn: Any, *args: Any) -> None:
+    try:
+        conn.send((True, _baseline_job(*args)))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it
+        pass
+    except BaseException as exc:
+        import traceback
+
+        traceback.print_exc()
+        conn.send((False, f"{type(exc).__name__}: {exc}"))
 
 
 def _baseline_job(method: str, sites: list[SiteData], held_out: Samples, task: Task, input_shape: tuple[int, ...],
@@ -221,6 +258,8 @@ def _run_swarm(config: ScenarioConfig, out: Path, task: Task, kind: str, sites: 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     outcome = run_federation(federation.sites, config.rounds, config.timeout, lambda line: None)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if outcome.interrupted:  # the runner stopped the nodes: the comparison stops too
+        raise KeyboardInterrupt
     if not outcome.all_finished:
         failed = [n.name for n in outcome.nodes if n.exit_code != 0]
         raise ConfigError(f"compare: the federation in {out} did not finish (nodes {failed or 'timed out'}); see their node.log")

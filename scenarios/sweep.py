@@ -285,7 +285,9 @@ def run_sweep(sweep: Any, out: Path, progress: Progress, *, force: bool = False,
             with _noting_interrupts() as interrupted:
                 try:
                     # force: clear whatever an interrupted earlier attempt left in this cell
-                    run_scenario(cell.config, directory, lambda line: progress(f"    {line}"), force=True)
+                    summary = run_scenario(cell.config, directory, lambda line: progress(f"    {line}"), force=True)
+                    if summary.get("interrupted"):  # SIGTERM, which the runner caught itself
+                        interrupted.set()
                 except KeyboardInterrupt:
                     interrupted.set()
             if interrupted.is_set():

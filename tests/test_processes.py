@@ -511,3 +511,55 @@ def test_status_warns_about_silent_neighbours_a_stale_status_a_node_alone_and_a_
     assert warnings[0].startswith("stopped: cannot write X") and not any("silent" in w for w in warnings)
     result = swarm_node("status", "--site", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "has `swarm-node run --site" in result.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:  # gone
+        return False
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_comparison_stops_its_baseline_at_once_and_keeps_what_finished(tmp_path, how):
+    scenario = write_scenario(tmp_path, nodes=3, rounds=400)  # a baseline of 400 rounds takes far longer than the test waits
+    out = tmp_path / "compare"
+    runner = subprocess.Popen([sys.executable, "-m", "scenarios", "compare", str(scenario), "--repeats", "2", "--out", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        while not _descendants(runner.pid):  # the first baseline's process is running
+            assert runner.poll() is None and time.monotonic() < deadline, "no baseline started"
+            time.sleep(0.1)
+        working = _descendants(runner.pid)
+        runner.send_signal(how)
+        _, stderr = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 130, stderr[-2000:]
+    assert "marked incomplete" in stderr and "Traceback" not in stderr
+    results = json.loads((out / "compare.json").read_text())
+    assert results["incomplete"] is True and results["runs_completed"]["majority"] == 1
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in working):
+        assert time.monotonic() < deadline, "a baseline process outlived the comparison"
+        time.sleep(0.1)
