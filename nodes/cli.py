@@ -210,8 +210,10 @@ def federation_install(manifest_path: Path, site_dir: Path, history: tuple[Path,
 @click.option("--site", "site_dirs", required=True, multiple=True, type=click.Path(path_type=Path), help="The site directory (repeat to run several sites' nodes in this one process).")
 @click.option("--insecure", is_flag=True, help="DEBUGGING ONLY: turn CurveZMQ off (plaintext, no allow-list).")
 @click.option("--device", default=None, metavar="auto|cpu|cuda|cuda:N", help="Where to train (overrides site.toml [training] device and the plan's).")
+@click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None, help="Serve Prometheus metrics on this port (extra `metrics`).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port (0.0.0.0: every interface).")
 @user_errors
-def run(site_dirs: tuple[Path, ...], insecure: bool, device: str | None) -> None:
+def run(site_dirs: tuple[Path, ...], insecure: bool, device: str | None, metrics_port: int | None, metrics_host: str) -> None:
     """Run this site's node until the plan is done or Ctrl-C. Connections are encrypted and
     authenticated with CurveZMQ; only the manifest's neighbours get through."""
     from .devices import check_device_spec
@@ -221,7 +223,7 @@ def run(site_dirs: tuple[Path, ...], insecure: bool, device: str | None) -> None
         check_device_spec(device, "--device")
     if insecure:
         click.echo(f"WARNING: {INSECURE_WARNING}", err=True)
-    outcomes = run_sites(list(site_dirs), insecure=insecure, device=device)
+    outcomes = run_sites(list(site_dirs), insecure=insecure, device=device, metrics=(metrics_host, metrics_port) if metrics_port else None)
     for site_dir, outcome in zip(site_dirs, outcomes):
         click.echo(f"{outcome.state} at version {outcome.published_seq}" + (f" ({site_dir})" if len(site_dirs) > 1 else ""))
 

@@ -38,6 +38,7 @@ from .learner import Learner
 from .manifest_sync import ManifestSync
 from .node import Node, NodeOutcome
 from .plan import check_plan, protocol_params, task_input_shape
+from .prometheus import start_exporter
 from .site import SiteConfig, SiteDir
 from .store import VersionStore
 
@@ -202,7 +203,7 @@ def run_site(site_root: Path, insecure: bool = False, device: str | None = None)
     return run_sites([site_root], insecure, device)[0]
 
 
-def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | None = None) -> list[NodeOutcome]:
+def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | None = None, metrics: tuple[str, int] | None = None) -> list[NodeOutcome]:
     """Run several sites' nodes in this process, one thread each (a packed scenario worker).
     Each node keeps its own sockets, keys, log and checkpoints; they share one ZeroMQ
     context (one I/O thread), one ZAP authenticator with an allow-list per node, and
@@ -226,6 +227,7 @@ def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | 
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     outcomes: list[NodeOutcome | None] = [None] * len(site_roots)
+    exporter = None
     errors: list[BaseException | None] = [None] * len(site_roots)
     try:
         for root in site_roots:
@@ -236,6 +238,9 @@ def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | 
                 if error is None:
                     raise
                 raise error from None
+        if metrics is not None:  # (host, port): the nodes' snapshots for Prometheus
+            exporter = start_exporter(metrics[1], metrics[0], lambda: [node.snapshot for node, _ in opened])
+            log.info("Prometheus metrics on http://%s:%d/metrics", *metrics)
         if len(opened) > 1:
             handlers = [_node_log_handler(node.name, SiteDir(root).root / "node.log") for (node, _), root in zip(opened, site_roots)]
         elif not _is_stderr(SiteDir(site_roots[0]).root / "node.log"):  # a scenario worker sends stderr there already
@@ -258,6 +263,8 @@ def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | 
                 thread.join(0.2)  # short joins: the main thread must stay free for signals
     finally:
         stop.set()
+        if exporter is not None:
+            exporter.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for node, transport in opened:

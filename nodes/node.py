@@ -30,7 +30,7 @@ from swarm.transport.base import Received, Transport
 
 from .backoff import PeerBackoff
 from .learner import Learner, RoundResult
-from .records import RejectionLog, append_metrics_line, metrics_line, peak_rss_bytes, write_status
+from .records import RejectionLog, append_metrics_line, disk_free_bytes, metrics_line, peak_rss_bytes, write_status
 from .manifest_sync import ManifestSync, update_message, version_change
 from .round_timer import RoundTimer
 from .store import ForkDetected, VersionStore
@@ -107,6 +107,9 @@ class Node:
         self.halted: str | None = None  # why this node stopped early (a manifest version it cannot run under)
         self.last_heard: dict[str, float] = {}  # neighbour -> wall-clock time of its last message
         self.last_published: float | None = None  # wall-clock time of the last publish
+        self.round_seconds: list[float] = []  # wall time of each round this run (a plan has at most 1000)
+        self.snapshot: dict = {}  # the latest status document (see _snapshot)
+        self._snapshot_at = -1e18
 
     @property
     def manifest(self) -> Manifest:
@@ -174,6 +177,8 @@ class Node:
         self._execute(self.protocol.tick(self.clock()))
         if self.manifests is not None:
             self._follow_manifests()
+        if self.clock() - self._snapshot_at >= 1.0:  # fresh enough for a scrape, cheap enough to build
+            self._snapshot("running")
 
     # -- incoming --------------------------------------------------------------------------------
 
@@ -523,10 +528,11 @@ class Node:
         spent = self.timer.take(self.protocol.activity)
         self._append_metrics(result, metrics, published.entry.seq, merged, spent)
         self.last_published = time.time()
+        self.round_seconds.append(sum(spent.values()) + sum(result.timings.values()))
         score = next((f"{key} {metrics[key]:.3f}" for key in ("accuracy", "dice") if key in metrics), "")
         log.info("round %d: published version %d, merged %s%s; %.1f s", result.round, published.entry.seq,
                  ", ".join(f"{peer}#{seq}" for peer, seq in sorted(merged.items())) or "nothing (trained alone)",
-                 f"; {score}" if score else "", sum(spent.values()) + sum(result.timings.values()))
+                 f"; {score}" if score else "", self.round_seconds[-1])
         if self.job_pulled:  # merged: the learner keeps no reference to the pulled tensors
             self.transfers.recycle(self.job_pulled[-1].buffers)
         self.job_pulled = []
@@ -546,6 +552,11 @@ class Node:
         append_metrics_line(self.metrics_path, line)
 
     def _write_status(self, state: str, error: str | None = None) -> None:
+        write_status(self.status_path, self._snapshot(state, error))
+
+    def _snapshot(self, state: str, error: str | None = None) -> dict:
+        """What status.json says; also kept as `self.snapshot` for readers in other threads
+        (the Prometheus exporter), replaced whole so that they never see it half-built."""
         heads = self.store.peer_heads()
         status = {
             "node": self.name,
@@ -569,5 +580,8 @@ class Node:
                 peer: {"last_heard": self.last_heard.get(peer), "head": heads.get(peer, 0), "merged": self.protocol.merged.get(peer, 0)}
                 for peer in sorted(self.protocol.neighbours)
             },
+            "disk_free_bytes": disk_free_bytes(self.store.site.root),
+            "round_seconds": list(self.round_seconds),
         }
-        write_status(self.status_path, status)
+        self.snapshot, self._snapshot_at = status, self.clock()
+        return status

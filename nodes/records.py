@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -78,6 +79,11 @@ def metrics_line(
 def peak_rss_bytes() -> int:
     """The most memory this process has held (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def disk_free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (what the node can still write)."""
+    return shutil.disk_usage(path).free
 
 
 def write_status(path: Path, status: Mapping[str, Any]) -> None:

@@ -5,13 +5,13 @@ site's file system, and the clock. Warnings are worded so that each says what to
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from swarm.errors import UsageError
 
+from .records import disk_free_bytes
 from .site import SiteDir
 
 SILENT_S = 60.0  # a running node that has not heard a neighbour for this long says so
@@ -32,7 +32,8 @@ def site_status(site_dir: Path, now: float | None = None) -> dict[str, Any]:
         raise UsageError(f"{site.status_path}: cannot be read ({exc}); the node rewrites it at its next round") from None
     now = time.time() if now is None else now
     rounds = _last_rounds(site.metrics_path, ALONE_ROUNDS)
-    status["disk_free_bytes"] = shutil.disk_usage(site.root).free
+    status["disk_free_bytes"] = disk_free_bytes(site.root)  # now, not when the node last wrote
+    status.pop("round_seconds", None)  # for the exporter; the last round's line says more
     status["last_round"] = rounds[-1] if rounds else None
     status["warnings"] = _warnings(status, rounds, now)
     return status

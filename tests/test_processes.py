@@ -563,3 +563,39 @@ def test_an_interrupted_comparison_stops_its_baseline_at_once_and_keeps_what_fin
     while any(_alive(pid) for pid in working):
         assert time.monotonic() < deadline, "a baseline process outlived the comparison"
         time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_running_node_is_scraped_by_prometheus_over_http(small_federation):
+    import urllib.request
+
+    from swarm.transport.zeromq import free_tcp_ports
+
+    pytest.importorskip("prometheus_client", reason="the metrics extra: pip install -e '.[metrics]'")
+    _, federation = small_federation(nodes=2, rounds=500)
+    [port] = free_tcp_ports("127.0.0.1", 1)
+    sites = federation.sites
+    processes = {name: subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(site)]
+                                        + (["--metrics-port", str(port)] if name == "hospital-a" else []),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV) for name, site in sites.items()}
+    try:
+        deadline = time.monotonic() + 120
+        while len(log_entries(sites["hospital-a"])) < 2:
+            assert time.monotonic() < deadline and processes["hospital-a"].poll() is None, "hospital-a never published"
+            time.sleep(0.1)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    assert values['swarm_node_published_version{node="hospital-a"}'] >= 1
+    assert values['swarm_node_running{node="hospital-a"}'] == 1.0 and values['swarm_node_plan_rounds{node="hospital-a"}'] == 500
+    assert values['swarm_node_bytes_received_total{node="hospital-a",peer="hospital-b"}'] > 0
+    assert values['swarm_node_neighbour_suspected{node="hospital-a",peer="hospital-b"}'] == 0.0
+    assert values['swarm_node_round_seconds_count{node="hospital-a"}'] >= 1
+    assert values['swarm_node_disk_free_bytes{node="hospital-a"}'] > 0
