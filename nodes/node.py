@@ -36,6 +36,7 @@ from .round_timer import RoundTimer
 from .store import ForkDetected, VersionStore
 from .transfers import Pull, Transfers
 from .verification import Verifier
+from .watch import Watch
 
 log = logging.getLogger("swarm.node")
 
@@ -108,6 +109,7 @@ class Node:
         self.last_heard: dict[str, float] = {}  # neighbour -> wall-clock time of its last message
         self.last_published: float | None = None  # wall-clock time of the last publish
         self.round_seconds: list[float] = []  # wall time of each round this run (a plan has at most 1000)
+        self.watch = Watch(protocol.neighbours, clock())
         self.snapshot: dict = {}  # the latest status document (see _snapshot)
         self._snapshot_at = -1e18
 
@@ -178,7 +180,10 @@ class Node:
         if self.manifests is not None:
             self._follow_manifests()
         if self.clock() - self._snapshot_at >= 1.0:  # fresh enough for a scrape, cheap enough to build
-            self._snapshot("running")
+            snapshot = self._snapshot("running")
+            for line in [*self.watch.check(self.clock()), self.watch.disk(snapshot["disk_free_bytes"])]:
+                if line:
+                    log.warning(line)
 
     # -- incoming --------------------------------------------------------------------------------
 
@@ -195,6 +200,9 @@ class Node:
             return
         if peer in self.rejections.known_peers:  # authenticated by the transport: it is alive
             self.last_heard[peer] = time.time()
+            back = self.watch.heard(peer, self.clock())
+            if back:
+                log.info(back)
         try:
             decoded = decode_message(received.frames, self.federation, self.limits)
         except RejectedMessage as exc:
@@ -529,6 +537,9 @@ class Node:
         self._append_metrics(result, metrics, published.entry.seq, merged, spent)
         self.last_published = time.time()
         self.round_seconds.append(sum(spent.values()) + sum(result.timings.values()))
+        alone = self.watch.round(merged)
+        if alone:
+            log.warning(alone)
         score = next((f"{key} {metrics[key]:.3f}" for key in ("accuracy", "dice") if key in metrics), "")
         log.info("round %d: published version %d, merged %s%s; %.1f s", result.round, published.entry.seq,
                  ", ".join(f"{peer}#{seq}" for peer, seq in sorted(merged.items())) or "nothing (trained alone)",
