@@ -507,7 +507,10 @@ class Node:
                 if not isinstance(msg, ModelReply):
                     return
                 frames = encode_message(self.federation, Refusal(msg.req, "reply_too_large"))
-            self._send(peer, frames)
+                self._send(peer, frames)
+                return
+            if self._send(peer, frames):
+                self.transfers.offered_to(peer, offered.digest)
 
     def _start_round(self, action: MergeAndTrain) -> None:
         used: list[tuple[PulledVersion, Staged]] = [(p, self.staged.pop(p.peer)) for p in action.pulled if p.peer in self.staged]

@@ -117,6 +117,13 @@ class Transfers:
         self.counts["chunk_bytes_sent"] += sum(len(frame) for frame in frames)
         return True
 
+    def offered_to(self, peer: str, digest: bytes) -> None:
+        """`peer` was just offered this version: it counts as being pulled from now on (its
+        first chunk request may come after the next snapshot is due)."""
+        with self._lock:
+            leaves, _ = self._pulling.get((digest, peer), (set(), 0.0))
+            self._pulling[(digest, peer)] = (leaves, self.clock())
+
     def reclaim(self) -> dict[str, torch.Tensor] | None:
         """The served snapshot's tensors, for the next snapshot to be copied into, if the
         transport let go of every chunk sent from them and no neighbour is part way through
@@ -135,7 +142,8 @@ class Transfers:
             return dict(offered.tensors)
 
     def _being_pulled(self, digest: bytes) -> bool:
-        """Whether a neighbour has part of this version, and asked for more lately."""
+        """Whether a neighbour was offered this version or has part of it, and has not gone
+        quiet since."""
         total = len(self.offered[digest].leaves)
         now = self.clock()
         return any(

@@ -210,6 +210,18 @@ def test_a_snapshot_a_neighbour_pulled_whole_is_reused_at_once() -> None:
     assert transfers.reclaim() is not None  # its pull is complete: nothing waits for the old bytes
 
 
+def test_a_version_just_offered_is_not_overwritten_before_its_first_chunk_is_asked_for() -> None:
+    from nodes.transfers import PULLED_RECENTLY_S
+
+    clock = FakeClock()
+    transfers, snapshot, digest = served_transfers(clock)
+    transfers.offered_to("hospital-b", digest)
+    assert transfers.reclaim() is None  # b has the offer and will ask any moment
+    assert transfers.serve("hospital-b", digest, 0, 1, lambda frames: lambda: True)
+    clock.now += PULLED_RECENTLY_S  # b went quiet
+    assert transfers.reclaim() is not None
+
+
 def test_a_version_a_neighbour_is_still_pulling_stays_served_beside_the_next() -> None:
     from nodes.transfers import PULLED_RECENTLY_S
 
