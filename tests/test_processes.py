@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -416,6 +417,20 @@ def test_a_write_the_machine_refuses_stops_the_node_with_one_line_and_a_restart_
     assert swarm_node("log", "verify", str(site)).returncode == 0
 
 
+def _interrupt_once(process: subprocess.Popen, how: int, ready: Callable[[], bool], never: str) -> tuple[str, str]:
+    """Send `how` to `process` once `ready()` (within 120 s); its output once it exited."""
+    try:
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert process.poll() is None and time.monotonic() < deadline, never
+            time.sleep(0.1)
+        process.send_signal(how)
+        return process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def _processes_mentioning(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -435,16 +450,8 @@ def test_an_interrupted_scenario_run_stops_its_nodes_skips_the_baselines_and_kee
     out = tmp_path / "out"
     runner = subprocess.Popen([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        deadline = time.monotonic() + 120
-        while not any((site / "metrics.jsonl").exists() for site in (out / "sites").glob("*")):
-            assert runner.poll() is None and time.monotonic() < deadline, "the federation never published a version"
-            time.sleep(0.1)
-        runner.send_signal(how)
-        stdout, stderr = runner.communicate(timeout=180)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
+    stdout, stderr = _interrupt_once(runner, how, lambda: any((site / "metrics.jsonl").exists() for site in (out / "sites").glob("*")),
+                                     "the federation never published a version")
     assert runner.returncode == 130, stderr[-2000:]
     assert "partial summary (no baselines)" in stderr and "Traceback" not in stderr
     assert "training the local-only baseline" not in stdout and "interrupted: no baselines" in stdout
@@ -544,17 +551,13 @@ def test_an_interrupted_comparison_stops_its_baseline_at_once_and_keeps_what_fin
     out = tmp_path / "compare"
     runner = subprocess.Popen([sys.executable, "-m", "scenarios", "compare", str(scenario), "--repeats", "2", "--out", str(out)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        deadline = time.monotonic() + 120
-        while not _descendants(runner.pid):  # the first baseline's process is running
-            assert runner.poll() is None and time.monotonic() < deadline, "no baseline started"
-            time.sleep(0.1)
-        working = _descendants(runner.pid)
-        runner.send_signal(how)
-        _, stderr = runner.communicate(timeout=120)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
+    working: set[int] = set()
+
+    def baseline_running() -> bool:  # the first baseline's process is running
+        working.update(_descendants(runner.pid))
+        return bool(working)
+
+    _, stderr = _interrupt_once(runner, how, baseline_running, "no baseline started")
     assert runner.returncode == 130, stderr[-2000:]
     assert "marked incomplete" in stderr and "Traceback" not in stderr
     results = json.loads((out / "compare.json").read_text())
