@@ -51,7 +51,7 @@ from swarm.tensors import rebuild_state
 from .config import ScenarioConfig
 from .federation import create_federation, site_names
 from .methods import METHOD_NAMES, run_method
-from .runner import run_federation
+from .runner import run_federation, signals_held
 from .scoring import TASK_METRICS, largest_drop, majority_class, mean_over, site_metrics
 
 SWARM = "swarm"  # the scenario's own protocol, as real node processes
@@ -205,9 +205,11 @@ def _run_baseline(method: str, sites: Sequence[SiteData], held_out: Samples, tas
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_baseline_process, args=(sender, method, list(sites), held_out, task, shape.input_shape,
                                                               shape.num_classes, rounds, dict(params), threads), daemon=True)
-    process.start()
+    with signals_held() as held:  # Ctrl-C in the middle of start() would leave the child unowned
+        process.start()
     sender.close()
     try:
+        held.raise_if_any()
         while not receiver.poll(0.5):
             if not process.is_alive() and not receiver.poll(0):
                 raise RuntimeError(f"the {method} baseline process died (exit {process.exitcode}); its traceback is above")

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -198,7 +199,8 @@ def run_federation(
     started = time.monotonic()
     if insecure:
         progress("WARNING: --insecure: the nodes run WITHOUT CurveZMQ (plaintext, no allow-list); debugging only")
-    nodes = start_workers(sites, per_worker, start, insecure)
+    with signals_held() as held:  # Ctrl-C while they start would leave nodes nobody stops
+        nodes = start_workers(sites, per_worker, start, insecure)
     workers = _distinct_workers(nodes)
     if per_worker > 1 or backend != "local":
         progress(f"{len(sites)} nodes in {len(workers)} worker processes ({per_worker} per worker, {backend})")
@@ -206,6 +208,7 @@ def run_federation(
     last_round_shown = 0
     peaks: dict[int, int] = {}
     try:
+        held.raise_if_any()
         while any(w.poll() is None for w in workers):
             _sample_peaks(workers, peaks)
             if time.monotonic() - started > timeout:
@@ -274,3 +277,30 @@ def stop_workers(workers: list[WorkerHandle], grace: float = 15.0) -> None:
         if worker.wait(max(0.0, deadline - time.monotonic())) is None:
             worker.kill()
             worker.wait(5.0)
+
+
+class HeldSignals:
+    """Ctrl-C and SIGTERM that arrived while `signals_held` held them."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+
+    def raise_if_any(self) -> None:
+        if self.signals:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def signals_held() -> Iterator[HeldSignals]:
+    """Hold Ctrl-C and SIGTERM while the block runs; `raise_if_any` delivers them later as
+    KeyboardInterrupt, where the caller can clean up."""
+    held = HeldSignals()
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+        yield held
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.signals.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
