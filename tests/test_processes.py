@@ -450,8 +450,11 @@ def test_an_interrupted_scenario_run_stops_its_nodes_skips_the_baselines_and_kee
     out = tmp_path / "out"
     runner = subprocess.Popen([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    stdout, stderr = _interrupt_once(runner, how, lambda: any((site / "metrics.jsonl").exists() for site in (out / "sites").glob("*")),
-                                     "the federation never published a version")
+    def every_site_published() -> bool:
+        sites = list((out / "sites").glob("*"))
+        return len(sites) == 3 and all((site / "metrics.jsonl").exists() for site in sites)
+
+    stdout, stderr = _interrupt_once(runner, how, every_site_published, "the federation never published a version at every site")
     assert runner.returncode == 130, stderr[-2000:]
     assert "partial summary (no baselines)" in stderr and "Traceback" not in stderr
     assert "training the local-only baseline" not in stdout and "interrupted: no baselines" in stdout
