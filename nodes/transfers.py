@@ -273,13 +273,12 @@ class Transfers:
         more (it was merged): the next pull writes into them. One spare set at most."""
         self._spare = tensors
 
-    def pause(self, peer: str) -> Pull | None:
+    def pause(self, peer: str) -> None:
         """Put `peer`'s pull aside, keeping what arrived (a new offer resumes it)."""
         pull = self.pulls.get(peer)
         if pull is not None:
             pull.active = False
             pull.transfer.interrupted()
-        return pull
 
     def end(self, peer: str) -> None:
         pull = self.pulls.pop(peer, None)
