@@ -17,6 +17,8 @@ from swarm.errors import ConfigError
 from swarm.messages import ModelRequest, PushAck, Refusal, VersionReply, VersionRequest
 from swarm.schedule import Schedule
 
+from .liveness import Liveness
+
 SmallMessage = Union[VersionRequest, VersionReply, ModelRequest, Refusal, PushAck]
 
 
@@ -126,6 +128,8 @@ class Params:
 
     linger: float = 30.0  # after the last round, keep serving until neighbours finish or this long
     done_poll_interval: float = 0.5  # while lingering, how often to ask who is done
+    min_reply_wait: float = 0.5  # the adaptive wait for a neighbour's reply never drops below this (see liveness)
+    probe_interval: float = 1.0  # how often a suspected neighbour is asked, in the background, whether it is back
     INTEGERS: ClassVar[frozenset[str]] = frozenset()  # fields that are counts, not seconds
 
     @classmethod
@@ -180,6 +184,7 @@ class ProtocolMachine:
         self.peers_done: set[str] = set()
         self.final_versions: dict[str, int] = {}  # neighbour -> its last version, once it is done
         self.linger_until = 0.0
+        self.liveness = Liveness(self.neighbours, params.min_reply_wait, params.probe_interval)
 
     # -- inputs common to every protocol ----------------------------------------------------
 
@@ -189,9 +194,25 @@ class ProtocolMachine:
             return self._begin_lingering(now)
         return self._start_rounds(now)
 
+    def heard(self, peer: str, now: float) -> list[Action]:
+        """Any authenticated message from `peer` (the runtime calls this for those that do
+        not reach `receive`, such as chunks): it is alive."""
+        return self._on_back(peer, now) if self.liveness.heard(peer, now) else []
+
     def receive(self, peer: str, msg: object, now: float) -> list[Action]:
         if peer not in self.neighbours:
             return [Dropped(peer, "not_a_neighbour")]
+        if isinstance(msg, VersionReply) and msg.req != ANNOUNCEMENT and self.liveness.is_probe(peer, msg.req):
+            back = self.liveness.heard(peer, now, msg.req)
+            if msg.done:
+                self.peers_done.add(peer)
+                self.final_versions[peer] = msg.seq
+            return self._on_back(peer, now) if back else []
+        back = self.liveness.heard(peer, now, msg.req if isinstance(msg, VersionReply) else None)
+        actions = self._receive(peer, msg, now)
+        return actions + self._on_back(peer, now) if back else actions
+
+    def _receive(self, peer: str, msg: object, now: float) -> list[Action]:
         if isinstance(msg, VersionRequest):
             return [Send(peer, VersionReply(msg.req, self.published_seq, self.samples, self.phase in (Phase.LINGERING, Phase.FINISHED)))]
         if isinstance(msg, ModelRequest):
@@ -216,11 +237,12 @@ class ProtocolMachine:
         return [Dropped(peer, f"unexpected_{type(msg).__name__}")]
 
     def tick(self, now: float) -> list[Action]:
+        actions = self._probe(now) if self._probing else []
         if self.deadline is None or now < self.deadline:
-            return []
+            return actions
         if self.phase is Phase.LINGERING:
-            return self._linger_tick(now)
-        return self._on_deadline(now)
+            return actions + self._linger_tick(now)
+        return actions + self._on_deadline(now)
 
     def expects_model(self, peer: str, req: int) -> bool:
         """Whether a model reply to request `req` would be used; the runtime verifies only those."""
@@ -261,7 +283,17 @@ class ProtocolMachine:
         return ACTIVITY[self.phase]
 
     def next_deadline(self) -> float | None:
-        return self.deadline
+        probe = self.liveness.next_probe() if self._probing else None
+        return min((d for d in (self.deadline, probe) if d is not None), default=None)
+
+    @property
+    def suspects(self) -> frozenset[str]:
+        """Neighbours that stopped answering: rounds go on without waiting for them."""
+        return self.liveness.suspects
+
+    @property
+    def _probing(self) -> bool:
+        return self.phase not in (Phase.LINGERING, Phase.FINISHED)  # lingering asks everyone anyway
 
     # -- what subclasses fill in ---------------------------------------------------------------
 
@@ -280,12 +312,25 @@ class ProtocolMachine:
     def _on_announcement(self, peer: str, now: float) -> list[Action]:
         return []
 
+    def _on_back(self, peer: str, now: float) -> list[Action]:
+        """A suspected neighbour was heard from again."""
+        return []
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _new_req(self) -> int:
         req = self.next_req
         self.next_req += 1
         return req
+
+    def _probe(self, now: float) -> list[Action]:
+        """Ask each suspected neighbour that is due whether it is back (no round waits)."""
+        actions: list[Action] = []
+        for peer in self.liveness.probes_due(now):
+            req = self._new_req()
+            self.liveness.probe_sent(peer, req, now)
+            actions.append(Send(peer, VersionRequest(req)))
+        return actions
 
     def _acknowledge(self, peer: str, model: ModelInfo) -> Send:
         self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), model.seq)

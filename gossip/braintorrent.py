@@ -4,7 +4,9 @@ In the paper one client at a time is selected, pings everyone, pulls the models 
 is newer than the one it last merged, merges them weighted by sample counts, trains and bumps
 its version. Here nobody selects: every node starts its own rounds on a randomized local
 timer and talks only to its neighbours in the topology. A neighbour that does not answer in
-time is left out of the round, so a dead, slow or silent peer never blocks anyone.
+time is left out of the round, so a dead, slow or silent peer never blocks anyone; one that
+missed its (adaptive) deadline is suspected and not waited for again until it answers a
+background probe (`gossip.liveness`).
 
 Two changes keep sparse graphs from being swayed by one neighbour under label skew:
 - A neighbour that has nothing newer is already inside our model (we merged it before), so
@@ -32,7 +34,7 @@ __all__ = ["ANNOUNCEMENT", "BrainTorrent", "BrainTorrentParams", "Phase"]
 @dataclass(frozen=True)
 class BrainTorrentParams(Params):
     round_interval: float = 0.3  # mean pause between rounds; each pause is drawn in [0.5x, 1.5x]
-    poll_timeout: float = 2.0  # how long to wait for version replies
+    poll_timeout: float = 2.0  # the longest wait for version replies (less once a neighbour's round trips are known)
     pull_timeout: float = 30.0  # how long to wait for the models we asked for
     wait_for_new: float = 5.0  # with nothing new from any neighbour, wait this long before training alone
     max_lead: int = 2  # rounds a node may run ahead of a neighbour that answers and moves (waiting at most wait_for_new)
@@ -88,6 +90,9 @@ class BrainTorrent(ProtocolMachine):
     def _on_deadline(self, now: float) -> list[Action]:
         if self.phase is Phase.WAITING:
             return self._begin_polling(now)
+        if self.phase in (Phase.POLLING, Phase.PULLING):
+            for peer in self.pending:  # no answer in time: suspected, and not waited for until it is back
+                self.liveness.missed(peer, now)
         if self.phase is Phase.POLLING:
             return self._end_polling(now)
         if self.phase is Phase.PULLING:
@@ -107,10 +112,16 @@ class BrainTorrent(ProtocolMachine):
         # give (and may have exited): asking it would only wait out poll_timeout.
         exhausted = {p for p, seq in self.final_versions.items() if self.merged.get(p, 0) >= seq}
         self.round_peers = list(self.schedule.exchange_with(self.name, self.published_seq + 1))
-        self.pending = {peer: self._new_req() for peer in self.round_peers if peer not in exhausted}
-        self.deadline = now + self.params.poll_timeout
+        # A suspected neighbour is probed in the background (see liveness), not waited for.
+        candidates = [peer for peer in self.round_peers if peer not in exhausted]
+        self.pending = {peer: self._new_req() for peer in candidates if not self.liveness.suspected(peer)}
         if not self.pending:
+            if candidates:
+                return self._end_polling(now)  # only suspects: as if nobody had anything new
             return self._merge()  # every neighbour is done and merged: nothing left to wait for
+        for peer, req in self.pending.items():
+            self.liveness.asked(peer, req, now)
+        self.deadline = now + max(self.liveness.reply_within(peer, self.params.poll_timeout) for peer in self.pending)
         return [Send(peer, VersionRequest(req)) for peer, req in self.pending.items()]
 
     def _on_version_reply(self, peer: str, reply: VersionReply, now: float) -> list[Action]:

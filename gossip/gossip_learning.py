@@ -55,9 +55,10 @@ class GossipLearning(PushReceiver):
         return actions + super().tick(now)
 
     def next_deadline(self) -> float | None:
+        deadline = super().next_deadline()
         if not self._pushing:
-            return self.deadline
-        return min(d for d in (self.deadline, self.next_push) if d is not None)
+            return deadline
+        return min(d for d in (deadline, self.next_push) if d is not None)
 
     @property
     def _pushing(self) -> bool:

@@ -4,7 +4,9 @@ Round t: every node pushes its version t-1 to the members it sends to in round t
 the versions t-1 (or newer) of the members that send to it, merges them with its own,
 trains and publishes version t. Round 1 starts from the common initial model, so it trains
 alone. A sender that is dead or slow never blocks a round: after `round_timeout` the node
-merges whoever answered, and the subclass renormalises the weights over them."""
+merges whoever answered, and the subclass renormalises the weights over them; a sender that
+missed a round is suspected and not waited for until it is heard from again
+(`gossip.liveness`)."""
 
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ class PushRounds(PushReceiver):
         round_no = self.published_seq + 1
         self.phase = Phase.COLLECTING
         self.deadline = now + self.params.round_timeout
-        self.expected = tuple(p for p in self.sources(round_no) if p not in self.peers_done)
+        # A suspected sender is probed in the background (see liveness), not waited for.
+        self.expected = tuple(p for p in self.sources(round_no) if p not in self.peers_done and not self.liveness.suspected(p))
         actions = self._push(self.targets(round_no))
         if self._complete():
             actions += self._merge()
@@ -65,7 +68,16 @@ class PushRounds(PushReceiver):
     def _on_deadline(self, now: float) -> list[Action]:
         if self.phase is Phase.COLLECTING:
             missing = [p for p in self.expected if not self._has_round_model(p)]
+            for peer in missing:
+                self.liveness.missed(peer, now)
             return [Dropped(p, "round_timeout") for p in missing] + self._merge()
+        return []
+
+    def _on_back(self, peer: str, now: float) -> list[Action]:
+        # A sender that was suspected when this round began is worth waiting for again.
+        if self.phase is Phase.COLLECTING and peer not in self.expected and peer not in self.peers_done \
+                and peer in self.sources(self.published_seq + 1):
+            self.expected += (peer,)
         return []
 
     def _on_announcement(self, peer: str, now: float) -> list[Action]:

@@ -177,6 +177,7 @@ class Node:
             self._finish_round()
         self._request_chunks()
         self._execute(self.protocol.tick(self.clock()))
+        self._log_suspicions()
         if self.manifests is not None:
             self._follow_manifests()
         if self.clock() - self._snapshot_at >= 1.0:  # fresh enough for a scrape, cheap enough to build
@@ -184,6 +185,14 @@ class Node:
             for line in [*self.watch.check(self.clock()), self.watch.disk(snapshot["disk_free_bytes"])]:
                 if line:
                     log.warning(line)
+
+    def _log_suspicions(self) -> None:
+        for peer, suspected, _ in self.protocol.liveness.drain_changes():
+            if suspected:
+                log.warning("%s did not answer in time: suspected; rounds go on without it, asking it every %.0f s whether it is back",
+                            peer, self.protocol.params.probe_interval)
+            else:
+                log.info("%s answers again: back in rounds", peer)
 
     # -- incoming --------------------------------------------------------------------------------
 
@@ -203,6 +212,7 @@ class Node:
             back = self.watch.heard(peer, self.clock())
             if back:
                 log.info(back)
+            self._execute(self.protocol.heard(peer, self.clock()))
         try:
             decoded = decode_message(received.frames, self.federation, self.limits)
         except RejectedMessage as exc:
@@ -591,7 +601,8 @@ class Node:
             "updated": time.time(),
             "last_published": self.last_published,
             "neighbours": {
-                peer: {"last_heard": self.last_heard.get(peer), "head": heads.get(peer, 0), "merged": self.protocol.merged.get(peer, 0)}
+                peer: {"last_heard": self.last_heard.get(peer), "head": heads.get(peer, 0), "merged": self.protocol.merged.get(peer, 0),
+                       "suspected": peer in self.protocol.suspects}
                 for peer in sorted(self.protocol.neighbours)
             },
             "disk_free_bytes": disk_free_bytes(self.store.site.root),

@@ -13,7 +13,7 @@ The names, all prefixed `swarm_node_` and labelled with the node's name:
     bytes_received_total{peer}        (strangers are counted under peer="<not a neighbour>")
     rejected_messages_total{reason}   messages refused, per reason
     neighbour_last_heard_age_seconds{peer}   since the neighbour's last message (NaN: never)
-    neighbour_suspected{peer}         1 when that age is over 60 s while the node runs
+    neighbour_suspected{peer}         1 when the failure detector suspects it (rounds do not wait for it) or that age is over 60 s
     neighbour_head_version{peer}      the head of the neighbour's log as this node holds it
     round_seconds                     histogram of the wall time of each round
     disk_free_bytes                   free space where the site directory is
@@ -66,7 +66,7 @@ class _Collector:
             "bytes_received": CounterMetricFamily("swarm_node_bytes_received", "Bytes received per neighbour", labels=["node", "peer"]),
             "rejected": CounterMetricFamily("swarm_node_rejected_messages", "Messages refused, per reason", labels=["node", "reason"]),
             "heard": GaugeMetricFamily("swarm_node_neighbour_last_heard_age_seconds", "Seconds since the neighbour's last message", labels=["node", "peer"]),
-            "suspected": GaugeMetricFamily("swarm_node_neighbour_suspected", f"1 when a running node has not heard the neighbour for {SILENT_S:.0f} s", labels=["node", "peer"]),
+            "suspected": GaugeMetricFamily("swarm_node_neighbour_suspected", f"1 when a running node suspects the neighbour (no answer in time; rounds do not wait for it) or has not heard it for {SILENT_S:.0f} s", labels=["node", "peer"]),
             "head": GaugeMetricFamily("swarm_node_neighbour_head_version", "Head of the neighbour's log as held here", labels=["node", "peer"]),
             "rounds": HistogramMetricFamily("swarm_node_round_seconds", "Wall time of each round", labels=["node"]),
             "disk": GaugeMetricFamily("swarm_node_disk_free_bytes", "Free bytes where the site directory is", labels=["node"]),
@@ -90,7 +90,7 @@ class _Collector:
             for peer, seen in status["neighbours"].items():
                 age = now - seen["last_heard"] if seen["last_heard"] is not None else math.nan
                 families["heard"].add_metric([node, peer], age)
-                families["suspected"].add_metric([node, peer], 1.0 if running and not age <= SILENT_S else 0.0)
+                families["suspected"].add_metric([node, peer], 1.0 if running and (seen.get("suspected") or not age <= SILENT_S) else 0.0)
                 families["head"].add_metric([node, peer], seen["head"])
             durations = status["round_seconds"]
             buckets = [(_bound(b), sum(1 for d in durations if d <= b)) for b in ROUND_BUCKETS]

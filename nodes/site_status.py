@@ -67,6 +67,8 @@ def _warnings(status: dict[str, Any], rounds: list[dict[str, Any]], now: float) 
         heard = seen.get("last_heard")
         if running and (heard is None or now - heard > SILENT_S):
             warnings.append(f"{peer} silent " + ("since the node started" if heard is None else f"for {_ago(now - heard)}") + ": check its node and the link")
+        elif running and seen.get("suspected"):
+            warnings.append(f"{peer} suspected: it did not answer in time; rounds go on without it until it answers a probe")
     if len(rounds) >= ALONE_ROUNDS and not any(r.get("merged") for r in rounds):
         warnings.append(f"trained alone for the last {len(rounds)} rounds: no neighbour's model arrived")
     if status.get("disk_free_bytes", LOW_DISK_BYTES) < LOW_DISK_BYTES:
@@ -92,7 +94,8 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
         lines.append(f"last round {last.get('round')}: merged {', '.join(f'{p}#{v}' for p, v in sorted(last.get('merged', {}).items())) or 'nothing'}" + (f"; {scores}" if scores else ""))
     for peer, seen in sorted(status.get("neighbours", {}).items()):
         heard = seen.get("last_heard")
-        lines.append(f"  {peer:<20} last heard {(_ago(now - heard) + ' ago') if heard else 'never':<12} its log at #{seen.get('head', 0)}, merged up to #{seen.get('merged', 0)}")
+        lines.append(f"  {peer:<20} last heard {(_ago(now - heard) + ' ago') if heard else 'never':<12} its log at #{seen.get('head', 0)}, merged up to #{seen.get('merged', 0)}"
+                     + ("; SUSPECTED (not waited for)" if seen.get("suspected") else ""))
     sent, received = sum(status.get("bytes_sent", {}).values()), sum(status.get("bytes_received", {}).values())
     lines.append(f"bytes sent {_size(sent)}, received {_size(received)}; disk free {_size(status['disk_free_bytes'])}")
     rejected = status.get("rejected", {})

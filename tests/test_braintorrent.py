@@ -62,8 +62,83 @@ def test_a_dead_neighbour_does_not_block_the_round():
     assert bt.tick(t + PARAMS.poll_timeout - 0.01) == []
     [request] = bt.tick(t + PARAMS.poll_timeout)
     assert request == Send("b", ModelRequest(3, 0))
-    # b's model never arrives either: the pull times out and the round trains alone.
-    assert bt.tick(t + PARAMS.poll_timeout + PARAMS.pull_timeout) == [MergeAndTrain(1, (), self_weight=50.0)]
+    assert bt.suspects == {"c"}  # it missed the poll: probed in the background from now on
+    # b's model never arrives either: the pull times out and the round trains alone (c is
+    # due for a probe by then, b is now suspected too).
+    assert bt.tick(t + PARAMS.poll_timeout + PARAMS.pull_timeout) == [Send("c", VersionRequest(4)), MergeAndTrain(1, (), self_weight=50.0)]
+    assert bt.suspects == {"b", "c"}
+
+
+def poll_once(bt: BrainTorrent, now: float, replies: dict[str, int], delay: float) -> float:
+    """Run one round from its poll to its publish: the neighbours in `replies` answer with
+    that version after `delay` s and their models arrive at once; returns the publish time."""
+    bt.deadline = now  # the round's timer fires now
+    actions = bt.tick(now)
+    polls = [a for a in actions if isinstance(a, Send) and isinstance(a.msg, VersionRequest) and a.peer in bt.pending]
+    out = []
+    for send in polls:
+        if send.peer in replies:
+            out += bt.receive(send.peer, VersionReply(send.msg.req, replies[send.peer], 10, False), now + delay)
+    if bt.phase is Phase.POLLING:
+        assert bt.deadline is not None
+        now = bt.deadline
+        out += bt.tick(now)
+    for action in out:
+        if isinstance(action, Send) and isinstance(action.msg, ModelRequest):
+            out += bt.model_arrived(action.peer, action.msg.req, model(replies[action.peer]), now + delay)
+    [train] = [a for a in out if isinstance(a, MergeAndTrain)]
+    assert bt.published(train.round, {p.peer: p.seq for p in train.pulled}, now + delay) == []
+    return now + delay
+
+
+def test_a_neighbour_that_stops_answering_is_suspected_and_later_rounds_do_not_wait_for_it():
+    bt = make_protocol(BrainTorrent, "a", {"a": ["b", "c", "d"]}, 20, 50, PARAMS, random.Random(1))
+    bt.start(0.0)
+    now = 0.0
+    for seq in range(1, 5):  # everyone answers within 10 ms: the poll's deadline adapts down to the floor
+        now = poll_once(bt, now + 1, {"b": seq, "c": seq, "d": seq}, 0.01) if seq < 4 else now
+    bt.deadline = now + 1
+    polls = bt.tick(now + 1)
+    assert bt.deadline == pytest.approx(now + 1 + PARAMS.min_reply_wait)  # not poll_timeout: round trips are known
+    for send in polls:
+        if send.peer != "d":  # d died
+            bt.receive(send.peer, VersionReply(send.msg.req, 4, 10, False), now + 1.01)
+    assert bt.suspects == frozenset()
+    actions = bt.tick(now + 1 + PARAMS.min_reply_wait)
+    assert bt.suspects == {"d"} and [a.peer for a in actions if isinstance(a, Send)] == ["b", "c"]  # pulls b's and c's models
+    # The next round does not ask d at all; the background probe does, once per probe_interval.
+    now = now + 1 + PARAMS.min_reply_wait
+    for action in actions:
+        bt.model_arrived(action.peer, action.msg.req, model(4), now)
+    bt.published(5, {"b": 4, "c": 4}, now)
+    bt.deadline = now + 0.3
+    polls = bt.tick(now + 0.3)
+    assert sorted(bt.pending) == ["b", "c"] and all(s.peer != "d" for s in polls)
+    for send in polls:  # nothing newer: the node waits for the next round
+        bt.receive(send.peer, VersionReply(send.msg.req, 4, 10, False), now + 0.31)
+    assert bt.phase is Phase.WAITING
+    probe_at = now + PARAMS.probe_interval  # a probe interval after d was suspected
+    assert bt.next_deadline() <= probe_at
+    probes = [a for a in bt.tick(probe_at) if isinstance(a, Send) and a.peer == "d"]
+    assert probes == [Send("d", VersionRequest(bt.next_req - 1))] and "d" not in bt.pending
+    # d restarts and answers the probe: it is back, and the next poll asks it again.
+    assert bt.receive("d", VersionReply(probes[0].msg.req, 4, 10, False), probe_at + 0.01) == []
+    assert bt.suspects == frozenset()
+    bt.phase, bt.deadline = Phase.WAITING, probe_at + 0.1
+    assert "d" in {s.peer for s in bt.tick(probe_at + 0.1) if isinstance(s, Send)} and "d" in bt.pending
+
+
+def test_when_every_neighbour_is_suspected_the_node_waits_for_news_then_trains_alone():
+    bt = machine(published_seq=1)
+    bt.start(0.0)
+    for peer in ("b", "c"):
+        bt.liveness.missed(peer, 0.0)
+    bt.deadline = 0.5
+    actions = bt.tick(0.5)
+    assert not any(isinstance(a, MergeAndTrain) for a in actions) and bt.phase is Phase.WAITING  # within wait_for_new
+    bt.deadline = PARAMS.wait_for_new + 0.1
+    actions = bt.tick(PARAMS.wait_for_new + 0.1)
+    assert actions[-1] == MergeAndTrain(2, (), self_weight=50.0)
 
 
 def test_duplicate_and_stale_messages_are_dropped_not_reused():

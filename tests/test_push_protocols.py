@@ -14,7 +14,7 @@ from gossip.dpsgd import DPSGD, DPSGDParams
 from gossip.epidemic import Epidemic, EpidemicParams
 from gossip.gossip_learning import GossipLearning, GossipParams, age_weights
 from swarm.errors import ConfigError
-from swarm.messages import PushAck, VersionReply
+from swarm.messages import PushAck, VersionReply, VersionRequest
 from swarm.schedule import RoundGraph, Schedule
 from tests.protocol_sim import Simulation, make_protocol
 
@@ -55,6 +55,27 @@ def test_dpsgd_a_missing_neighbour_is_left_out_after_the_round_timeout():
     merge = actions[1]
     # Over who answered: (1/3 x_b + 1/3 x_a) / (2/3), i.e. the MH weights renormalised.
     assert merge.pulled == (PulledVersion("a", 1, pytest.approx(1 / 3)),) and merge.self_weight == pytest.approx(1 / 3)
+
+
+def test_dpsgd_does_not_wait_again_for_a_suspected_sender_until_it_is_heard_from():
+    b = make_protocol(DPSGD, "b", LINE, 5, 100, PUSH, published_seq=1)
+    b.start(0.0)
+    b.model_arrived("a", None, info(1), 0.5)
+    b.tick(PUSH.round_timeout)  # c missed round 2: suspected
+    assert b.suspects == {"c"}
+    assert b.published(2, {"a": 1}, 6.0) == [PushModel("a", 0), PushModel("c", 0)]  # still pushed to: c may be alive
+    assert b.expected == ("a",)  # round 3 does not wait for c
+    [ack, merge] = b.model_arrived("a", None, info(2), 6.2)
+    assert merge.round == 3 and [p.peer for p in merge.pulled] == ["a"]
+    assert b.published(3, {"a": 2}, 7.0)
+    # The background probe asks c; c is back (any message will do) and round 4 waits for it again.
+    assert b.tick(7.0) == [Send("c", VersionRequest(1))]
+    b.receive("c", VersionReply(1, 3, 100, False), 7.1)
+    assert b.suspects == frozenset() and b.expected == ("a", "c")
+    b.model_arrived("a", None, info(3), 7.2)
+    assert not any(isinstance(a, MergeAndTrain) for a in b.tick(7.3))  # waiting for c's model
+    [ack, merge] = b.model_arrived("c", None, info(3), 7.4)
+    assert [p.peer for p in merge.pulled] == ["a", "c"]
 
 
 def test_dpsgd_keeps_a_fast_neighbours_next_version_for_the_next_round():
