@@ -158,6 +158,37 @@ def scale_bench(scenario_path: Path, counts: str, rounds: int | None, out: Path 
         click.echo(json.dumps(rows, indent=2))
 
 
+@main.command("fault-bench")
+@click.argument("scenario_path", type=click.Path(path_type=Path), default=Path("scenarios/quickstart.toml"))
+@click.option("--neighbours", "counts", default="3,8", show_default=True, help="Comma-separated neighbour counts (a complete graph of k + 1 sites each).")
+@click.option("--rounds", type=int, default=60, show_default=True, help="Override [plan] rounds (enough that the healthy sites still run when the killed one is back).")
+@click.option("--down", type=float, default=5.0, show_default=True, help="Seconds the killed site stays down before it is restarted.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Keep each run here (default: a temporary directory).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@user_errors
+def fault_bench(scenario_path: Path, counts: str, rounds: int, down: float, out: Path | None, as_json: bool) -> None:
+    """What one silent neighbour costs: healthy sites' median round time with one of k
+    neighbours dead from the start or killed mid-run (against no fault), and the rounds
+    until a restarted site is merged again. One process per site."""
+    import json
+
+    from .config import ScenarioConfig
+    from .fault_bench import run_fault_bench
+
+    try:
+        neighbour_counts = [int(c) for c in counts.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--neighbours: expected comma-separated integers such as 3,8, got {counts!r}") from None
+    if not neighbour_counts or min(neighbour_counts) < 2:
+        raise ConfigError(f"--neighbours: each count must be at least 2 (one dead, one healthy), got {counts!r}")
+    if down <= 0:
+        raise ConfigError(f"--down: must be a positive number of seconds, got {down}")
+    config = ScenarioConfig.load(scenario_path).with_overrides(rounds=rounds)
+    rows = run_fault_bench(config, neighbour_counts, down, (lambda line: None) if as_json else _progress, out)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+
+
 @main.command()
 @click.argument("sweep_path", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/SWEEP); an unfinished sweep there resumes.")
