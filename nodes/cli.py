@@ -64,8 +64,10 @@ def main() -> None:
 @main.command()
 @SITE_OPTION
 @click.option("--name", required=True, help="This site's name in the federation, e.g. hospital-a.")
-@click.option("--endpoint", required=True, help="Where other sites reach this node, e.g. tcp://10.0.0.5:7000.")
+@click.option("--endpoint", default=None, help="Where other sites reach this node, e.g. tcp://10.0.0.5:7000 (or --outbound-only).")
 @click.option("--listen", default=None, help="What to bind (default: the endpoint), e.g. tcp://0.0.0.0:7000.")
+@click.option("--outbound-only", is_flag=True, help="No inbound port: bind nothing, dial the neighbours (which must be reachable) and get their answers over those connections.")
+@click.option("--socks-proxy", default=None, metavar="HOST:PORT", help="Open this node's connections through a SOCKS5 proxy.")
 @click.option("--data-site", type=int, default=None, help="Index of this site in the synthetic default data set.")
 @click.option("--data-sites", type=int, default=6, show_default=True, help="Number of sites in the synthetic default data set.")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the synthetic default data set.")
@@ -73,9 +75,13 @@ def main() -> None:
               help="This site's own data, a [data] key each (repeat), e.g. --data source=dicom --data root=/data/ct "
                    "--data labels=labels.csv; values in JSON (numbers, true, [\"a\", \"b\"]) or plain text.")
 @user_errors
-def init(site_dir: Path, name: str, endpoint: str, listen: str | None, data_site: int | None, data_sites: int, data_seed: int,
-         data_pairs: tuple[str, ...]) -> None:
+def init(site_dir: Path, name: str, endpoint: str | None, listen: str | None, outbound_only: bool, socks_proxy: str | None,
+         data_site: int | None, data_sites: int, data_seed: int, data_pairs: tuple[str, ...]) -> None:
     """Create a site directory: keys, site.toml and the member card to send to the coordinator."""
+    if outbound_only and (endpoint or listen):
+        raise ConfigError("--outbound-only: an outbound-only site listens nowhere; drop --endpoint and --listen")
+    if not outbound_only and not endpoint:
+        raise ConfigError("--endpoint: required (where other sites reach this node, e.g. --endpoint tcp://10.0.0.5:7000), or give --outbound-only")
     if data_pairs:
         from .sources import data_source
 
@@ -86,7 +92,7 @@ def init(site_dir: Path, name: str, endpoint: str, listen: str | None, data_site
         data = {"source": "synthetic-multisite", "sites": data_sites, "seed": data_seed}
         if data_site is not None:
             data["site"] = data_site
-    init_site(site_dir, name, endpoint, listen, data)
+    init_site(site_dir, name, endpoint, listen, data, socks_proxy=socks_proxy)
     click.echo(f"created site {name} in {site_dir}; send {SiteDir(site_dir).member_path} to the federation coordinator")
 
 

@@ -51,6 +51,10 @@ def check_membership(manifest: Manifest, config: SiteConfig, keys: SiteKeys) -> 
         raise ManifestError(f"manifest: the signing key listed for {config.name!r} is not this site's key; wrong --site or wrong manifest?")
     if member.transport_key != keys.transport_public.decode():
         raise ManifestError(f"manifest: the transport key listed for {config.name!r} is not this site's key; wrong --site or wrong manifest?")
+    if member.reachable != (config.endpoint is not None):
+        raise ManifestError(
+            f"manifest: {config.name!r} is listed as {'reachable at ' + str(member.endpoint) if member.reachable else 'outbound-only'} but site.toml [node] "
+            f"{'has reachable = false' if member.reachable else 'gives an endpoint'}; make site.toml match the member card the federation signed")
 
 
 def install_manifest(manifest_path: Path, site_root: Path, history: Sequence[Path] = ()) -> SignedManifest:
@@ -102,7 +106,7 @@ def _install_version(signed: SignedManifest, site: SiteDir, earlier: list[Signed
 class Links:
     """What a transport needs to know about a node's neighbours, from the manifest."""
 
-    endpoints: dict[str, str]  # neighbour -> endpoint
+    endpoints: dict[str, str | None]  # neighbour -> endpoint; None: outbound-only, it dials us
     transport_keys: dict[str, str]  # neighbour -> CURVE public key (z85)
     keys: SiteKeys  # this site's own keys
 
@@ -122,7 +126,7 @@ def zmq_transport(
     curve = None
     if authenticator is not None:
         curve = Curve(links.keys.transport_public, links.keys.transport_secret, links.transport_keys, authenticator)
-    return ZmqTransport(config.name, config.listen, links.endpoints, settings, context, curve).open()
+    return ZmqTransport(config.name, config.listen, links.endpoints, settings, context, curve, config.socks_proxy).open()
 
 
 def limits_for(model: FlatModel, transfer: TransferSettings) -> tuple[Limits, ZmqSettings]:

@@ -151,7 +151,7 @@ def describe_manifest(manifest_path: Path) -> list[str]:
     for member in manifest.members:
         mark = "signed" if member.name in signed.signatures else "NOT SIGNED"
         neighbours = ", ".join(manifest.plan.neighbours[member.name])
-        lines.append(f"  {member.name:<16} {member.endpoint:<26} {mark:<10} neighbours: {neighbours}")
+        lines.append(f"  {member.name:<16} {member.endpoint or 'outbound-only':<26} {mark:<10} neighbours: {neighbours}")
     others = sorted(set(signed.signatures) - {m.name for m in manifest.members})
     old_keys = sorted(signed.old_key_signatures)
     signers = sorted(signed.signatures) + [f"{name} (old key)" for name in old_keys]

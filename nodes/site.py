@@ -25,26 +25,28 @@ from pathlib import Path
 from typing import Any
 
 from swarm.atomic import write_atomic
-from swarm.config import check_keys, get_float, get_int, get_str, read_toml, table
+from swarm.config import check_keys, get_bool, get_float, get_int, get_str, read_toml, table
 from swarm.errors import ConfigError
 from swarm.manifest import ENDPOINT_PATTERN, NAME_PATTERN
 from swarm.messages import MAX_CHUNK_LEAVES
 from swarm.transfer import LEAF_BYTES, TransferSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SOCKS_PATTERN = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")  # libzmq's SOCKS_PROXY: host:port
 
 
 @dataclass(frozen=True)
 class SiteConfig:
     name: str
-    listen: str  # what this node binds, e.g. tcp://0.0.0.0:7000
-    endpoint: str  # what other sites connect to (goes into the manifest)
+    listen: str | None  # what this node binds, e.g. tcp://0.0.0.0:7000; None: outbound-only, binds nothing
+    endpoint: str | None  # what other sites connect to (goes into the manifest); None: outbound-only
     threads: int  # torch threads for local training
     log_level: str
     data: dict[str, Any]  # validated by nodes.data.DataConfig
     attack: dict[str, Any] = field(default_factory=dict)  # simulated Byzantine site (nodes.attacks); empty: honest
     training: dict[str, str] = field(default_factory=dict)  # this site's device and amp, over the plan's
     transfer: TransferSettings = TransferSettings()  # how this node pulls models over its links
+    socks_proxy: str | None = None  # host:port of a SOCKS5 proxy for the connections this node opens
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "site.toml") -> SiteConfig:
@@ -55,16 +57,27 @@ class SiteConfig:
         if not NAME_PATTERN.match(name):
             raise ConfigError(f"site.name: {name!r} must be lowercase letters, digits, '-', '_' or '.' (example: name = \"hospital-a\")")
         node = table(values, "node", where)
-        check_keys(node, {"listen", "endpoint", "threads", "log_level"}, "node")
-        endpoint = get_str(node, "endpoint", "node")
-        listen = get_str(node, "listen", "node", default=endpoint)
-        for key, value in (("endpoint", endpoint), ("listen", listen)):
-            if not ENDPOINT_PATTERN.match(value):
-                raise ConfigError(f"node.{key}: {value!r} is not a TCP endpoint (example: {key} = \"tcp://127.0.0.1:7000\")")
+        check_keys(node, {"listen", "endpoint", "reachable", "socks_proxy", "threads", "log_level"}, "node")
+        endpoint: str | None = None
+        listen: str | None = None
+        if get_bool(node, "reachable", "node", default=True):
+            endpoint = get_str(node, "endpoint", "node")
+            listen = get_str(node, "listen", "node", default=endpoint)
+            for key, value in (("endpoint", endpoint), ("listen", listen)):
+                if not ENDPOINT_PATTERN.match(value):
+                    raise ConfigError(f"node.{key}: {value!r} is not a TCP endpoint (example: {key} = \"tcp://127.0.0.1:7000\")")
+        else:
+            for key in ("endpoint", "listen"):
+                if key in node:
+                    raise ConfigError(f"node.{key}: an outbound-only site (reachable = false) listens nowhere; remove {key}, or set reachable = true")
+        socks_proxy = get_str(node, "socks_proxy", "node") if "socks_proxy" in node else None
+        if socks_proxy is not None and not SOCKS_PATTERN.match(socks_proxy):
+            raise ConfigError(f"node.socks_proxy: {socks_proxy!r} is not host:port (example: socks_proxy = \"proxy.hospital.local:1080\")")
         return cls(
             name=name,
             listen=listen,
             endpoint=endpoint,
+            socks_proxy=socks_proxy,
             threads=get_int(node, "threads", "node", default=1, minimum=1, maximum=256),
             log_level=get_str(node, "log_level", "node", default="info", choices=LOG_LEVELS),
             data=table(values, "data", where),
@@ -79,8 +92,9 @@ class SiteConfig:
             f"name = {json.dumps(self.name)}",
             "",
             "[node]",
-            f"listen = {json.dumps(self.listen)}",
-            f"endpoint = {json.dumps(self.endpoint)}",
+            *([f"listen = {json.dumps(self.listen)}", f"endpoint = {json.dumps(self.endpoint)}"] if self.endpoint is not None
+              else ["# Outbound-only: binds nothing; dials its neighbours, which answer over that connection.", "reachable = false"]),
+            *([f"socks_proxy = {json.dumps(self.socks_proxy)}"] if self.socks_proxy else []),
             f"threads = {self.threads}",
             f"log_level = {json.dumps(self.log_level)}",
             "",
@@ -198,15 +212,20 @@ class SiteDir:
         write_atomic(self.config_path, config.to_toml().encode())
 
 
-def init_site(root: Path, name: str, endpoint: str, listen: str | None, data: dict[str, Any], attack: dict[str, Any] | None = None) -> SiteConfig:
-    """Create a site directory: keys (private files 0600), site.toml and the public member card."""
+def init_site(root: Path, name: str, endpoint: str | None, listen: str | None, data: dict[str, Any], attack: dict[str, Any] | None = None,
+              socks_proxy: str | None = None) -> SiteConfig:
+    """Create a site directory: keys (private files 0600), site.toml and the public member
+    card. Without an endpoint the site is outbound-only (binds nothing)."""
     from swarm.identity import create_site_keys
     from swarm.manifest import Member
 
     site = SiteDir(root)
     if site.config_path.exists():
         raise ConfigError(f"{root}: already a site directory (site.toml exists); choose another --site or delete it first")
-    config = SiteConfig.from_dict({"site": {"name": name}, "node": {"endpoint": endpoint, "listen": listen or endpoint}, "data": data, "attack": attack or {}})
+    node: dict[str, Any] = {"endpoint": endpoint, "listen": listen or endpoint} if endpoint is not None else {"reachable": False}
+    if socks_proxy:
+        node["socks_proxy"] = socks_proxy
+    config = SiteConfig.from_dict({"site": {"name": name}, "node": node, "data": data, "attack": attack or {}})
     site.root.mkdir(parents=True, exist_ok=True)
     keys = create_site_keys(site.keys_dir)
     site.write_config(config)

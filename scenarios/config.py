@@ -9,7 +9,8 @@ from typing import Any
 from nodes.sources import DataSource, data_source
 from nodes.plan import build_plan, with_weights_digest
 from swarm.config import check_keys, get_bool, get_float, get_int, get_optional_int, get_str, read_toml, table
-from swarm.errors import ConfigError
+from swarm.errors import ConfigError, ManifestError
+from swarm.manifest import check_reachability
 
 from .attackers import pick_attackers
 
@@ -39,6 +40,7 @@ class ScenarioConfig:
     merge: dict[str, Any] = field(default_factory=dict)  # the plan's merge rule (swarm.merge)
     attack: dict[str, Any] = field(default_factory=dict)  # which sites are Byzantine (scenarios.attackers)
     insecure: bool = False  # workers run without CurveZMQ (debugging only)
+    outbound_only: tuple[int, ...] = ()  # indices of the sites that bind nothing and only dial out
 
     @classmethod
     def load(cls, path: Path, data_path: str | Path | None = None) -> ScenarioConfig:
@@ -48,7 +50,7 @@ class ScenarioConfig:
         where = str(path)
         check_keys(values, SECTIONS, where)
         scenario = table(values, "scenario", where)
-        check_keys(scenario, {"name", "nodes", "host", "timeout", "nodes_per_worker", "backend"}, "scenario")
+        check_keys(scenario, {"name", "nodes", "host", "timeout", "nodes_per_worker", "backend", "outbound_only"}, "scenario")
         plan = table(values, "plan", where)
         check_keys(plan, {"rounds"}, "plan")
         baselines = table(values, "baselines", where)
@@ -85,6 +87,7 @@ class ScenarioConfig:
             backend=get_str(scenario, "backend", "scenario", default="local", choices=BACKENDS),
             merge=table(values, "merge", where),
             attack=table(values, "attack", where),
+            outbound_only=_site_indices(scenario, "outbound_only", nodes),
         )
         config.check()
         return config
@@ -95,6 +98,10 @@ class ScenarioConfig:
         names = [f"site-{i}" for i in range(self.nodes)]
         plan = self.plan_for(names)
         self.attackers(names, plan["neighbours"])
+        try:
+            check_reachability({names[i] for i in self.outbound_only}, plan["neighbours"])
+        except ManifestError as exc:  # said of the sites by index, as outbound_only lists them
+            raise ConfigError("scenario.outbound_only: " + str(exc).split(": ", 1)[1].replace("site-", "site ")) from None
 
     def attackers(self, names: list[str], neighbours: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         """site name -> its site.toml [attack] table, for the Byzantine sites of this scenario."""
@@ -155,3 +162,10 @@ def _named_table(current: dict[str, Any], new: str | dict[str, Any], default_nam
     if isinstance(new, dict):
         return dict(new)
     return dict(current) if current.get("name", default_name) == new else {"name": new}
+
+
+def _site_indices(values: dict[str, Any], key: str, nodes: int) -> tuple[int, ...]:
+    indices = values.get(key, [])
+    if not isinstance(indices, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < nodes for i in indices):
+        raise ConfigError(f"scenario.{key}: must be a list of site indices from 0 to {nodes - 1}, got {indices!r} (example: {key} = [2])")
+    return tuple(sorted(set(indices)))

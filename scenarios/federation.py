@@ -46,7 +46,8 @@ def create_federation(config: ScenarioConfig, out: Path, endpoints: list[str] | 
     members = []
     for index, (name, endpoint) in enumerate(zip(names, endpoints)):
         data = config.data | {"sites": config.nodes, "site": index}
-        init_site(sites_root / name, name, endpoint, None, data, attackers.get(name))
+        outbound = index in config.outbound_only  # binds nothing; its neighbours answer over its connections
+        init_site(sites_root / name, name, None if outbound else endpoint, None, data, attackers.get(name))
         card = json.loads(SiteDir(sites_root / name).member_path.read_text())
         members.append(Member.from_card(card, name))
     manifest = build_manifest(config.name, members, plan)

@@ -327,7 +327,8 @@ class RayWorker:
 
 def _endpoint_host(sites: Sequence[Path]) -> str:
     """The host every site of one worker binds; they must share one, since one process runs them."""
-    addresses = {SiteDir(site).load_config().endpoint.removeprefix("tcp://").rsplit(":", 1)[0] for site in sites}
+    endpoints = [SiteDir(site).load_config().endpoint for site in sites]
+    addresses = {endpoint.removeprefix("tcp://").rsplit(":", 1)[0] for endpoint in endpoints if endpoint is not None}
     if len(addresses) != 1:
         raise ConfigError(
             f"{sites[0].parent}: one worker's sites bind different hosts ({', '.join(sorted(addresses))}); "

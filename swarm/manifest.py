@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,23 +38,32 @@ class Member:
     name: str
     signing_key: bytes  # Ed25519 public key, 32 bytes
     transport_key: str  # CurveZMQ public key, z85 (40 characters)
-    endpoint: str  # where this member's node listens, e.g. tcp://10.0.0.5:7000
+    endpoint: str | None  # where this member's node listens, e.g. tcp://10.0.0.5:7000; None: outbound-only
 
-    def card(self) -> dict[str, str]:
-        return {
+    @property
+    def reachable(self) -> bool:
+        """False for an outbound-only site: it binds nothing and dials its neighbours, which
+        answer over the connection it opened."""
+        return self.endpoint is not None
+
+    def card(self) -> dict[str, Any]:
+        card: dict[str, Any] = {
             "name": self.name,
             "signing_key": public_key_hex(self.signing_key),
             "transport_key": self.transport_key,
-            "endpoint": self.endpoint,
         }
+        # Reachable members keep the card they always had (and so the manifest bytes).
+        return card | ({"endpoint": self.endpoint} if self.endpoint is not None else {"reachable": False})
 
     @classmethod
     def from_card(cls, card: Any, where: str) -> Member:
         if not isinstance(card, dict):
             raise ManifestError(f"{where}: a member must be a JSON object with name, signing_key, transport_key, endpoint")
         expected = {"name", "signing_key", "transport_key", "endpoint"}
-        if set(card) != expected:
-            raise ManifestError(f"{where}: member fields must be exactly {sorted(expected)}, got {sorted(card)}")
+        outbound = {"name", "signing_key", "transport_key", "reachable"}
+        if set(card) not in (expected, outbound):
+            raise ManifestError(f"{where}: member fields must be exactly {sorted(expected)} "
+                                f"(an outbound-only site has \"reachable\": false instead of an endpoint), got {sorted(card)}")
         name = card["name"]
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ManifestError(f"{where}.name: {name!r} is not a valid site name (example: hospital-a)")
@@ -64,6 +74,10 @@ class Member:
         transport_key = card["transport_key"]
         if not isinstance(transport_key, str) or len(transport_key) != 40:
             raise ManifestError(f"{where}.transport_key: not a 40-character z85 CurveZMQ public key")
+        if "reachable" in card:
+            if card["reachable"] is not False:
+                raise ManifestError(f"{where}.reachable: only false is allowed (a reachable member gives its endpoint instead), got {card['reachable']!r}")
+            return cls(name, signing_key, transport_key, None)
         endpoint = card["endpoint"]
         if not isinstance(endpoint, str) or not ENDPOINT_PATTERN.match(endpoint):
             raise ManifestError(f"{where}.endpoint: {endpoint!r} is not a TCP endpoint (example: tcp://10.0.0.5:7000)")
@@ -188,6 +202,7 @@ def _parse_manifest(raw: bytes) -> Manifest:
     threshold = _parse_threshold(document.get("threshold"), len(members))
     genesis, previous = _parse_links(document, version)
     plan = _parse_plan(document.get("plan"), [m.name for m in members])
+    check_reachability({m.name for m in members if not m.reachable}, plan.neighbours)
     return Manifest(raw=raw, name=name, version=version, members=members, plan=plan, threshold=threshold, genesis=genesis, previous=previous)
 
 
@@ -223,9 +238,25 @@ def _parse_links(document: dict[str, Any], version: int) -> tuple[bytes | None, 
 
 def _check_unique(members: tuple[Member, ...]) -> None:
     for attribute in ("name", "signing_key", "transport_key", "endpoint"):
-        values = [getattr(m, attribute) for m in members]
+        values = [getattr(m, attribute) for m in members if getattr(m, attribute) is not None]
         if len(set(values)) != len(values):
             raise ManifestError(f"manifest.members: two members share the same {attribute}; each site needs its own")
+
+
+def check_reachability(outbound: Collection[str], neighbours: Mapping[str, Sequence[str]], where: str = "manifest.plan.neighbours") -> None:
+    """An outbound-only site talks only over connections it opens itself: each of its
+    neighbours must be reachable. ManifestError, naming the site and the fix, otherwise."""
+    for name in sorted(outbound):
+        peers = neighbours[name]
+        if all(peer in outbound for peer in peers):
+            raise ManifestError(
+                f"{where}.{name}: {name} is outbound-only (reachable = false) and has no reachable neighbour; "
+                "give it a neighbour that accepts connections, or make it reachable (an endpoint in its member card)")
+        both = sorted(peer for peer in peers if peer in outbound)
+        if both:
+            raise ManifestError(
+                f"{where}.{name}: {name} and {both[0]} are both outbound-only (reachable = false) and cannot "
+                "connect to each other; list explicit neighbours so that no two outbound-only sites are neighbours, or make one reachable")
 
 
 def _parse_plan(plan: Any, member_names: list[str]) -> Plan:
