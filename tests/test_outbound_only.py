@@ -285,3 +285,23 @@ def test_a_federation_trains_with_a_site_that_has_no_listening_socket(tmp_path):
                 process.kill()
     result = subprocess.run([sys.executable, "-m", "nodes", "log", "verify", str(tmp_path / "run")], capture_output=True, text=True, env=ENV, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_federation_create_refuses_neighbouring_outbound_only_members_in_one_line(tmp_path):
+    from tests.test_cli import PLAN, assert_user_error, invoke
+
+    cards = []
+    for i in range(4):
+        site = tmp_path / f"s{i}"
+        endpoint = [] if i in (0, 1) else ["--endpoint", f"tcp://127.0.0.1:{17400 + i}"]
+        assert invoke(node_cli, ["init", "--site", site, "--name", f"h{i}", *endpoint, *([] if endpoint else ["--outbound-only"]),
+                                 "--data-site", i, "--data-sites", 4]).exit_code == 0
+        cards += ["--member", site / "member.json"]
+    (tmp_path / "plan.toml").write_text(PLAN)
+    create = ["federation", "create", "--name", "f", "--plan", tmp_path / "plan.toml", "--out", tmp_path / "m.json"]
+    assert_user_error(invoke(node_cli, [*create, *cards]), "h0 and h1 are both outbound-only", "list explicit neighbours")
+    (tmp_path / "plan.toml").write_text(PLAN.replace('name = "ring"', 'name = "explicit"') + '\n[neighbours]\nh0 = ["h2", "h3"]\nh1 = ["h2", "h3"]\nh2 = ["h0", "h1"]\nh3 = ["h0", "h1"]\n')
+    result = invoke(node_cli, [*create, *cards])
+    assert result.exit_code == 0, result.output
+    shown = invoke(node_cli, ["federation", "show", tmp_path / "m.json"]).output
+    assert "h0               outbound-only" in shown and "h2               tcp://127.0.0.1:17402" in shown
