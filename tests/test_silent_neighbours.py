@@ -1,0 +1,90 @@
+"""A silent neighbour over real node processes: the healthy sites suspect it and go on
+without waiting for it, and once it starts it is heard, cleared and merged again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scenarios.config import ScenarioConfig
+from scenarios.fault_bench import rejoin, round_gaps
+from scenarios.federation import create_federation
+from tests.conftest import write_scenario
+
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_round_gaps_and_rejoin_are_read_from_metrics_lines():
+    rows = [{"seq": s, "time": t, "merged": m} for s, t, m in [(1, 10.0, {}), (2, 10.5, {"c": 1}), (3, 12.0, {}), (4, 20.0, {"c": 6}), (5, 20.4, {"c": 7})]]
+    assert round_gaps(rows) == [0.5, 1.5, 8.0, pytest.approx(0.4)]
+    victim = [{"seq": 5, "time": 15.0, "merged": {}}, {"seq": 6, "time": 19.0, "merged": {"a": 3}}, {"seq": 7, "time": 20.2, "merged": {"a": 4}}]
+    # Restarted at 18.0: its first new version is 6 (19.0); the healthy site's first round
+    # from then on (seq 4 at 20.0) merged it.
+    assert rejoin([rows], victim, "c", 18.0) == {"rounds_to_rejoin": 1, "rejoin_s": 2.0, "merged_neighbours_at_once": True}
+    assert rejoin([rows[:3]], victim, "c", 18.0)["rounds_to_rejoin"] is None  # never merged it
+    assert rejoin([rows], victim, "c", 30.0) == {"rounds_to_rejoin": None, "rejoin_s": None, "merged_neighbours_at_once": None}
+
+
+def _status(site: Path) -> dict:
+    try:
+        return json.loads((site / "status.json").read_text())
+    except (OSError, ValueError):  # not written yet
+        return {}
+
+
+def _merged(site: Path) -> set[str]:
+    try:
+        lines = (site / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return set()
+    return {peer for line in lines if line for peer in json.loads(line)["merged"]}
+
+
+@pytest.mark.slow
+def test_a_dead_neighbour_is_suspected_not_waited_for_and_merged_again_once_it_runs(tmp_path):
+    # poll_timeout = 60 s: without the detector, every round would wait a minute for c.
+    scenario = write_scenario(tmp_path, nodes=3, rounds=500, topology="complete")
+    scenario.write_text(scenario.read_text().replace("poll_timeout = 2.0", "poll_timeout = 60.0"))
+    federation = create_federation(ScenarioConfig.load(scenario), tmp_path / "run")
+    sites = federation.sites
+
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "nodes", "run", "--site", str(sites[name])], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=ENV)
+
+    processes = {name: start(name) for name in ("hospital-a", "hospital-b")}  # c is dead from the start
+    a = sites["hospital-a"]
+    try:
+        deadline = time.monotonic() + 240  # c's first missed poll costs 60 s; 20 more rounds at 60 s each would cost 20 min
+        while _status(a).get("published_seq", 0) < 20:
+            assert time.monotonic() < deadline, f"hospital-a stalled at {_status(a).get('published_seq')}"
+            assert all(p.poll() is None for p in processes.values()), "a node exited"
+            time.sleep(0.2)
+        seen = _status(a)["neighbours"]
+        assert seen["hospital-c"]["suspected"] and seen["hospital-c"]["last_heard"] is None
+        assert not seen["hospital-b"]["suspected"]
+        assert "hospital-c did not answer in time: suspected" in (a / "node.log").read_text()
+        report = subprocess.run([sys.executable, "-m", "nodes", "status", "--site", str(a)], capture_output=True, text=True, env=ENV, timeout=60)
+        assert "SUSPECTED (not waited for)" in report.stdout and "WARNING hospital-c silent since the node started" in report.stdout
+        processes["hospital-c"] = start("hospital-c")
+        deadline = time.monotonic() + 240
+        while "hospital-c" not in _merged(a) or _status(a)["neighbours"]["hospital-c"]["suspected"]:
+            assert time.monotonic() < deadline, "hospital-c never rejoined"
+            assert all(p.poll() is None for p in processes.values()), "a node exited"
+            time.sleep(0.2)
+        assert "hospital-c answers again: back in rounds" in (a / "node.log").read_text()
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            assert process.wait(120) == 0
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
