@@ -17,7 +17,9 @@ Two changes keep sparse graphs from being swayed by one neighbour under label sk
   still moving (waiting at most `wait_for_new` per round, and not at all for a neighbour
   whose version has not changed for `wait_for_new`): a slow node is not left to train its
   last rounds alone on its own skewed data after its neighbours finished, and a stuck one
-  does not slow anybody down.
+  does not slow anybody down. A node that is itself more than `max_lead` rounds behind (it
+  restarted after an outage) does not wait for news in turn, so that the two waits do not
+  lock into one round per `wait_for_new`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class BrainTorrent(ProtocolMachine):
         super().__init__(*args, **kwargs)
         self.newer: dict[str, int] = {}  # neighbour -> announced version newer than merged
         self.answered: dict[str, int] = {}  # moving neighbour -> version it announced in this poll
+        self.ahead = False  # a neighbour that answered this poll is more than max_lead rounds ahead of us
         self.last_change: dict[str, tuple[int, float]] = {}  # neighbour -> (version it announced, since when)
         self.arrived: dict[str, ModelInfo] = {}  # neighbour -> verified model pulled this round
         self.round_peers: list[str] = []  # whom this round talks to
@@ -108,6 +111,7 @@ class BrainTorrent(ProtocolMachine):
         self.phase = Phase.POLLING
         self.newer = {}
         self.answered = {}
+        self.ahead = False
         # A neighbour that finished and whose last version we merged has nothing more to
         # give (and may have exited): asking it would only wait out poll_timeout.
         exhausted = {p for p, seq in self.final_versions.items() if self.merged.get(p, 0) >= seq}
@@ -132,6 +136,8 @@ class BrainTorrent(ProtocolMachine):
         self.last_change[peer] = (reply.seq, since if seq == reply.seq else now)
         if not reply.done and reply.seq > 0 and now - self.last_change[peer][1] < self.params.wait_for_new:
             self.answered[peer] = reply.seq  # it has published and still moves: worth waiting for
+        if reply.seq - self.published_seq > self.params.max_lead:
+            self.ahead = True
         if reply.seq > self.merged.get(peer, 0):
             self.newer[peer] = reply.seq
         return self._end_polling(now) if not self.pending else []
@@ -140,8 +146,11 @@ class BrainTorrent(ProtocolMachine):
         # Nothing new nearby, or a neighbour that answers is max_lead rounds behind: wait for
         # it to move rather than drift away alone, but never longer than wait_for_new (the
         # neighbours may be dead or stuck).
+        # A node far behind (restarted after an outage) does not wait for news: its neighbours
+        # wait for it (max_lead), so waiting for them would lock both into wait_for_new per
+        # round; it catches up at its own pace, merging whatever they publish meanwhile.
         too_far_ahead = any(self.published_seq + 1 - seq > self.params.max_lead for seq in self.answered.values())
-        if not self.newer or too_far_ahead:
+        if (not self.newer and not self.ahead) or too_far_ahead:
             if self.published_seq > 0 and now < self.published_at + self.params.wait_for_new:
                 self._wait_for_next_round(now)
                 return []

@@ -326,3 +326,25 @@ def test_a_neighbour_stuck_at_one_version_is_not_waited_for():
             break
         waited.append(now)
     assert bt.phase is Phase.PULLING and waited and PARAMS.wait_for_new <= now < 2 * PARAMS.wait_for_new
+
+
+def test_a_node_far_behind_its_neighbours_does_not_wait_for_news_it_catches_up():
+    # Restarted after an outage: version 5, while b (merged already at 40) is at 40. b waits
+    # for it (max_lead); if it waited for news from b in turn, both would sit out wait_for_new.
+    bt = machine(rounds=100, published_seq=5, merged={"b": 40, "c": 40})
+    bt.start(0.0)
+    polls = start_polling_at(bt, 0.1)
+    bt.receive("b", VersionReply(polls[0].msg.req, 40, 80, False), 0.2)
+    [train] = bt.receive("c", VersionReply(polls[1].msg.req, 40, 20, False), 0.2)
+    assert train == MergeAndTrain(6, (), self_weight=50.0)  # at once
+    # Within max_lead of them, it waits for news as before.
+    near = machine(rounds=100, published_seq=39, merged={"b": 40, "c": 40})
+    near.start(0.0)
+    polls = start_polling_at(near, 0.1)
+    near.receive("b", VersionReply(polls[0].msg.req, 40, 80, False), 0.2)
+    assert near.receive("c", VersionReply(polls[1].msg.req, 40, 20, False), 0.2) == [] and near.phase is Phase.WAITING
+
+
+def start_polling_at(bt: BrainTorrent, now: float) -> list:
+    bt.deadline = now
+    return bt.tick(now)
