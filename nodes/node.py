@@ -41,6 +41,7 @@ from .watch import Watch
 log = logging.getLogger("swarm.node")
 
 MAX_ENTRIES_PER_REPLY = 1024
+UNREACHABLE_S = 2.0  # a pull whose sender has had no connection this long is put aside (reconnects take ~0.1 s)
 AGE = "age"  # gossip learning's signed model age; see gossip.gossip_learning
 
 
@@ -110,6 +111,7 @@ class Node:
         self.last_published: float | None = None  # wall-clock time of the last publish
         self.round_seconds: list[float] = []  # wall time of each round this run (a plan has at most 1000)
         self.watch = Watch(protocol.neighbours, clock())
+        self._unreachable: dict[str, float] = {}  # pulling from this neighbour, without a connection since
         self.snapshot: dict = {}  # the latest status document (see _snapshot)
         self._snapshot_at = -1e18
 
@@ -175,6 +177,7 @@ class Node:
             self._on_received(received)
         if self.job is not None and self.job.done():
             self._finish_round()
+        self._watch_pulls()
         self._request_chunks()
         self._execute(self.protocol.tick(self.clock()))
         self._log_suspicions()
@@ -278,6 +281,21 @@ class Node:
                     for unsent, _ in reversed(wanted[position:]):  # not connected now: ask on a later step
                         pull.transfer.not_sent(unsent)
                     break
+
+    def _watch_pulls(self) -> None:
+        """A neighbour that died mid-pull (or whose link is cut) loses its connection: put its
+        pull aside after UNREACHABLE_S, suspect it, and let the round go on without it,
+        rather than wait out chunk time-outs or the protocol's pull time-out."""
+        now = self.clock()
+        for peer, pull in list(self.transfers.pulls.items()):
+            if not pull.active or self.transport.connected(peer):
+                self._unreachable.pop(peer, None)
+                continue
+            since = self._unreachable.setdefault(peer, now)
+            if now - since >= UNREACHABLE_S:
+                del self._unreachable[peer]
+                self.protocol.liveness.missed(peer, now)
+                self._pull_failed(pull, "peer_unreachable", f"no connection to {peer} for {now - since:.0f} s")
 
     def _on_chunk_request(self, peer: str, msg: ChunkRequest) -> None:
         if peer in self.former_members or self.backoff.blocked(peer, self.clock()):

@@ -202,8 +202,14 @@ def test_the_reachable_side_answers_over_the_connection_the_outbound_side_opened
     exchange(both, "out", "hub", b"a request")
     exchange(both, "hub", "out", b"the reply")
     assert hub.bytes_received["out"] == len(b"a request") and out.bytes_received["hub"] == len(b"pushed before out said anything") + len(b"the reply")
-    # The hub restarts: the outbound side reconnects, and its next hello makes the new connection known.
+    assert out.connected("hub") and hub.connected("out")
+    # The hub restarts: the outbound side sees the connection go, reconnects, and its next
+    # hello makes the new connection known.
     hub.close()
+    deadline = time.monotonic() + 20
+    while out.connected("hub"):
+        assert time.monotonic() < deadline, "the DEALER still says connected to a closed peer"
+        out.receive(0.05)
     hub = curve_pair("hub")
     exchange({"hub": hub, "out": out}, "hub", "out", b"after the restart")
 

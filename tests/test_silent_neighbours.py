@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import pytest
 from scenarios.config import ScenarioConfig
 from scenarios.fault_bench import rejoin, round_gaps
 from scenarios.federation import create_federation
-from tests.conftest import write_scenario
+from swarm.transport import InMemoryNetwork
+from tests.conftest import start_nodes, write_scenario
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -88,3 +90,54 @@ def test_a_dead_neighbour_is_suspected_not_waited_for_and_merged_again_once_it_r
         for process in processes.values():
             if process.poll() is None:
                 process.kill()
+
+
+class StallingNetwork(InMemoryNetwork):
+    """Drops b's chunks to a while `stall` is set: a pull from b hangs as if b died mid-transfer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stall = threading.Event()
+
+    def _deliver(self, sender, peer, frames):
+        if self.stall.is_set() and (sender, peer) == ("hospital-b", "hospital-a") and len(frames) > 1:
+            return True  # a chunk (the only message with more than one frame), lost
+        return super()._deliver(sender, peer, frames)
+
+
+def _wait(condition, what: str, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_pull_from_a_neighbour_that_loses_its_connection_is_put_aside_not_waited_out(tmp_path):
+    # pull_timeout = 600 s: without the connection watch, the round would wait ten minutes.
+    scenario = write_scenario(tmp_path, nodes=2, rounds=1000, topology="complete")
+    scenario.write_text(scenario.read_text().replace("pull_timeout = 10.0", "pull_timeout = 600.0"))
+    federation = create_federation(ScenarioConfig.load(scenario), tmp_path / "run")
+    network = StallingNetwork()
+    nodes, threads, stop = start_nodes(federation, network)
+    a = nodes["hospital-a"]
+    try:
+        _wait(lambda: a.protocol.merged.get("hospital-b", 0) >= 2, "a never merged b")
+        network.stall.set()
+        _wait(lambda: (p := a.transfers.pulls.get("hospital-b")) is not None and p.active and p.transfer.bytes_received == 0,
+              "a never started a pull that hangs")
+        stuck_at = a.protocol.published_seq
+        network.down.add("hospital-b")  # b's connection is gone
+        _wait(lambda: a.protocol.published_seq > stuck_at + 2, "a waited for the pull instead of going on")
+        assert a.transfers.counts["paused"] >= 1 and a.dropped["peer_unreachable"] >= 1
+        assert "hospital-b" in a.protocol.suspects  # and not waited for in the rounds since
+        merged_before = a.protocol.merged["hospital-b"]
+        network.down.discard("hospital-b")
+        network.stall.clear()
+        _wait(lambda: a.protocol.merged["hospital-b"] > merged_before and not a.protocol.suspects, "b never rejoined")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        for node in nodes.values():
+            node.store.close()
+    assert not any(t.is_alive() for t in threads)

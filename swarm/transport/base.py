@@ -33,6 +33,10 @@ class Transport(Protocol):
         returns a function that says whether the transport has let go of them (sent, or
         dropped with a lost connection), or None when the message was not queued."""
 
+    def connected(self, peer: str) -> bool:
+        """Whether there is a live connection to `peer` a message could go out on now (False
+        while it is down or being re-established, or its queue is full)."""
+
     def receive(self, timeout: float) -> Received | None:
         """Wait up to `timeout` seconds for one message; None when none came (or woken)."""
 

@@ -71,6 +71,10 @@ class InMemoryTransport:
         # The network keeps copies of what it delivers: the caller's memory is free at once.
         return (lambda: True) if self.send(peer, frames) else None
 
+    def connected(self, peer: str) -> bool:
+        network = self.network
+        return peer in network._inboxes and not {peer, self.name} & network.down
+
     def receive(self, timeout: float) -> Received | None:
         received = self.network._take(self.name, timeout)
         if received is not None:

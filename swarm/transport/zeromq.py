@@ -221,6 +221,16 @@ class ZmqTransport:
             return self.router, [route]
         return None
 
+    def connected(self, peer: str) -> bool:
+        route = self._route(peer)
+        if route is None:
+            return False
+        socket, prefix = route
+        if prefix:  # over an outbound-only neighbour's connection: known until a send finds it gone
+            return True
+        # With IMMEDIATE a DEALER has a pipe, and so POLLOUT, only while connected (and not full).
+        return bool(socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
+
     def send(self, peer: str, frames: Sequence[Buffer]) -> bool:
         route = self._route(peer)
         if route is None:
