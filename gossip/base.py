@@ -252,6 +252,11 @@ class ProtocolMachine:
         """Whether an unasked model from `peer` would be used; the runtime verifies only those."""
         return False
 
+    def awaiting_models(self) -> dict[str, int]:
+        """Neighbour -> model request whose answer this round waits for (the runtime gives up
+        on one whose sender lost its connection, with `model_failed`)."""
+        return {}
+
     def model_arrived(self, peer: str, req: int | None, model: ModelInfo, now: float) -> list[Action]:
         """The runtime verified the entry chain and the tensors of `peer`'s model (a reply to
         `req`, or a push when `req` is None)."""

@@ -61,6 +61,9 @@ class BrainTorrent(ProtocolMachine):
     def expects_model(self, peer: str, req: int) -> bool:
         return self.phase is Phase.PULLING and self.pending.get(peer) == req
 
+    def awaiting_models(self) -> dict[str, int]:
+        return dict(self.pending) if self.phase is Phase.PULLING else {}
+
     def model_arrived(self, peer: str, req: int | None, model: ModelInfo, now: float) -> list[Action]:
         if req is None or not self.expects_model(peer, req):
             return [Dropped(peer, "stale_model_reply")]

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import click
 
-from swarm.errors import ConfigError, SwarmError, UsageError
+from swarm.errors import ConfigError, SwarmError, UsageError, resource_error
 from swarm.manifest import build_manifest, save_manifest, SignedManifest
 
 from .site import SiteDir, init_site
@@ -33,6 +33,12 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except SwarmError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a full disk, a permission: one line naming the path, exit 3
+            error = resource_error(exc, then="run the command again")
+            if error is None:
+                raise
+            click.echo(f"error: {error}", err=True)
+            sys.exit(error.exit_code)
 
     return wrapper
 

@@ -283,19 +283,32 @@ class Node:
                     break
 
     def _watch_pulls(self) -> None:
-        """A neighbour that died mid-pull (or whose link is cut) loses its connection: put its
-        pull aside after UNREACHABLE_S, suspect it, and let the round go on without it,
-        rather than wait out chunk time-outs or the protocol's pull time-out."""
+        """A neighbour that died while we wait for its model (its offer or its chunks), or
+        whose link is cut, loses its connection: after UNREACHABLE_S put the pull aside,
+        suspect the neighbour and let the round go on without it, rather than wait out chunk
+        time-outs or the protocol's pull time-out."""
         now = self.clock()
-        for peer, pull in list(self.transfers.pulls.items()):
-            if not pull.active or self.transport.connected(peer):
+        waiting = {peer: pull.req for peer, pull in self.transfers.pulls.items() if pull.active}
+        for peer, req in self.protocol.awaiting_models().items():
+            waiting.setdefault(peer, req)
+        for peer in list(self._unreachable):
+            if peer not in waiting:
+                del self._unreachable[peer]
+        for peer, req in waiting.items():
+            if self.transport.connected(peer):
                 self._unreachable.pop(peer, None)
                 continue
             since = self._unreachable.setdefault(peer, now)
-            if now - since >= UNREACHABLE_S:
-                del self._unreachable[peer]
-                self.protocol.liveness.missed(peer, now)
+            if now - since < UNREACHABLE_S:
+                continue
+            del self._unreachable[peer]
+            self.protocol.liveness.missed(peer, now)
+            pull = self.transfers.pulls.get(peer)
+            if pull is not None and pull.active:
                 self._pull_failed(pull, "peer_unreachable", f"no connection to {peer} for {now - since:.0f} s")
+            elif req is not None:  # asked for its model, no offer yet
+                log.info("%s lost its connection before offering its model: the round goes on without it", peer)
+                self._execute(self.protocol.model_failed(peer, req, "peer_unreachable", now))
 
     def _on_chunk_request(self, peer: str, msg: ChunkRequest) -> None:
         if peer in self.former_members or self.backoff.blocked(peer, self.clock()):

@@ -58,7 +58,7 @@ _RESOURCES = {
 }
 
 
-def resource_error(exc: OSError) -> ResourceError | None:
+def resource_error(exc: OSError, then: str = "start the node again") -> ResourceError | None:
     """The one-line ResourceError for an OSError the machine caused; None for any other
     (a bug, which keeps its traceback)."""
     known = _RESOURCES.get(exc.errno) if exc.errno is not None else None
@@ -66,7 +66,7 @@ def resource_error(exc: OSError) -> ResourceError | None:
         return None
     problem, fix = known
     where = exc.filename if exc.filename is not None else "a file of the site directory"
-    return ResourceError(f"cannot write {where}: {problem}; {fix}, then start the node again "
+    return ResourceError(f"cannot write {where}: {problem}; {fix}, then {then} "
                          "(what was written before is whole: every write is atomic)")
 
 

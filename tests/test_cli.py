@@ -233,3 +233,23 @@ def test_overrides_keep_a_tables_settings_only_when_its_name_is_unchanged(tmp_pa
     assert config.with_overrides(topology="complete").topology == {"name": "complete"}
     changed = config.with_overrides(nodes=5, rounds=7, protocol="dpsgd", seed=9)
     assert (changed.nodes, changed.rounds, changed.protocol, changed.data["seed"], changed.topology["seed"]) == (5, 7, {"name": "dpsgd"}, 9, 9)
+
+
+def test_a_write_the_machine_refuses_in_a_federation_command_is_one_line_exit_3(three_sites, monkeypatch):
+    import errno
+
+    import swarm.manifest
+
+    root, sites = three_sites
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(swarm.manifest, "write_atomic", full)
+    args = ["federation", "create", "--name", "f", "--plan", root / "plan.toml", "--out", root / "m.json"]
+    for site in sites:
+        args += ["--member", site / "member.json"]
+    result = invoke(node_cli, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 3 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: cannot write {root / 'm.json'}: its file system is full") and "run the command again" in lines[0]

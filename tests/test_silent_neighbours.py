@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from scenarios.config import ScenarioConfig
@@ -93,15 +94,17 @@ def test_a_dead_neighbour_is_suspected_not_waited_for_and_merged_again_once_it_r
 
 
 class StallingNetwork(InMemoryNetwork):
-    """Drops b's chunks to a while `stall` is set: a pull from b hangs as if b died mid-transfer."""
+    """Drops b's messages of one kind to a while `stall` is set: a's wait for b's model
+    hangs as if b died before offering it ("model_reply") or mid-transfer ("chunk")."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
         super().__init__()
+        self.kind = kind
         self.stall = threading.Event()
 
     def _deliver(self, sender, peer, frames):
-        if self.stall.is_set() and (sender, peer) == ("hospital-b", "hospital-a") and len(frames) > 1:
-            return True  # a chunk (the only message with more than one frame), lost
+        if self.stall.is_set() and (sender, peer) == ("hospital-b", "hospital-a") and msgpack.unpackb(bytes(frames[0]))["kind"] == self.kind:
+            return True  # lost
         return super()._deliver(sender, peer, frames)
 
 
@@ -112,23 +115,27 @@ def _wait(condition, what: str, seconds: float = 120.0) -> None:
         time.sleep(0.02)
 
 
-def test_a_pull_from_a_neighbour_that_loses_its_connection_is_put_aside_not_waited_out(tmp_path):
+@pytest.mark.parametrize("lost", ["model_reply", "chunk"], ids=["before its offer", "mid-transfer"])
+def test_a_pull_from_a_neighbour_that_loses_its_connection_is_put_aside_not_waited_out(tmp_path, lost):
     # pull_timeout = 600 s: without the connection watch, the round would wait ten minutes.
     scenario = write_scenario(tmp_path, nodes=2, rounds=1000, topology="complete")
     scenario.write_text(scenario.read_text().replace("pull_timeout = 10.0", "pull_timeout = 600.0"))
     federation = create_federation(ScenarioConfig.load(scenario), tmp_path / "run")
-    network = StallingNetwork()
+    network = StallingNetwork(lost)
     nodes, threads, stop = start_nodes(federation, network)
     a = nodes["hospital-a"]
     try:
         _wait(lambda: a.protocol.merged.get("hospital-b", 0) >= 2, "a never merged b")
         network.stall.set()
-        _wait(lambda: (p := a.transfers.pulls.get("hospital-b")) is not None and p.active and p.transfer.bytes_received == 0,
-              "a never started a pull that hangs")
+        if lost == "chunk":
+            _wait(lambda: (p := a.transfers.pulls.get("hospital-b")) is not None and p.active and p.transfer.bytes_received == 0,
+                  "a never started a pull that hangs")
+        else:
+            _wait(lambda: a.protocol.phase.value == "pulling" and "hospital-b" in a.protocol.pending, "a never asked b for a model")
         stuck_at = a.protocol.published_seq
         network.down.add("hospital-b")  # b's connection is gone
         _wait(lambda: a.protocol.published_seq > stuck_at + 2, "a waited for the pull instead of going on")
-        assert a.transfers.counts["paused"] >= 1 and a.dropped["peer_unreachable"] >= 1
+        assert a.dropped["peer_unreachable"] >= 1 and (lost != "chunk" or a.transfers.counts["paused"] >= 1)
         assert "hospital-b" in a.protocol.suspects  # and not waited for in the rounds since
         merged_before = a.protocol.merged["hospital-b"]
         network.down.discard("hospital-b")
