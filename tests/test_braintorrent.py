@@ -11,7 +11,7 @@ from gossip.base import Dropped, Finished, MergeAndTrain, ModelInfo, PulledVersi
 from gossip.braintorrent import ANNOUNCEMENT, BrainTorrent, BrainTorrentParams, Phase
 from swarm.errors import ConfigError
 from swarm.messages import ModelRequest, Refusal, VersionReply, VersionRequest
-from tests.protocol_sim import Simulation, make_protocol
+from gossip.simulation import Simulation, make_protocol
 
 PARAMS = BrainTorrentParams(round_interval=1.0, poll_timeout=2.0, pull_timeout=10.0, wait_for_new=5.0, linger=30.0, done_poll_interval=1.0)
 

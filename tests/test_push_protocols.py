@@ -16,7 +16,7 @@ from gossip.gossip_learning import GossipLearning, GossipParams, age_weights
 from swarm.errors import ConfigError
 from swarm.messages import PushAck, VersionReply, VersionRequest
 from swarm.schedule import RoundGraph, Schedule
-from tests.protocol_sim import Simulation, make_protocol
+from gossip.simulation import Simulation, make_protocol
 
 LINE = {"a": ["b"], "b": ["a", "c"], "c": ["b"]}  # degrees 1, 2, 1
 PUSH = DPSGDParams(round_timeout=5.0, linger=10.0, done_poll_interval=0.5)

@@ -1,28 +1,37 @@
-"""A deterministic federation of protocol state machines for tests: a fake clock, the
-in-memory network, the real wire codec, and instant stand-ins for merging and training.
+"""A deterministic federation of the real protocol state machines: a fake clock, the
+in-memory network and the real wire codec. Tests run whole federations on it, and
+scripts/simulate_braintorrent.py runs it with real training.
 
-A "model" is a one-tensor FlatModel; its log entry is a JSON stand-in carrying what the
-runtime would read from a signed entry (seq, samples, age). Training is a float: the merge
-computes the protocol's weighted mean of the neighbours' values exactly as the learner
-would, so tests can check the arithmetic by hand."""
+What the runtime does with tensors is a `train` callback: it gets a node's MergeAndTrain
+together with the models it names (a `Job`) and returns the node's next model. The default,
+`merge_values`, makes a model one float, merged exactly as the learner merges tensors (the
+protocol's weighted mean) and never trained, so tests can check the arithmetic by hand.
+
+A model does not travel on the wire; its log entry does, as a JSON stand-in carrying what
+the runtime reads from a signed entry (seq, round, samples, age), and the receiver takes the
+model the sender published under that seq (the runtime pulls its tensors in chunks,
+swarm.transfer; the protocols only see the offer)."""
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-
-from gossip.base import Dropped, Finished, MergeAndTrain, ModelInfo, Params, ProtocolMachine, PushModel, Resume, Send, SendModel
-from gossip.braintorrent import BrainTorrent
 from swarm.codec import decode_message, encode_message
 from swarm.errors import RejectedMessage
 from swarm.messages import ModelPush, ModelReply
 from swarm.schedule import Schedule
 from swarm.transport import InMemoryNetwork
 
+from .base import Dropped, Finished, MergeAndTrain, ModelInfo, Params, ProtocolMachine, PulledVersion, PushModel, Resume, Send, SendModel
+from .braintorrent import BrainTorrent
+
 FEDERATION = bytes(range(32))
+
+M = TypeVar("M")
 
 
 class FakeClock:
@@ -31,6 +40,28 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@dataclass(frozen=True)
+class Job(Generic[M]):
+    """A node's MergeAndTrain with the models it names: what the runtime's learner gets."""
+
+    node: str
+    action: MergeAndTrain
+    model: M  # the node's latest model; its merge weight is action.self_weight
+    pulled: tuple[tuple[PulledVersion, M], ...]  # the staged neighbour models, with their merge weights
+
+
+Train = Callable[[Job[Any]], Any]
+
+
+def merge_values(job: Job[float]) -> float:
+    """The stand-in learner: the weighted mean of the values (weights normalised, as the
+    merge does); no training, so the arithmetic can be checked by hand."""
+    if not job.pulled:
+        return job.model
+    total = job.action.self_weight + sum(p.weight for p, _ in job.pulled)
+    return (job.action.self_weight * job.model + sum(p.weight * value for p, value in job.pulled)) / total
 
 
 def make_protocol(
@@ -66,18 +97,21 @@ class SimNode:
     protocol: ProtocolMachine
     transport: object
     train_seconds: float
-    value: float  # the "model": one number, merged like the learner merges tensors
+    value: Any  # the model: a float by default, whatever `train` returns otherwise
     job: tuple[float, MergeAndTrain] | None = None  # (finishes at, action)
     history: list[MergeAndTrain] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)  # value after each published round
+    values: list[Any] = field(default_factory=list)  # the model after each published round
     dropped: list[str] = field(default_factory=list)
     finished_at: float | None = None
     entry: dict = field(default_factory=dict)  # what our latest "log entry" says
-    staged: dict[str, tuple[int, float]] = field(default_factory=dict)  # peer -> (seq, value)
+    staged: dict[str, tuple[int, Any]] = field(default_factory=dict)  # peer -> (seq, model)
 
 
 class Simulation:
-    """`train` maps the merged value of a node to its trained value (default: unchanged)."""
+    """`values`: each member's initial model (default: its index, as a float); `samples`:
+    the training samples each member signs (default 100); `train`: what a finished job
+    turns a node's model into (default `merge_values`); `train_seconds`: how long a job
+    takes on the fake clock."""
 
     def __init__(
         self,
@@ -88,17 +122,20 @@ class Simulation:
         train_seconds: float = 0.05,
         protocol: type[ProtocolMachine] = BrainTorrent,
         schedule: Schedule | None = None,
-        values: Mapping[str, float] | None = None,
+        values: Mapping[str, Any] | None = None,
         samples: Mapping[str, int] | None = None,
+        train: Train = merge_values,
     ) -> None:
         self.clock = FakeClock()
         self.network = InMemoryNetwork()
+        self.train = train
+        self.published: dict[tuple[str, int], Any] = {}  # (member, seq) -> the model it published
         rng = random.Random(seed)
         schedule = schedule or Schedule(neighbours)
         self.nodes = {}
         for i, name in enumerate(neighbours):
             machine = make_protocol(protocol, name, schedule, rounds, (samples or {}).get(name, 100), params, random.Random(rng.random()))
-            value = float((values or {}).get(name, i))
+            value = (values or {}).get(name, float(i))
             self.nodes[name] = SimNode(name, machine, self.network.endpoint(name), train_seconds, value)
 
     def kill(self, name: str) -> None:
@@ -120,11 +157,10 @@ class Simulation:
         _, action = node.job
         node.job = None
         used = [(p, node.staged.pop(p.peer)) for p in action.pulled if p.peer in node.staged]
-        if used:
-            total = action.self_weight + sum(p.weight for p, _ in used)
-            node.value = (action.self_weight * node.value + sum(p.weight * v for p, (_, v) in used)) / total
+        node.value = self.train(Job(node.name, action, node.value, tuple((p, model) for p, (_, model) in used)))
         node.values.append(node.value)
         seq = node.protocol.published_seq + 1
+        self.published[(node.name, seq)] = node.value
         node.entry = {"seq": seq, "round": action.round, "samples": node.protocol.samples, "age": action.signed.get("age", seq)}
         merged = {p.peer: s for p, (s, _) in used}
         self._execute(node, node.protocol.published(seq, merged, self.clock.now))
@@ -159,10 +195,9 @@ class Simulation:
                 node.dropped.append("unwanted_model")
                 return
             entry = json.loads(msg.entries[-1])
-            value = float(entry["value"])  # the simulation's model is one number, carried in its entry
             held = node.staged.get(peer)
             if held is None or entry["seq"] > held[0]:
-                node.staged[peer] = (entry["seq"], value)
+                node.staged[peer] = (entry["seq"], self.published[(peer, entry["seq"])])
             info = ModelInfo(entry["seq"], entry["round"], entry["samples"], float(entry["age"]))
             self._execute(node, node.protocol.model_arrived(peer, req, info, now))
         else:
@@ -173,9 +208,7 @@ class Simulation:
             if isinstance(action, Send):
                 node.transport.send(action.peer, encode_message(FEDERATION, action.msg))
             elif isinstance(action, (SendModel, PushModel)):
-                # The runtime pulls tensors in chunks (swarm.transfer); the protocols only see
-                # the offer, so the simulated model travels inside it.
-                entries = (json.dumps(node.entry | {"value": node.value}).encode(),)
+                entries = (json.dumps(node.entry).encode(),)
                 leaves = (bytes(32),)
                 msg = ModelReply(action.req, entries, leaves) if isinstance(action, SendModel) else ModelPush(entries, leaves)
                 node.transport.send(action.peer, encode_message(FEDERATION, msg))
