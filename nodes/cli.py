@@ -57,11 +57,45 @@ def run_cli(group: click.Group) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+DEV_COMMANDS = ("bench", "fuzz")  # in swarm_dev, the developer tools, which a hospital's image leaves out
+
+
+class NodeCommands(click.Group):
+    """The node's commands, and bench and fuzz from the developer tools: imported only when
+    asked for, so that the node runs without them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *DEV_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in DEV_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        try:
+            from swarm_dev.cli import main as dev_cli
+        except ModuleNotFoundError as exc:
+            if exc.name != "swarm_dev":
+                raise
+            return _missing_dev_command(cmd_name)
+        return dev_cli.get_command(ctx, cmd_name)
+
+
+def _missing_dev_command(name: str) -> click.Command:
+    """Stands in for a developer tool that is not installed: one line and exit 2, whatever the arguments."""
+
+    def missing() -> None:
+        click.echo(f"error: swarm-node {name}: the developer tools (package swarm_dev) are not installed here; "
+                   f"run `swarm-dev {name}` from a source checkout (pip install -e .)", err=True)
+        sys.exit(2)
+
+    return click.Command(name, callback=missing, help="(not installed: a developer tool, see swarm-dev)", add_help_option=False,
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
 def entry() -> None:
     run_cli(main)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=NodeCommands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Run a hospital's node in a serverless federated-learning swarm."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -329,38 +363,4 @@ def audit_command(paths: tuple[Path, ...], model_ref: str | None, as_json: bool)
     result = run_audit(paths, model_ref)
     click.echo(json.dumps(audit_json(result), indent=2) if as_json else "\n".join(audit_lines(result)))
     if not result.ok:
-        sys.exit(1)
-
-
-@main.command()
-@click.option("--size-mb", type=click.FloatRange(min=0.001, max=4096), default=100.0, show_default=True, help="Model size in MiB.")
-@click.option("--repeats", type=click.IntRange(min=1, max=100), default=5, show_default=True, help="Timed transfers per path.")
-@click.option("--chunk-mib", type=click.IntRange(min=1, max=64), default=4, show_default=True, help="Chunk size in MiB, as site.toml [transfer] chunk_mib.")
-@click.option("--window", type=click.IntRange(min=1, max=64), default=4, show_default=True, help="Chunk requests outstanding, as site.toml [transfer] window.")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Also cut a transfer after half its chunks and resume it.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (ratio_vs_raw_zmq, peak_rss_bytes per side, model_bytes, resume).")
-@user_errors
-def bench(size_mb: float, repeats: int, chunk_mib: int, window: int, resume: bool, as_json: bool) -> None:
-    """Time a model exchange (snapshot, digest, sign, offer, chunked pull, verification) between
-    two processes on loopback against raw pyzmq with the same bytes; peak memory per side."""
-    from .bench import format_bench, run_bench
-
-    result = run_bench(size_mb=size_mb, repeats=repeats, chunk_mib=chunk_mib, window=window, resume=resume)
-    click.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
-
-
-@main.command()
-@click.option("--seconds", type=click.FloatRange(min=0.1), default=60.0, show_default=True, help="Total run time, shared equally by the targets.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random generator (one stream per target).")
-@click.option("--crashes", "crashes_dir", type=click.Path(path_type=Path), default=Path("fuzz-crashes"), show_default=True, help="Where crashing inputs are saved.")
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-@user_errors
-def fuzz(seconds: float, seed: int, crashes_dir: Path, as_json: bool) -> None:
-    """Feed mutated and random input to the wire decoder, the log reader, the entry opener
-    and the chain check. Exit 1 if any input raised anything but the documented refusal."""
-    from .fuzz import format_fuzz, run_fuzz
-
-    result = run_fuzz(seconds=seconds, seed=seed, crashes_dir=crashes_dir)
-    click.echo(json.dumps(result, indent=2) if as_json else format_fuzz(result))
-    if result["crashes"]:
         sys.exit(1)

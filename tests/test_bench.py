@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from nodes.bench import RECEIVER_STAGES, SENDER_STAGES, format_bench, model_layout, run_bench
+from swarm_dev.bench import RECEIVER_STAGES, SENDER_STAGES, format_bench, model_layout, run_bench
 
 
 def _positive_floats(values) -> bool:

@@ -3,7 +3,7 @@ result or refuses with its documented error (RejectedMessage with a reason from 
 decoder, LogError from the log), and never holds memory out of proportion to what arrived.
 
 The fixed hostile cases are in test_codec.py and test_log.py; these tests draw many inputs
-around them. `swarm-node fuzz` (nodes/fuzz.py) runs the same kind of inputs for minutes."""
+around them. `swarm-dev fuzz` (swarm_dev/fuzz.py) runs the same kind of inputs for minutes."""
 
 from __future__ import annotations
 
@@ -808,12 +808,12 @@ def test_the_fuzz_command_reports_every_target_and_no_crashes(tmp_path: Path) ->
 
 
 def test_a_crash_is_saved_and_fails_the_fuzz_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nodes.fuzz
+    import swarm_dev.fuzz
 
     def broken_decoder(frames: Any, federation: bytes, limits: Limits = Limits()) -> Decoded:
         raise IndexError("a decoder bug")
 
-    monkeypatch.setattr(nodes.fuzz, "decode_message", broken_decoder)
+    monkeypatch.setattr(swarm_dev.fuzz, "decode_message", broken_decoder)
     crashes = tmp_path / "crashes"
     result = CliRunner().invoke(swarm_node, ["fuzz", "--seconds", "0.5", "--crashes", str(crashes)])
     assert result.exit_code == 1

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 import zmq
 
+from nodes.transfers import Transfers
 from swarm.codec import decode_message, encode_message
 from swarm.errors import RejectedMessage
 from swarm.identity import SigningKey
@@ -54,8 +55,6 @@ from swarm.messages import MAX_CHUNK_LEAVES, Chunk, ChunkRequest, ModelPush
 from swarm.tensors import digest_from_leaves, first_non_finite, flatten_state, leaf_hashes, rebuild_state, snapshot_state
 from swarm.transfer import Offered, TransferSettings
 from swarm.transport.zeromq import ZmqSettings, ZmqTransport, free_tcp_ports
-
-from .transfers import Transfers
 
 MIB = 1024 * 1024
 HOST = "127.0.0.1"

@@ -1,4 +1,4 @@
-"""`swarm-node fuzz`: a seeded mutation fuzzer for every reader of untrusted bytes.
+"""`swarm-dev fuzz` (also `swarm-node fuzz`): a seeded mutation fuzzer for every reader of untrusted bytes.
 
 Each target starts from valid seeds and mutates them (bit flips, byte changes, truncation,
 extension, splices, msgpack length bombs, deep nesting, extension types, pickles) or makes
