@@ -15,7 +15,6 @@ reports whatever it likes):
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,8 @@ from typing import Any
 from swarm.atomic import write_atomic
 
 from .attackers import byzantine_share
-from .sweep_report import csv_text, pyplot, save_png
+from .plots import colours, panels, save_png
+from .sweep_report import csv_text, read_summary
 
 COLUMNS = (
     "cell", "attack", "defence", "share", "seed", "byzantine_sites", "honest_mean", "honest_min",
@@ -33,15 +33,8 @@ COLUMNS = (
 NAN = math.nan
 
 
-def _summary(directory: Path) -> dict[str, Any]:
-    try:
-        return json.loads((directory / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def cell_row(cell: Any, directory: Path) -> dict[str, Any]:
-    summary = _summary(directory)
+    summary = read_summary(directory)
     metric = summary.get("primary_metric", "accuracy")
     nodes = summary.get("nodes", [])
     honest = [n for n in nodes if not n.get("byzantine")]
@@ -143,35 +136,28 @@ class StudyReport:
 def plot(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """One panel per attack: honest mean accuracy (solid) and worst honest site (dotted)
     against the Byzantine share, one colour per defence; the no-attack level at share 0."""
-    plt = pyplot()
     averaged = _averaged(rows)
     defences = list(dict.fromkeys(r["defence"] for r in rows))
     attacks = [a for a in dict.fromkeys(r["attack"] for r in rows) if a != "none"]
     shares = sorted({r["share"] for r in rows if r["attack"] != "none"})
     columns = min(4, max(1, len(attacks)))
-    lines = math.ceil(len(attacks) / columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(3.6 * columns, 3.0 * lines), squeeze=False, sharey=True)
-    cmap = plt.get_cmap("tab10")
-    for index, attack in enumerate(attacks):
-        ax = axes[index // columns][index % columns]
-        for number, defence in enumerate(defences):
-            xs = [0.0, *shares]
-            base = averaged.get(("none", defence, 0.0), {"honest_mean": NAN, "honest_min": NAN})
-            means = [base["honest_mean"], *(averaged.get((attack, defence, s), {}).get("honest_mean", NAN) for s in shares)]
-            worst = [base["honest_min"], *(averaged.get((attack, defence, s), {}).get("honest_min", NAN) for s in shares)]
-            colour = cmap(number % cmap.N)
-            ax.plot([100 * x for x in xs], means, marker="o", color=colour, label=defence)
-            ax.plot([100 * x for x in xs], worst, linestyle=":", color=colour)
-        ax.set_title(attack)
-        ax.set_xlabel("Byzantine sites (%)")
-        ax.grid(alpha=0.3)
-        if index % columns == 0:
-            ax.set_ylabel("honest test accuracy")
-    for index in range(len(attacks), lines * columns):
-        axes[index // columns][index % columns].axis("off")
-    axes[0][0].legend(fontsize="small", title="defence (dotted: worst site)", title_fontsize="small")
-    fig.suptitle("Byzantine hospitals: honest sites' accuracy by attack, defence and attacker share")
-    fig.tight_layout()
-    saved = save_png(fig, path)
-    plt.close(fig)
-    return saved
+    colour = colours(defences)
+    with panels(len(attacks), columns, (3.6, 3.0)) as (fig, axes):
+        for index, (ax, attack) in enumerate(zip(axes, attacks)):
+            for defence in defences:
+                xs = [0.0, *shares]
+                base = averaged.get(("none", defence, 0.0), {"honest_mean": NAN, "honest_min": NAN})
+                means = [base["honest_mean"], *(averaged.get((attack, defence, s), {}).get("honest_mean", NAN) for s in shares)]
+                worst = [base["honest_min"], *(averaged.get((attack, defence, s), {}).get("honest_min", NAN) for s in shares)]
+                ax.plot([100 * x for x in xs], means, marker="o", color=colour[defence], label=defence)
+                ax.plot([100 * x for x in xs], worst, linestyle=":", color=colour[defence])
+            ax.set_title(attack)
+            ax.set_xlabel("Byzantine sites (%)")
+            ax.grid(alpha=0.3)
+            if index % columns == 0:
+                ax.set_ylabel("honest test accuracy")
+        if axes:
+            axes[0].legend(fontsize="small", title="defence (dotted: worst site)", title_fontsize="small")
+        fig.suptitle("Byzantine hospitals: honest sites' accuracy by attack, defence and attacker share")
+        fig.tight_layout()
+        return save_png(fig, path)

@@ -27,7 +27,8 @@ the plots metrics are percentages (survey style, one decimal); the CSV keeps the
 A NaN, None or missing value is "n/a" in Markdown, an empty cell in the CSV and no point in
 the plots. All metrics are "higher is better", so the best mean of each column is in bold.
 
-Only this module's plotting functions import matplotlib (lazily, Agg backend).
+The plots are drawn through scenarios.plots (matplotlib, the optional extra `report`); without
+it `write_report` writes everything else and says in one line that the plots were skipped.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from swarm.atomic import write_atomic
+
+from .plots import PlotsUnavailable, colours, figure, integer_ticks, legend, save_png
 
 __all__ = [
     "METHOD_ORDER", "SIMULATED_SERVER", "write_report", "markdown_table", "site_table", "site_means_table", "cost_table",
@@ -357,37 +360,14 @@ def csv_text(results: Mapping[str, Any]) -> str:
 # Plots
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _colours(plt, methods: Sequence[str]) -> dict[str, Any]:
-    cycle = plt.get_cmap("tab10").colors
-    return {m: cycle[i % len(cycle)] for i, m in enumerate(methods)}
-
-
-def _save(fig, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    write_atomic(path, buffer.getvalue())
-    return path
-
-
 def plot_rounds(results: Mapping[str, Any], path: Path, metric: str | None = None) -> Path:
     """The primary metric (or `metric`, in percent) against the round: a line per method whose
     history has more than one point, shaded ±std; a method with a one-point history, or with
     no history but an overall mean, is a horizontal dashed line at that value."""
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     metric = metric or _primary(results)
     methods = ordered_methods(results)
-    colours = _colours(plt, methods)
-    fig, ax = plt.subplots(figsize=(9, 5))
-    try:
+    colour = colours(methods)
+    with figure((9, 5)) as (fig, ax):
         flat: list[tuple[str, float, float]] = []
         rounds: list[float] = []
         for name in methods:
@@ -397,10 +377,10 @@ def plot_rounds(results: Mapping[str, Any], path: Path, metric: str | None = Non
                 x = [p[0] for p in points]
                 y = [100.0 * p[1] for p in points]
                 s = [0.0 if math.isnan(p[2]) else 100.0 * p[2] for p in points]
-                ax.plot(x, y, marker="o", markersize=3, linewidth=1.8, color=colours[name],
+                ax.plot(x, y, marker="o", markersize=3, linewidth=1.8, color=colour[name],
                         label=_label(results, name))
                 ax.fill_between(x, [a - b for a, b in zip(y, s)], [a + b for a, b in zip(y, s)],
-                                color=colours[name], alpha=0.15, linewidth=0)
+                                color=colour[name], alpha=0.15, linewidth=0)
                 rounds += x
             elif points:
                 flat.append((name, points[0][1], points[0][2]))
@@ -409,15 +389,15 @@ def plot_rounds(results: Mapping[str, Any], path: Path, metric: str | None = Non
                 if not math.isnan(mean):
                     flat.append((name, mean, std))
         for name, mean, std in flat:
-            ax.axhline(100.0 * mean, linestyle="--", linewidth=1.5, color=colours[name],
+            ax.axhline(100.0 * mean, linestyle="--", linewidth=1.5, color=colour[name],
                        label=f"{_label(results, name)} (final)")
             if not math.isnan(std) and std > 0:
-                ax.axhspan(100.0 * (mean - std), 100.0 * (mean + std), color=colours[name], alpha=0.08, linewidth=0)
+                ax.axhspan(100.0 * (mean - std), 100.0 * (mean + std), color=colour[name], alpha=0.08, linewidth=0)
         if rounds:
             ax.set_xlim(min(rounds), max(rounds))
         else:
             ax.set_xlim(0, 1)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        integer_ticks(ax.xaxis)
         ax.set_xlabel("Round")
         ax.set_ylabel(f"{_long_name(metric)} (%)")
         ax.set_title(f"{results.get('scenario') or 'comparison'}: held-out {_long_name(metric)} per round "
@@ -428,28 +408,22 @@ def plot_rounds(results: Mapping[str, Any], path: Path, metric: str | None = Non
             # legend in the table's order, whether a method is a line or a flat reference
             rank = {_label(results, m): i for i, m in enumerate(methods)}
             pairs = sorted(zip(handles, labels), key=lambda hl: rank.get(hl[1].removesuffix(" (final)"), len(rank)))
-            ax.legend([h for h, _ in pairs], [lab for _, lab in pairs], loc="center left",
-                      bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+            legend(ax, handles=[h for h, _ in pairs], labels=[lab for _, lab in pairs], loc="center left", bbox_to_anchor=(1.01, 0.5))
         else:
             ax.text(0.5, 0.5, "no values to plot", ha="center", va="center", transform=ax.transAxes)
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+        return save_png(fig, path)
 
 
 def plot_sites(results: Mapping[str, Any], path: Path, metric: str | None = None) -> Path:
     """Grouped bars of the primary metric (or `metric`, in percent) on each site's own test
     split: a group per site and a last group "Mean", a bar per method with a ±std error bar;
     undefined values get no bar."""
-    plt = _pyplot()
-
     metric = metric or _primary(results)
     methods = ordered_methods(results)
-    colours = _colours(plt, methods)
+    colour = colours(methods)
     groups = _sites(results) + ["Mean"]
     width = 0.8 / max(1, len(methods))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.35 * len(groups) * max(1, len(methods))), 5))
-    try:
+    with figure((max(6.0, 1.2 + 0.35 * len(groups) * max(1, len(methods))), 5)) as (fig, ax):
         for i, name in enumerate(methods):
             method = results["methods"][name]
             xs, ys, errs = [], [], []
@@ -461,12 +435,10 @@ def plot_sites(results: Mapping[str, Any], path: Path, metric: str | None = None
                 xs.append(g - 0.4 + width * (i + 0.5))
                 ys.append(100.0 * mean)
                 errs.append(0.0 if math.isnan(std) else 100.0 * std)
-            ax.bar(xs, ys, width=width, yerr=errs, capsize=2, color=colours[name],
+            ax.bar(xs, ys, width=width, yerr=errs, capsize=2, color=colour[name],
                    label=_label(results, name), error_kw={"linewidth": 1})
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels(groups)
-        if len(groups) > 8:
-            plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+        ax.set_xticklabels(groups, **({"rotation": 45, "ha": "right"} if len(groups) > 8 else {}))
         ax.axvline(len(groups) - 1.5, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlim(-0.6, len(groups) - 0.4)
         ax.set_ylim(bottom=0)
@@ -475,28 +447,28 @@ def plot_sites(results: Mapping[str, Any], path: Path, metric: str | None = None
         ax.set_title(f"{results.get('scenario') or 'comparison'}: {_long_name(metric)} per site "
                      "(mean ± std over repeats)")
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+        legend(ax, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        return save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Everything
 
 
-def write_report(results: Mapping[str, Any], out: Path) -> dict[str, Path]:
+def write_report(results: Mapping[str, Any], out: Path, progress: Callable[[str], None] = print) -> dict[str, Path]:
     """Write `compare.md`, `compare.csv`, `plots/<primary>_vs_round.png` and
     `plots/<primary>_per_site.png` under `out` (created if needed) and return their paths
-    by name: "markdown", "csv", "rounds_plot", "sites_plot"."""
+    by name: "markdown", "csv", "rounds_plot", "sites_plot". Without matplotlib the plots
+    are left out and `progress` gets one line saying so."""
     out = Path(out)
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     primary = _primary(results)
-    paths = {"markdown": out / "compare.md", "csv": out / "compare.csv",
-             "rounds_plot": plots / f"{primary}_vs_round.png", "sites_plot": plots / f"{primary}_per_site.png"}
+    paths = {"markdown": out / "compare.md", "csv": out / "compare.csv"}
     write_atomic(paths["markdown"], markdown_report(results).encode("utf-8"))
     write_atomic(paths["csv"], csv_text(results).encode("utf-8"))
-    plot_rounds(results, paths["rounds_plot"], primary)
-    plot_sites(results, paths["sites_plot"], primary)
+    try:
+        paths["rounds_plot"] = plot_rounds(results, out / "plots" / f"{primary}_vs_round.png", primary)
+        paths["sites_plot"] = plot_sites(results, out / "plots" / f"{primary}_per_site.png", primary)
+    except PlotsUnavailable as missing:
+        progress(str(missing))
     return paths

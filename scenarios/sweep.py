@@ -42,6 +42,7 @@ from swarm.config import check_keys, get_bool, get_float, get_int, get_str, read
 from swarm.errors import ConfigError
 
 from .config import ScenarioConfig
+from .plots import PlotsUnavailable
 from .run import run_scenario
 from .sweep_report import cell_row, describe_row, write_plots, write_results, write_series
 
@@ -306,7 +307,11 @@ def run_sweep(sweep: Any, out: Path, progress: Progress, *, force: bool = False,
         written = report.write(out, rows)  # after every cell, so an interrupted sweep keeps its table
         if ran:
             progress(f"{header}: {report.describe(rows[-1])}")
-    paths = report.finish(out, rows)
+    try:
+        paths = report.finish(out, rows)
+    except PlotsUnavailable as missing:  # the table is written; only the plots need matplotlib
+        progress(str(missing))
+        paths = []
     progress("wrote " + ", ".join(str(p) for p in [written, *paths]))
     return rows
 

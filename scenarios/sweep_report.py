@@ -25,7 +25,7 @@ The CSV row of a cell (a missing value is an empty cell):
   time_<bucket>_s (mean over nodes of the seconds spent in wait, transfer, verify, merge,
   train), ok (every node finished and every log verified)
 
-Only the plotting functions import matplotlib (lazily, Agg backend).
+The plots are drawn through scenarios.plots (matplotlib, the optional extra `report`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -50,8 +50,7 @@ from swarm.mixing import mh_matrix, schedule_stats
 from swarm.mixing import spectral_gap as mixing_gap
 from swarm.tensors import rebuild_state
 
-if TYPE_CHECKING:
-    from .sweep import Cell
+from .plots import colours, figure, legend, panels, save_png
 
 NAN = math.nan
 TIMING_BUCKETS = ("wait", "transfer", "verify", "merge", "train")
@@ -148,7 +147,7 @@ def _cell_graph(directory: Path, summary: Mapping[str, Any]) -> tuple[dict[str, 
 
 def cell_series(directory: Path) -> dict[str, Any]:
     """The round series of one run directory (see the module docstring)."""
-    summary = _summary(directory)
+    summary = read_summary(directory)
     sites = sorted(p for p in (directory / "sites").iterdir() if p.is_dir()) if (directory / "sites").is_dir() else []
     metric = summary.get("primary_metric", "accuracy")
     metrics = {site.name: read_metrics(SiteDir(site).metrics_path) for site in sites}
@@ -180,7 +179,8 @@ def cell_series(directory: Path) -> dict[str, Any]:
     }
 
 
-def _summary(directory: Path) -> dict[str, Any]:
+def read_summary(directory: Path) -> dict[str, Any]:
+    """A run directory's summary.json; {} when it is missing or torn."""
     try:
         return json.loads((directory / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -244,10 +244,12 @@ def first_reaching(series: Mapping[str, Any], target: float) -> int | None:
     return None
 
 
-def cell_row(cell: Cell, directory: Path, target: float) -> dict[str, Any]:
-    """The CSV row of a finished cell from its series.json and summary.json."""
+def cell_row(cell: Any, directory: Path, target: float) -> dict[str, Any]:
+    """The CSV row of a finished cell from its series.json and summary.json. `cell` is a
+    grid point of scenarios.sweep (id, topology, protocol, nodes, seed, config.rounds); this
+    module does not import the sweep, which imports it."""
     series = read_series(directory)
-    summary = _summary(directory)
+    summary = read_summary(directory)
     final = [v for v in _floats(series["final_accuracy"].values()) if not math.isnan(v)]
     reached = first_reaching(series, target)
 
@@ -362,45 +364,19 @@ def _mean_over_seeds(seeds: Sequence[Mapping[str, Any]], key: str) -> dict[int, 
     return {r: sum(v) / len(v) for r, v in sorted(values.items())}
 
 
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _line_label(group: Group, several_sizes: bool) -> str:
     return f"{group[1]} n={group[2]}" if several_sizes else group[1]
-
-
-def _colours(plt, groups: Iterable[Group]) -> dict[str, Any]:
-    # One colour per topology in every panel and every plot.
-    topologies = list(dict.fromkeys(group[1] for group in groups))
-    cmap = plt.get_cmap("tab10" if len(topologies) <= 10 else "tab20")
-    return {name: cmap(i % cmap.N) for i, name in enumerate(topologies)}
-
-
-def save_png(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    write_atomic(path, buffer.getvalue())
-    return path
 
 
 def plot_curves(groups: Mapping[Group, Sequence[Mapping[str, Any]]], path: Path, y_key: str, y_label: str,
                 *, x_key: str = "rounds", log_y: bool = False) -> Path:
     """One panel per protocol, one line per topology (and node count): `y_key` against the
     round or, with x_key "bytes_sent", against the cumulative bytes; means over seeds."""
-    plt = pyplot()
     protocols = list(dict.fromkeys(group[0] for group in groups))
     several_sizes = len({group[2] for group in groups}) > 1
-    colours = _colours(plt, groups)
-    fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 4.2), squeeze=False, sharey=True)
-    try:
-        for ax, protocol in zip(axes[0], protocols):
+    colour = colours(group[1] for group in groups)  # one per topology, the same in every panel
+    with panels(len(protocols), len(protocols), (5.5, 4.2)) as (fig, axes):
+        for ax, protocol in zip(axes, protocols):
             for group, seeds in groups.items():
                 if group[0] != protocol:
                     continue
@@ -408,7 +384,7 @@ def plot_curves(groups: Mapping[Group, Sequence[Mapping[str, Any]]], path: Path,
                 xs = _mean_over_seeds(seeds, x_key) if x_key != "rounds" else {r: float(r) for r in ys}
                 points = [(xs[r], y) for r, y in ys.items() if r in xs and not (log_y and y <= 0)]
                 if points:
-                    ax.plot(*zip(*points), marker=".", color=colours[group[1]], label=_line_label(group, several_sizes))
+                    ax.plot(*zip(*points), marker=".", color=colour[group[1]], label=_line_label(group, several_sizes))
             ax.set_title(protocol)
             ax.set_xlabel("round" if x_key == "rounds" else "bytes sent by all nodes (cumulative)")
             if x_key != "rounds":
@@ -416,19 +392,15 @@ def plot_curves(groups: Mapping[Group, Sequence[Mapping[str, Any]]], path: Path,
             if log_y:
                 ax.set_yscale("log")
             ax.grid(True, alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:  # no empty legend (and no matplotlib warning)
-                ax.legend(fontsize="small", frameon=False)
-        axes[0][0].set_ylabel(y_label)
+            legend(ax)
+        axes[0].set_ylabel(y_label)
         return save_png(fig, path)
-    finally:
-        plt.close(fig)
 
 
 def plot_time_to_target(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Rounds to reach the target accuracy against the spectral gap: a point per cell (each
     seed), marker and colour per protocol, labelled per topology (and node count); a cell
     that never reached the target is an x on the dashed line above the planned rounds."""
-    plt = pyplot()
     by_group: dict[Group, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_group.setdefault((row["protocol"], row["topology"], row["nodes"]), []).append(row)
@@ -437,8 +409,7 @@ def plot_time_to_target(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     several_sizes = len({group[2] for group in by_group}) > 1
     ceiling = max((int(row["rounds"]) for row in rows), default=1) + 1
     labelled: set[str] = set()  # one legend entry per protocol
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    try:
+    with figure((6.5, 4.5)) as (fig, ax):
         for group, members in by_group.items():
             points = [(_number(m["spectral_gap"]), _number(m["rounds_to_target"])) for m in members]
             points = [(x, y) for x, y in points if not math.isnan(x)]
@@ -462,16 +433,14 @@ def plot_time_to_target(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.set_xlabel("spectral gap of the mixing matrix (log scale)")
         ax.set_ylabel(f"rounds to mean accuracy {_number(rows[0]['target_accuracy']):g}" if rows else "rounds to target")
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # no empty legend (and no matplotlib warning)
-            ax.legend(fontsize="small", frameon=False)
+        legend(ax)
         return save_png(fig, path)
-    finally:
-        plt.close(fig)
 
 
 def write_plots(out: Path, rows: Sequence[Mapping[str, Any]]) -> list[Path]:
     """plots/accuracy_vs_round.png, accuracy_vs_bytes.png, consensus_vs_round.png and
-    time_to_target_vs_spectral_gap.png under `out`; nothing when no cell has finished."""
+    time_to_target_vs_spectral_gap.png under `out`; nothing when no cell has finished.
+    Raises scenarios.plots.PlotsUnavailable without matplotlib."""
     groups = _groups(out, rows)
     if not groups:
         return []
