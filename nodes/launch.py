@@ -11,7 +11,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,8 +33,7 @@ from swarm.transport.base import Transport
 from swarm.transport.zap import ZapAuthenticator
 from swarm.transport.zeromq import Curve, ZmqSettings, ZmqTransport
 
-from .attacks import parse_attack
-from .learner import Learner
+from .learner import Learner, Task
 from .manifest_sync import ManifestSync
 from .node import Node, NodeOutcome
 from .plan import check_plan, protocol_params, task_input_shape
@@ -147,7 +146,20 @@ def limits_for(model: FlatModel, transfer: TransferSettings) -> tuple[Limits, Zm
     return limits, settings
 
 
-def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport, device: str | None = None) -> tuple[Node, Transport]:
+LearnerFactory = Callable[[Task, SiteConfig, Path, Mapping[str, str]], Learner]  # (plan's task, site.toml, site directory, hardware)
+
+
+def honest_learner(task: Task, config: SiteConfig, site_root: Path, hardware: Mapping[str, str]) -> Learner:
+    """A hospital's learner. A site.toml with an [attack] table belongs to a scenario's
+    simulated Byzantine site (scenarios.byzantine), which a hospital's node never runs."""
+    if config.attack:
+        raise ConfigError(f"{SiteDir(site_root).config_path} [attack]: simulated attacks run only under swarm-scenario "
+                          "(python -m scenarios.worker); remove [attack] from a real site")
+    return Learner.for_site(task, config.data, config.name, site_root, hardware)
+
+
+def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport, device: str | None = None,
+              make_learner: LearnerFactory = honest_learner) -> tuple[Node, Transport]:
     """The node of the site at `site_root`; `device` (swarm-node run --device) overrides site.toml's."""
     site = SiteDir(site_root)
     config = site.load_config()
@@ -161,11 +173,8 @@ def open_node(site_root: Path, make_transport: TransportFactory = zmq_transport,
     plan = manifest.plan
     task = check_plan(plan)
     torch.set_num_threads(config.threads)
-    attack = parse_attack(config.attack, f"{site.config_path} [attack]")
-    if attack is not None:
-        log.warning("SIMULATED BYZANTINE SITE %s: publishes %s models instead of its honest ones (site.toml [attack])", config.name, attack.NAME)
     hardware = config.training | ({"device": device} if device else {})
-    learner = Learner.for_site(task, config.data, config.name, attack, site.root, hardware)
+    learner = make_learner(task, config, site.root, hardware)
     log.info("%s trains on %s%s", config.name, learner.device, f" ({learner.task.training.amp})" if learner.task.training.amp != "none" else "")
     for key, actual, planned in (
         ("input shape", learner.data.input_shape, task_input_shape(plan.task)),
@@ -207,12 +216,14 @@ def run_site(site_root: Path, insecure: bool = False, device: str | None = None)
     return run_sites([site_root], insecure, device)[0]
 
 
-def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | None = None, metrics: tuple[str, int] | None = None) -> list[NodeOutcome]:
+def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | None = None, metrics: tuple[str, int] | None = None,
+              make_learner: LearnerFactory = honest_learner) -> list[NodeOutcome]:
     """Run several sites' nodes in this process, one thread each (a packed scenario worker).
     Each node keeps its own sockets, keys, log and checkpoints; they share one ZeroMQ
     context (one I/O thread), one ZAP authenticator with an allow-list per node, and
     torch's thread pool. With more than one site, each node's log lines also go to its
-    own SITE/node.log."""
+    own SITE/node.log. `make_learner` builds each site's learner (a scenario's worker
+    passes one that also builds simulated Byzantine sites)."""
     raise_fd_limit(sum(fds_needed(root) for root in site_roots) + 64)
     context = zmq.Context()
     context.max_sockets = 65536  # the default (1023) is below a packed worker's socket count
@@ -236,7 +247,7 @@ def run_sites(site_roots: Sequence[Path], insecure: bool = False, device: str | 
     try:
         for root in site_roots:
             try:
-                opened.append(open_node(root, functools.partial(zmq_transport, context=context, authenticator=authenticator), device))
+                opened.append(open_node(root, functools.partial(zmq_transport, context=context, authenticator=authenticator), device, make_learner))
             except OSError as exc:  # e.g. a log or key file the node may not write
                 error = resource_error(exc)
                 if error is None:

@@ -2,7 +2,10 @@
 
 Runs in the node's worker thread; it never touches sockets or the log. Each round returns an
 immutable snapshot of the published weights (a copy, so that training the next round cannot
-change bytes that are still being sent or hashed)."""
+change bytes that are still being sent or hashed).
+
+A round is merge, train, evaluate, publish; a subclass may change one step by overriding
+`_merge`, `_train` or `_publishable` (the scenarios' simulated Byzantine sites do)."""
 
 from __future__ import annotations
 
@@ -16,10 +19,9 @@ from torch import Tensor
 
 from swarm.config import get_int, get_str
 from swarm.errors import ConfigError
-from swarm.merge import MergeSpec, parse_merge, weighted_mean
+from swarm.merge import MergeSpec, parse_merge
 from swarm.tensors import FlatModel, digest_from_leaves, flatten_state, leaf_hashes, snapshot_state
 
-from .attacks import Attack
 from .data import SiteData
 from .devices import resolve_device
 from .models import build_model
@@ -69,10 +71,9 @@ class Learner:
     the learner (states, snapshots) is float32 on the CPU, so digests do not depend on where a
     site trains."""
 
-    def __init__(self, task: Task, data: SiteData, name: str, attack: Attack | None = None) -> None:
+    def __init__(self, task: Task, data: SiteData, name: str) -> None:
         self.task = task
-        self.attack = attack
-        self.data = attack.poison(data) if attack else data
+        self.data = data
         self.name = name
         self.device = self._device(task.training)
         built = build_model(task.model_name, task.model_params, data.input_shape, data.num_classes, task.init_seed)
@@ -92,17 +93,11 @@ class Learner:
         return device
 
     @classmethod
-    def for_site(cls, task: Task, data_table: Mapping, name: str, attack: Attack | None = None,
-                 site_dir: Path | None = None, hardware: Mapping[str, str] | None = None) -> Learner:
+    def for_site(cls, task: Task, data_table: Mapping, name: str, site_dir: Path | None = None,
+                 hardware: Mapping[str, str] | None = None) -> Learner:
         """The learner of the site `name`; `hardware` (the site's own `device` and `amp`,
         from site.toml or `swarm-node run --device`) overrides the plan's."""
-        if hardware:
-            task = replace(task, training=replace(task.training, **dict(hardware)))
-        weights = task.model_params.get("init_weights")
-        if site_dir is not None and isinstance(weights, str) and not Path(weights).is_absolute():
-            # the federation's initial weights file, kept in the site directory
-            task = replace(task, model_params=task.model_params | {"init_weights": str(Path(site_dir) / weights)})
-        return cls(task, load_own_site(data_table, site_dir=site_dir), name, attack)
+        return cls(site_task(task, site_dir, hardware), load_own_site(data_table, site_dir=site_dir), name)
 
     @property
     def samples(self) -> int:
@@ -134,35 +129,21 @@ class Learner:
         merge_skipped = False
         if pulled:
             own = float(self.samples) if self_weight is None else self_weight
-            candidates = [(own, self.shared_state()), *pulled]
-            if self.attack is not None:  # an attacker has no reason to defend itself
-                merged = weighted_mean(candidates)
-            elif len(candidates) >= self.merge_rule.minimum_candidates(self.task.merge.f):
-                merged = self.merge_rule.merge(candidates, self.task.merge.f)
-            else:
-                # Fewer models arrived than the rule needs to outvote f bad ones (neighbours
-                # timed out): merging would trust whoever did answer, so keep our own.
-                merged, merge_skipped = None, True
+            merged = self._merge([(own, self.shared_state()), *pulled])
+            merge_skipped = merged is None
             if merged is not None:
                 self.model.load_state_dict(merged, strict=not self.local_names)
         timings["merge"] = time.perf_counter() - started
         started = time.perf_counter()
-        # A copy: state_dict() tensors are the parameters themselves, which training changes.
-        reference = {k: v.detach().clone() for k, v in self.shared_state().items()} if self.attack else None
         seed = derive_seed(self.task.init_seed, "train", self.name, round_no)
-        if self.attack is None or self.attack.trains:
-            train_stats = train_local(self.model, self.data, self.task.training, seed, privacy=self.privacy)
-        else:
-            train_stats = {"loss": evaluate(self.model, self.data.train_x, self.data.train_y)["loss"]}  # a free rider does not train
+        train_stats = self._train(seed)
         timings["train"] = time.perf_counter() - started
         started = time.perf_counter()
         test = evaluate(self.model, self.data.test_x, self.data.test_y)
         timings["evaluate"] = time.perf_counter() - started
         started = time.perf_counter()
         shared, local = split_state(self.state(), self.local_names)
-        if self.attack is not None:
-            generator = torch.Generator().manual_seed(seed)
-            shared = self.attack.craft(reference, shared, [state for _, state in pulled], generator)
+        shared = self._publishable(shared, pulled, seed)
         # On the CPU the state's tensors are the parameters themselves: snapshot them. Off
         # the CPU, state() already made fresh host copies that nothing else holds.
         on_cpu = self.device.type == "cpu"
@@ -182,3 +163,32 @@ class Learner:
         if "epsilon" in train_stats:
             metrics["epsilon"] = float(train_stats["epsilon"])
         return RoundResult(round_no, flat, digest, leaves, snapshot, local_flat, metrics, timings, merge_skipped)
+
+    def _merge(self, candidates: list[tuple[float, Mapping[str, Tensor]]]) -> Mapping[str, Tensor] | None:
+        """The plan's merge rule over our model and the pulled ones; None: keep our own."""
+        if len(candidates) < self.merge_rule.minimum_candidates(self.task.merge.f):
+            # Fewer models arrived than the rule needs to outvote f bad ones (neighbours
+            # timed out): merging would trust whoever did answer, so keep our own.
+            return None
+        return self.merge_rule.merge(candidates, self.task.merge.f)
+
+    def _train(self, seed: int) -> Mapping[str, float]:
+        """Train the merged model on this site's data; the training statistics (loss, epsilon)."""
+        return train_local(self.model, self.data, self.task.training, seed, privacy=self.privacy)
+
+    def _publishable(self, shared: dict[str, Tensor], pulled: Sequence[tuple[float, Mapping[str, Tensor]]], seed: int) -> dict[str, Tensor]:
+        """What this site publishes of its trained shared tensors (`pulled`: the round's
+        (weight, state) pairs, `seed`: the round's): the tensors themselves."""
+        return shared
+
+
+def site_task(task: Task, site_dir: Path | None, hardware: Mapping[str, str] | None) -> Task:
+    """The plan's task as one site runs it: its own hardware (device, amp) over the plan's,
+    and a relative `init_weights` file found in the site directory."""
+    if hardware:
+        task = replace(task, training=replace(task.training, **dict(hardware)))
+    weights = task.model_params.get("init_weights")
+    if site_dir is not None and isinstance(weights, str) and not Path(weights).is_absolute():
+        # the federation's initial weights file, kept in the site directory
+        task = replace(task, model_params=task.model_params | {"init_weights": str(Path(site_dir) / weights)})
+    return task

@@ -2,7 +2,7 @@
 
     SITE/
       site.toml                 this site's settings (name, where to listen, its data; [attack]
-                                only in robustness experiments)
+                                only in a scenario's simulated sites, which swarm-node run refuses)
       member.json               the public card other sites put in the manifest
       keys/                     signing.key, transport.key (0600), *.pub
       federation/manifest.json  the signed federation manifest, version 1 (+ manifest.json.sigs.json)
@@ -43,7 +43,7 @@ class SiteConfig:
     threads: int  # torch threads for local training
     log_level: str
     data: dict[str, Any]  # validated by nodes.data.DataConfig
-    attack: dict[str, Any] = field(default_factory=dict)  # simulated Byzantine site (nodes.attacks); empty: honest
+    attack: dict[str, Any] = field(default_factory=dict)  # a scenario's simulated Byzantine site, kept as written (scenarios.attacks checks it); empty: honest
     training: dict[str, str] = field(default_factory=dict)  # this site's device and amp, over the plan's
     transfer: TransferSettings = TransferSettings()  # how this node pulls models over its links
     socks_proxy: str | None = None  # host:port of a SOCKS5 proxy for the connections this node opens
@@ -81,7 +81,7 @@ class SiteConfig:
             threads=get_int(node, "threads", "node", default=1, minimum=1, maximum=256),
             log_level=get_str(node, "log_level", "node", default="info", choices=LOG_LEVELS),
             data=table(values, "data", where),
-            attack=_checked_attack(table(values, "attack", where)),
+            attack=table(values, "attack", where),
             training=_checked_hardware(table(values, "training", where)),
             transfer=_checked_transfer(table(values, "transfer", where)),
         )
@@ -109,7 +109,7 @@ class SiteConfig:
             lines += ["", "[transfer]", f"chunk_mib = {t.chunk_bytes // 2**20}", f"window = {t.window}",
                       f"chunk_timeout = {t.chunk_timeout!r}", f"retries = {t.retries}"]
         if self.attack:
-            lines += ["", "# A SIMULATED BYZANTINE SITE: it publishes poisoned models (nodes.attacks).", "[attack]"]
+            lines += ["", "# A SIMULATED BYZANTINE SITE: it publishes poisoned models (scenarios.attacks).", "[attack]"]
             lines += [f"{key} = {_toml_value(value)}" for key, value in self.attack.items()]
         return "\n".join(lines) + "\n"
 
@@ -144,13 +144,6 @@ def _checked_transfer(values: dict[str, Any]) -> TransferSettings:
         chunk_timeout=get_float(values, "chunk_timeout", "transfer", default=default.chunk_timeout, minimum=0.1, maximum=3600.0),
         retries=get_int(values, "retries", "transfer", default=default.retries, minimum=0, maximum=1000),
     )
-
-
-def _checked_attack(values: dict[str, Any]) -> dict[str, Any]:
-    from .attacks import parse_attack
-
-    parse_attack(values)
-    return values
 
 
 def _toml_value(value: Any) -> str:

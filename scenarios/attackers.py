@@ -1,14 +1,14 @@
 """Which hospitals of a scenario are Byzantine: the scenario's `[attack]` table.
 
     [attack]
-    kind = "alie"          # nodes.attacks: label_flip, sign_flip, gaussian, alie, ipm,
+    kind = "alie"          # scenarios.attacks: label_flip, sign_flip, gaussian, alie, ipm,
                            # scaled_replacement, free_riding
     share = 0.2            # fraction of the sites (rounded, at least 1), or
     # count = 3            # a number of sites, or
     # sites = [2, 7]       # the sites' indices (0 = hospital-a / hospital-000)
     placement = "spread"   # "spread": evenly over the site order; "random": seeded sample
     seed = 0               # for placement = "random"
-    z = 1.5                # the kind's own parameters (see nodes.attacks)
+    z = 1.5                # the kind's own parameters (see scenarios.attacks)
 
 Each chosen site gets the kind and its parameters as `[attack]` in its site.toml; the other
 sites never learn who they are, exactly as in a real federation."""
@@ -19,9 +19,10 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from nodes.attacks import ATTACKS, parse_attack
 from swarm.config import get_float, get_int, get_str
 from swarm.errors import ConfigError
+
+from .attacks import ATTACKS, parse_attack
 
 PLACEMENT_KEYS = {"kind", "share", "count", "sites", "placement", "seed"}
 

@@ -1,12 +1,12 @@
 """Worker processes on a Ray cluster (`swarm-scenario run --backend ray`).
 
 Ray only places and supervises processes. On every Ray node a small agent actor starts the
-same `python -m nodes run --site ...` workers as the local backend, and the nodes still talk
-ZeroMQ over TCP to each other, each binding the address Ray knows its host by. The signed
-manifest lists every endpoint before any worker starts, so the hosts are chosen first
-(`RayCluster.plan_endpoints`) and each chosen host is asked for free ports of its own. The
-nodes read and write their site directories on their hosts: the output directory must be on
-a filesystem that every host mounts at the same path.
+same `python -m scenarios.worker --site ...` workers as the local backend, and the nodes
+still talk ZeroMQ over TCP to each other, each binding the address Ray knows its host by.
+The signed manifest lists every endpoint before any worker starts, so the hosts are chosen
+first (`RayCluster.plan_endpoints`) and each chosen host is asked for free ports of its own.
+The nodes read and write their site directories on their hosts: the output directory must be
+on a filesystem that every host mounts at the same path.
 
 Which cluster: `RAY_ADDRESS` if set (an address such as `10.0.0.1:6379`, or `auto` for the
 cluster this machine joined with `ray start`), otherwise a private local Ray instance that is

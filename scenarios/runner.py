@@ -1,11 +1,11 @@
 """Running a federation's worker processes and watching them.
 
-Each worker process runs the real `swarm-node run` (via `python -m nodes`, the same entry
-point) for one or more sites. Small federations get one process per hospital; large ones
-pack several nodes into each worker, every node keeping its own ZeroMQ sockets, keys and
-signed log, so the wire protocol is the same as between real sites. The runner only reads
-what nodes write to disk (metrics.jsonl, status.json) to show progress; it never talks to
-them over the network."""
+Each worker process (`python -m scenarios.worker`, see there) runs the same nodes as
+`swarm-node run` for one or more sites, simulated Byzantine sites included. Small
+federations get one process per hospital; large ones pack several nodes into each worker,
+every node keeping its own ZeroMQ sockets, keys and signed log, so the wire protocol is the
+same as between real sites. The runner only reads what nodes write to disk (metrics.jsonl,
+status.json) to show progress; it never talks to them over the network."""
 
 from __future__ import annotations
 
@@ -73,14 +73,14 @@ class NodeRun:
 
 def node_arguments(sites: Sequence[Path], insecure: bool = False) -> list[str]:
     """What a worker runs after the host's own Python (on this machine or a Ray host)."""
-    arguments = ["-m", "nodes", "run"]
+    arguments = ["-m", "scenarios.worker"]
     for site in sites:
         arguments += ["--site", str(site)]
     return arguments + (["--insecure"] if insecure else [])
 
 
 class LocalWorker:
-    """A `python -m nodes run --site ... [--site ...]` subprocess in its own session."""
+    """A `python -m scenarios.worker --site ... [--site ...]` subprocess in its own session."""
 
     def __init__(self, sites: Sequence[Path], log_path: Path, insecure: bool = False) -> None:
         with open(log_path, "ab") as log:

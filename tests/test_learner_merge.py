@@ -1,4 +1,4 @@
-"""The plan's merge rule inside a node's learner, and a Byzantine learner's published model.
+"""The plan's merge rule inside a node's learner (a Byzantine learner's: tests/test_attacks.py).
 Training is replaced by a no-op so that the published weights are exactly the merge."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from nodes import learner as learner_module
-from nodes.attacks import parse_attack
 from nodes.data import SiteData
 from nodes.learner import Learner, Task
 from nodes.plan import build_plan, merge_candidates
@@ -24,8 +23,8 @@ def data() -> SiteData:
     return SiteData("s", torch.randn(8, 2), torch.tensor([0, 1] * 4), torch.randn(4, 2), torch.tensor([0, 1] * 2), 2, 2)
 
 
-def make(merge: dict | None = None, attack: dict | None = None) -> Learner:
-    return Learner(Task.from_plan({"name": "logreg"}, {}, merge), data(), "s", parse_attack(attack or {}))
+def make(merge: dict | None = None) -> Learner:
+    return Learner(Task.from_plan({"name": "logreg"}, {}, merge), data(), "s")
 
 
 def filled(learner: Learner, value: float) -> dict[str, torch.Tensor]:
@@ -54,14 +53,6 @@ def test_too_few_models_for_the_rule_keeps_the_own_model_and_says_so():
     assert all(torch.equal(t, torch.ones_like(t)) for t in rebuild_state(result.flat).values())
 
 
-def test_a_byzantine_learner_publishes_its_attack_but_keeps_its_own_model():
-    learner = make(attack={"kind": "sign_flip"})
-    learner.load(filled(learner, 2.0))
-    out = published(learner, [(1.0, filled(learner, 2.0))], self_weight=1.0)
-    assert all(torch.equal(t, torch.full_like(t, -2.0)) for t in out.values())
-    assert all(torch.equal(t, torch.full_like(t, 2.0)) for t in learner.shared_state().values())
-
-
 def test_a_rule_the_topology_cannot_support_is_refused_when_the_plan_is_built():
     names = [f"h{i}" for i in range(6)]
     args = ({"name": "ring"}, {"name": "dpsgd"}, {"name": "logreg"}, {}, {"num_features": 2, "num_classes": 2})
@@ -78,20 +69,6 @@ def test_gossip_learning_merges_pairwise_so_only_a_fixed_radius_clipping_fits():
     with pytest.raises(ConfigError, match=r"clipping needs at least 3 models per merge.*\(gossip\) merges at most 2"):
         build_plan(names, 3, *args, merge={"rule": "clipping"})
     assert build_plan(names, 3, *args, merge={"rule": "clipping", "tau": 1.0})["merge"] == {"rule": "clipping", "tau": 1.0}
-
-
-def test_scaled_replacement_boosts_the_update_from_the_model_before_training(monkeypatch):
-    def one_step(model, data, config, seed, privacy=None):  # training moves every weight by +1
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(1.0)
-        return {"loss": 0.0}
-
-    monkeypatch.setattr(learner_module, "train_local", one_step)
-    learner = make(attack={"kind": "scaled_replacement", "boost": 5.0})
-    learner.load(filled(learner, 2.0))
-    out = published(learner, [])
-    assert all(torch.allclose(t, torch.full_like(t, 2.0 + 5.0 * 1.0)) for t in out.values())
 
 
 def test_a_snapshot_is_written_into_the_tensors_handed_back_and_training_cannot_reach_it():

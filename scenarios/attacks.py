@@ -1,11 +1,13 @@
 """Simulated Byzantine hospitals: what a poisoned or cheating site publishes instead of its
 honest model. For robustness experiments only; set per site in site.toml `[attack]` (the
-scenario runner writes it for the sites a scenario's `[attack]` table picks).
+scenario runner writes it for the sites a scenario's `[attack]` table picks). Only a
+scenario's worker process (scenarios.worker) runs such a site; `swarm-node run` refuses it.
 
-A Byzantine site runs the ordinary node: it merges (plain weighted mean, whatever the plan
-says: it has no reason to defend itself), trains, and then publishes `craft(...)` of what it
-trained. Everything it publishes is signed and logged like any honest version, which is
-the point: signatures prove who sent a model, not that the model is good.
+A Byzantine site runs the ordinary node with a ByzantineLearner (scenarios.byzantine): it
+merges (plain weighted mean, whatever the plan says: it has no reason to defend itself),
+trains, and then publishes `craft(...)` of what it trained. Everything it publishes is
+signed and logged like any honest version, which is the point: signatures prove who sent a
+model, not that the model is good.
 
 Attacks, in model space (the swarm exchanges models, not gradients). `ref` is the
 attacker's model after merging and before local training, `trained` after training, and
@@ -38,10 +40,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from nodes.data import SiteData
 from swarm.config import check_keys, get_float, get_str
 from swarm.errors import ConfigError
-
-from .data import SiteData
 
 State = Mapping[str, Tensor]
 
