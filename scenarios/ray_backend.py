@@ -32,7 +32,7 @@ from typing import Any
 from nodes.site import SiteDir
 from swarm.errors import ConfigError
 
-from .runner import NODE_ENV, node_arguments
+from .worker import NODE_ENV, node_arguments
 
 INSTALL_HINT = "install the ray extra: pip install 'swarm-hospitals[ray]'"
 HOST_LOST = 75  # a worker's exit code when its host (or its agent) left the cluster

@@ -25,8 +25,9 @@ from typing import Protocol
 
 from nodes.site import SiteDir
 
+from .worker import NODE_ENV, node_arguments
+
 PROCESSES_PER_CORE = 4  # workers mostly wait on each other; a few per core keep both cores busy
-NODE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def default_nodes_per_worker(nodes: int, cores: int | None = None) -> int:
@@ -69,14 +70,6 @@ class NodeRun:
         lines = [json.loads(line) for line in complete.splitlines() if line.strip()]
         self.metrics += lines
         return bool(lines)
-
-
-def node_arguments(sites: Sequence[Path], insecure: bool = False) -> list[str]:
-    """What a worker runs after the host's own Python (on this machine or a Ray host)."""
-    arguments = ["-m", "scenarios.worker"]
-    for site in sites:
-        arguments += ["--site", str(site)]
-    return arguments + (["--insecure"] if insecure else [])
 
 
 class LocalWorker:

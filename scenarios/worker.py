@@ -10,11 +10,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from nodes.cli import run_cli, user_errors
+
+NODE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def node_arguments(sites: Sequence[Path], insecure: bool = False) -> list[str]:
+    """What a worker runs after the host's own Python (on this machine or a Ray host)."""
+    arguments = ["-m", "scenarios.worker"]
+    for site in sites:
+        arguments += ["--site", str(site)]
+    return arguments + (["--insecure"] if insecure else [])
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--site", "site_dirs", required=True, multiple=True, type=click.Path(path_type=Path), help="A site directory (repeat for several sites' nodes in this process).")
