@@ -14,9 +14,6 @@ LAYERS = ("swarm", "gossip", "nodes", "scenarios")  # each may import only the o
 
 # Cycles known and being removed; nothing may be added here.
 KNOWN_CYCLES = {
-    # Being removed: the runner and the Ray backend are being untangled in another change;
-    # delete this entry with it.
-    frozenset({"scenarios.runner", "scenarios.ray_backend"}),
     # Found by this test: nodes.file_sources imports nodes.sources lazily (TaskShape,
     # union_of_site_tests), which imports it back. Reported, to be removed.
     frozenset({"nodes.sources", "nodes.file_sources"}),
