@@ -335,8 +335,8 @@ class ZmqTransport:
             return Received(peer, [], rejected="not_a_neighbour")
         if self.peers[peer] is None:  # outbound-only: answer over the connection it last spoke on
             self.routes[peer] = identity
-        if len(frames) == 1 and len(frames[0]) == 0:
-            return None  # a hello: no message (see the module docstring)
+            if len(frames) == 1 and len(frames[0]) == 0:
+                return None  # its hello: no message (see the module docstring)
         self.bytes_received[peer] += size
         if too_many:
             return Received(peer, [], rejected="too_many_frames")
