@@ -2,7 +2,7 @@
 
     [study]
     scenario = "byzantine-base"      # a path relative to this file, or a name in scenarios/
-    attacks = ["sign_flip", {kind = "alie", z = 1.5}]   # nodes.attacks kinds (or tables)
+    attacks = ["sign_flip", {kind = "alie", z = 1.5}]   # scenarios.attacks kinds (or tables)
     defences = ["mean", "median", {rule = "krum", f = 1}]  # swarm.merge rules (or tables)
     shares = [0.1, 0.2, 0.3]         # fraction of Byzantine sites
     seeds = [0]                      # data, topology and placement seed of each repeat

@@ -208,7 +208,6 @@ def _sender_main(conn: Connection, layout: list, ports: Sequence[int], transfer:
                     if cut_after is not None and served >= cut_after:
                         return served
         return served
-        return served
 
     while (command := conn.recv()) != "stop":
         if command == "raw":
