@@ -21,6 +21,12 @@ pytestmark = pytest.mark.slow
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """For a child we Ctrl-C: a shell runs background jobs (a CI script's `... &`) with SIGINT
+    ignored, and children inherit that; a user's terminal does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def swarm_node(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nodes", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=120, **kwargs)
 
@@ -449,7 +455,7 @@ def test_an_interrupted_scenario_run_stops_its_nodes_skips_the_baselines_and_kee
     scenario = write_scenario(tmp_path, nodes=3, rounds=1000)  # far more than the test waits for
     out = tmp_path / "out"
     runner = subprocess.Popen([sys.executable, "-m", "scenarios", "run", str(scenario), "--out", str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=_sigint_as_in_a_terminal)
     def every_site_published() -> bool:
         sites = list((out / "sites").glob("*"))
         return len(sites) == 3 and all((site / "metrics.jsonl").exists() for site in sites)
@@ -553,7 +559,7 @@ def test_an_interrupted_comparison_stops_its_baseline_at_once_and_keeps_what_fin
     scenario = write_scenario(tmp_path, nodes=3, rounds=400)  # a baseline of 400 rounds takes far longer than the test waits
     out = tmp_path / "compare"
     runner = subprocess.Popen([sys.executable, "-m", "scenarios", "compare", str(scenario), "--repeats", "2", "--out", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=_sigint_as_in_a_terminal)
     working: set[int] = set()
 
     def baseline_running() -> bool:  # the first baseline's process is running
