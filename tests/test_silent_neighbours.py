@@ -52,9 +52,9 @@ def _merged(site: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_a_dead_neighbour_is_suspected_not_waited_for_and_merged_again_once_it_runs(tmp_path):
-    # poll_timeout = 60 s: without the detector, every round would wait a minute for c.
+    # poll_timeout = 15 s: without the detector, 20 rounds would wait 300 s for c.
     scenario = write_scenario(tmp_path, nodes=3, rounds=500, topology="complete")
-    scenario.write_text(scenario.read_text().replace("poll_timeout = 2.0", "poll_timeout = 60.0"))
+    scenario.write_text(scenario.read_text().replace("poll_timeout = 2.0", "poll_timeout = 15.0"))
     federation = create_federation(ScenarioConfig.load(scenario), tmp_path / "run")
     sites = federation.sites
 
@@ -65,7 +65,7 @@ def test_a_dead_neighbour_is_suspected_not_waited_for_and_merged_again_once_it_r
     processes = {name: start(name) for name in ("hospital-a", "hospital-b")}  # c is dead from the start
     a = sites["hospital-a"]
     try:
-        deadline = time.monotonic() + 240  # c's first missed poll costs 60 s; 20 more rounds at 60 s each would cost 20 min
+        deadline = time.monotonic() + 150  # c's first missed poll costs 15 s; without the detector 20 rounds cost 300 s
         while _status(a).get("published_seq", 0) < 20:
             assert time.monotonic() < deadline, f"hospital-a stalled at {_status(a).get('published_seq')}"
             assert all(p.poll() is None for p in processes.values()), "a node exited"
