@@ -49,6 +49,22 @@ class RejectionLog:
             self._unlogged[key] += 1
 
 
+def read_metrics(path: Path, last: int | None = None) -> list[dict[str, Any]]:
+    """The lines of a metrics.jsonl (the `last` ones only, if given); none for a missing
+    file, and a line cut by a crash is left out."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines[-last:] if last else lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
 def append_metrics_line(path: Path, line: Mapping[str, Any]) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(line) + "\n")

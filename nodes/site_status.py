@@ -11,7 +11,7 @@ from typing import Any
 
 from swarm.errors import UsageError
 
-from .records import disk_free_bytes
+from .records import disk_free_bytes, read_metrics
 from .site import SiteDir
 
 SILENT_S = 60.0  # a running node that has not heard a neighbour for this long says so
@@ -31,26 +31,12 @@ def site_status(site_dir: Path, now: float | None = None) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise UsageError(f"{site.status_path}: cannot be read ({exc}); the node rewrites it at its next round") from None
     now = time.time() if now is None else now
-    rounds = _last_rounds(site.metrics_path, ALONE_ROUNDS)
+    rounds = read_metrics(site.metrics_path, last=ALONE_ROUNDS)
     status["disk_free_bytes"] = disk_free_bytes(site.root)  # now, not when the node last wrote
     status.pop("round_seconds", None)  # for the exporter; the last round's line says more
     status["last_round"] = rounds[-1] if rounds else None
     status["warnings"] = _warnings(status, rounds, now)
     return status
-
-
-def _last_rounds(path: Path, count: int) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text().splitlines()[-count:]
-    except OSError:
-        return []
-    rounds = []
-    for line in lines:
-        try:
-            rounds.append(json.loads(line))
-        except ValueError:  # a line cut by a crash
-            pass
-    return rounds
 
 
 def _warnings(status: dict[str, Any], rounds: list[dict[str, Any]], now: float) -> list[str]:

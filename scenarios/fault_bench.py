@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nodes.records import read_metrics
+
 from .config import ScenarioConfig
 from .federation import create_federation
 from .runner import LocalWorker, signals_held, stop_workers, worker_log_path
@@ -27,17 +29,7 @@ CASES = ("no_fault", "dead_from_start", "killed_mid_run")
 
 
 def _metrics(site: Path) -> list[dict[str, Any]]:
-    try:
-        lines = (site / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line cut by the kill
-            pass
-    return rows
+    return read_metrics(site / "metrics.jsonl")
 
 
 def _status_updated(site: Path) -> float | None:

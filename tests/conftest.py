@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import signal
+import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import threading
@@ -9,6 +12,7 @@ import pytest
 from scenarios.config import ScenarioConfig
 from nodes.launch import open_node
 from nodes.node import Node
+from nodes.records import read_metrics
 from scenarios.federation import Federation, create_federation
 from swarm.transport import InMemoryNetwork
 
@@ -75,3 +79,23 @@ def join(threads, stop, limit=90.0) -> None:
         thread.join(limit)
     stop.set()
     assert not any(t.is_alive() for t in threads), "a node did not finish"
+
+
+def merged_peers(site: Path) -> set[str]:
+    """Every neighbour whose model the site merged in some round (from its metrics.jsonl)."""
+    return {peer for row in read_metrics(site / "metrics.jsonl") for peer in row["merged"]}
+
+
+def stop_processes(processes: Iterable[subprocess.Popen]) -> None:
+    """SIGTERM every node process; each must stop cleanly."""
+    processes = list(processes)
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        assert process.wait(120) == 0
+
+
+def kill_survivors(processes: Iterable[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -28,7 +27,7 @@ from swarm.errors import ConfigError, ManifestError
 from swarm.manifest import Member, check_reachability
 from swarm.transport.zap import ZapAuthenticator
 from swarm.transport.zeromq import Curve, ZmqTransport, free_tcp_ports
-from tests.conftest import SMALL_SCENARIO
+from tests.conftest import SMALL_SCENARIO, kill_survivors, merged_peers, stop_processes
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -252,14 +251,6 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def merged_peers(site: Path) -> set[str]:
-    try:
-        lines = (site / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return set()
-    return {peer for line in lines if line for peer in json.loads(line)["merged"]}
-
-
 @pytest.mark.slow
 def test_a_federation_trains_with_a_site_that_has_no_listening_socket(tmp_path):
     path = tmp_path / "s.toml"
@@ -281,14 +272,9 @@ def test_a_federation_trains_with_a_site_that_has_no_listening_socket(tmp_path):
         assert listening_ports(processes["hospital-c"].pid) == set()
         port_a = int(federation.manifest.member("hospital-a").endpoint.rsplit(":", 1)[1])
         assert port_a in listening_ports(processes["hospital-a"].pid)  # the check does see a listener
-        for process in processes.values():
-            process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            assert process.wait(120) == 0
+        stop_processes(processes.values())
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
+        kill_survivors(processes.values())
     result = subprocess.run([sys.executable, "-m", "nodes", "log", "verify", str(tmp_path / "run")], capture_output=True, text=True, env=ENV, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 

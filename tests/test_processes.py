@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from swarm.log import open_entry, read_records
-from tests.conftest import write_scenario
+from tests.conftest import kill_survivors, stop_processes, write_scenario
 
 pytestmark = pytest.mark.slow
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -490,14 +490,9 @@ def test_status_shows_a_running_node_its_neighbours_and_warnings_and_node_log_is
         assert all(seen["last_heard"] is not None for seen in report["neighbours"].values())
         text = swarm_node("status", "--site", str(a)).stdout
         assert text.startswith("hospital-a: running, version") and "hospital-b" in text and "last heard" in text
-        for process in processes.values():
-            process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            assert process.wait(120) == 0
+        stop_processes(processes.values())
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
+        kill_survivors(processes.values())
     result = swarm_node("status", "--site", str(a))
     assert result.returncode == 0 and "hospital-a: stopped, version" in result.stdout and "WARNING" not in result.stdout
     node_log = (a / "node.log").read_text()  # written by the node itself: its stderr went nowhere

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from scenarios.config import ScenarioConfig
 from scenarios.fault_bench import rejoin, round_gaps
 from scenarios.federation import create_federation
 from swarm.transport import InMemoryNetwork
-from tests.conftest import start_nodes, write_scenario
+from tests.conftest import kill_survivors, merged_peers, start_nodes, stop_processes, write_scenario
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -40,14 +39,6 @@ def _status(site: Path) -> dict:
         return json.loads((site / "status.json").read_text())
     except (OSError, ValueError):  # not written yet
         return {}
-
-
-def _merged(site: Path) -> set[str]:
-    try:
-        lines = (site / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return set()
-    return {peer for line in lines if line for peer in json.loads(line)["merged"]}
 
 
 @pytest.mark.slow
@@ -78,19 +69,14 @@ def test_a_dead_neighbour_is_suspected_not_waited_for_and_merged_again_once_it_r
         assert "SUSPECTED (not waited for)" in report.stdout and "WARNING hospital-c silent since the node started" in report.stdout
         processes["hospital-c"] = start("hospital-c")
         deadline = time.monotonic() + 240
-        while "hospital-c" not in _merged(a) or _status(a)["neighbours"]["hospital-c"]["suspected"]:
+        while "hospital-c" not in merged_peers(a) or _status(a)["neighbours"]["hospital-c"]["suspected"]:
             assert time.monotonic() < deadline, "hospital-c never rejoined"
             assert all(p.poll() is None for p in processes.values()), "a node exited"
             time.sleep(0.2)
         assert "hospital-c answers again: back in rounds" in (a / "node.log").read_text()
-        for process in processes.values():
-            process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            assert process.wait(120) == 0
+        stop_processes(processes.values())
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
+        kill_survivors(processes.values())
 
 
 class StallingNetwork(InMemoryNetwork):
