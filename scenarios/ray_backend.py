@@ -37,7 +37,7 @@ from .worker import NODE_ENV, node_arguments
 INSTALL_HINT = "install the ray extra: pip install 'swarm-hospitals[ray]'"
 HOST_LOST = 75  # a worker's exit code when its host (or its agent) left the cluster
 POLL_TIMEOUT = 2.0  # seconds; a slower answer counts as "still running", asked again next time
-CALL_TIMEOUT = 30.0  # seconds for starting or signalling a worker on its host
+CALL_TIMEOUT = 120.0  # seconds for starting or signalling a worker on its host (a busy host may take a minute)
 WAIT_STEP = 0.1
 CONNECT_TIMEOUT = 5.0  # seconds to reach the head at RAY_ADDRESS
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
