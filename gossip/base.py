@@ -10,10 +10,12 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, TypeVar, Union
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar, Union
 
-from swarm.errors import ConfigError
+from pydantic import Field
+
+from swarm.config import Table
 from swarm.messages import ModelRequest, PushAck, Refusal, VersionReply, VersionRequest
 from swarm.schedule import Schedule
 
@@ -119,35 +121,18 @@ ACTIVITY = {
     Phase.FINISHED: "linger",
 }
 
-P = TypeVar("P", bound="Params")
+Seconds = Annotated[float, Field(gt=0, le=3600, json_schema_extra={"requirement": "a number of seconds in (0, 3600]", "example": 2.0})]
+Count = Annotated[int, Field(ge=1, le=1024, json_schema_extra={"example": 2})]
 
 
-@dataclass(frozen=True)
-class Params:
+class Params(Table):
     """Base of a protocol's timers (all seconds), read from the plan's [protocol] table."""
 
-    linger: float = 30.0  # after the last round, keep serving until neighbours finish or this long
-    done_poll_interval: float = 0.5  # while lingering, how often to ask who is done
-    min_reply_wait: float = 0.5  # the adaptive wait for a neighbour's reply never drops below this (see liveness)
-    probe_interval: float = 1.0  # how often a suspected neighbour is asked, in the background, whether it is back
-    INTEGERS: ClassVar[frozenset[str]] = frozenset()  # fields that are counts, not seconds
-
-    @classmethod
-    def from_dict(cls: type[P], values: Mapping[str, Any], where: str = "plan.protocol") -> P:
-        known = {f.name for f in fields(cls)}
-        parsed: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in known:
-                raise ConfigError(f"{where}.{key}: unknown setting; known: {', '.join(sorted(known))}")
-            if key in cls.INTEGERS:
-                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
-                    raise ConfigError(f"{where}.{key}: must be an integer from 1 to 1024, got {value!r} (example: {key} = 2)")
-                parsed[key] = value
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
-                raise ConfigError(f"{where}.{key}: must be a number of seconds in (0, 3600], got {value!r} (example: {key} = 2.0)")
-            parsed[key] = float(value)
-        return cls(**parsed)
+    TABLE: ClassVar[str] = "plan.protocol"
+    linger: Seconds = 30.0  # after the last round, keep serving until neighbours finish or this long
+    done_poll_interval: Seconds = 0.5  # while lingering, how often to ask who is done
+    min_reply_wait: Seconds = 0.5  # the adaptive wait for a neighbour's reply never drops below this (see liveness)
+    probe_interval: Seconds = 1.0  # how often a suspected neighbour is asked, in the background, whether it is back
 
 
 @dataclass(frozen=True)

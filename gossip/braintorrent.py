@@ -24,23 +24,20 @@ Two changes keep sparse graphs from being swayed by one neighbour under label sk
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from swarm.messages import ModelRequest, VersionReply, VersionRequest
 
-from .base import ANNOUNCEMENT, Action, Dropped, ModelInfo, Params, Phase, ProtocolMachine, PulledVersion, Send
+from .base import ANNOUNCEMENT, Action, Count, Dropped, ModelInfo, Params, Phase, ProtocolMachine, PulledVersion, Seconds, Send
 
 __all__ = ["ANNOUNCEMENT", "BrainTorrent", "BrainTorrentParams", "Phase"]
 
 
-@dataclass(frozen=True)
 class BrainTorrentParams(Params):
-    round_interval: float = 0.3  # mean pause between rounds; each pause is drawn in [0.5x, 1.5x]
-    poll_timeout: float = 2.0  # the longest wait for version replies (less once a neighbour's round trips are known)
-    pull_timeout: float = 30.0  # how long to wait for the models we asked for
-    wait_for_new: float = 5.0  # with nothing new from any neighbour, wait this long before training alone
-    max_lead: int = 2  # rounds a node may run ahead of a neighbour that answers and moves (waiting at most wait_for_new)
-    INTEGERS = frozenset({"max_lead"})
+    round_interval: Seconds = 0.3  # mean pause between rounds; each pause is drawn in [0.5x, 1.5x]
+    poll_timeout: Seconds = 2.0  # the longest wait for version replies (less once a neighbour's round trips are known)
+    pull_timeout: Seconds = 30.0  # how long to wait for the models we asked for
+    wait_for_new: Seconds = 5.0  # with nothing new from any neighbour, wait this long before training alone
+    max_lead: Count = 2  # rounds a node may run ahead of a neighbour that answers and moves (waiting at most wait_for_new)
 
 
 class BrainTorrent(ProtocolMachine):

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import ClassVar
 
-from .base import ModelInfo
+from .base import Count, ModelInfo
 from .push_rounds import PushRounds, PushRoundsParams
 
 __all__ = ["Epidemic", "EpidemicParams"]
 
 
-@dataclass(frozen=True)
 class EpidemicParams(PushRoundsParams):
-    fanout: int = 2  # s: peers each node sends to per round
-    INTEGERS: ClassVar[frozenset[str]] = frozenset({"fanout"})
+    fanout: Count = 2  # s: peers each node sends to per round
 
 
 class Epidemic(PushRounds):

@@ -10,19 +10,17 @@ receiver weights by a figure the author committed to. With nothing new for
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-from .base import Action, ModelInfo, Params, Phase, PulledVersion, PushReceiver
+from .base import Action, ModelInfo, Params, Phase, PulledVersion, PushReceiver, Seconds
 
 __all__ = ["GossipLearning", "GossipParams", "age_weights"]
 
 AGE = "age"  # the signed metric that carries a model's age
 
 
-@dataclass(frozen=True)
 class GossipParams(Params):
-    push_interval: float = 0.5  # mean time between pushes; each gap is drawn in [0.5x, 1.5x]
-    wait_for_new: float = 5.0  # with nothing received for this long after publishing, train alone
+    push_interval: Seconds = 0.5  # mean time between pushes; each gap is drawn in [0.5x, 1.5x]
+    wait_for_new: Seconds = 5.0  # with nothing received for this long after publishing, train alone
 
 
 def age_weights(own_age: float, ages: Mapping[str, float]) -> tuple[dict[str, float], float]:

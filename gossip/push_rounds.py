@@ -11,14 +11,12 @@ missed a round is suspected and not waited for until it is heard from again
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from .base import Action, Dropped, ModelInfo, Params, Phase, PulledVersion, PushReceiver
+from .base import Action, Dropped, ModelInfo, Params, Phase, PulledVersion, PushReceiver, Seconds
 
 
-@dataclass(frozen=True)
 class PushRoundsParams(Params):
-    round_timeout: float = 30.0  # the longest a round waits for its senders' models
+    round_timeout: Seconds = 30.0  # the longest a round waits for its senders' models
 
 
 class PushRounds(PushReceiver):
