@@ -1,27 +1,17 @@
-"""The typed TOML getters in swarm.config: every error names the field (with its prefix),
-the bad value and an example of a good one."""
+"""The one typed configuration model (swarm.config.Table): every error names the field (with
+its prefix), the bad value and an example of a good one."""
 
 from __future__ import annotations
 
 import errno
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Literal
 
 import pytest
+from pydantic import model_validator
 
-from swarm.config import (
-    TableConfig,
-    check_keys,
-    get_bool,
-    get_float,
-    get_int,
-    get_optional_int,
-    get_str,
-    invalid,
-    toml_value,
-)
+from swarm.config import Table, invalid_value, read_toml, refuse, setting, toml_text, toml_value, write_toml
 from swarm.errors import ConfigError
 
 
@@ -31,123 +21,136 @@ def message(call) -> str:
     return str(info.value)
 
 
-def test_check_keys():
-    check_keys({"a": 1}, {"a", "b"}, "t")
-    assert message(lambda: check_keys({"a": 1, "zz": 2}, {"b", "a"}, "plan.t")) == (
-        "plan.t.zz: unknown key, got 'zz' = 2 (known keys: a, b)"
-    )
-    # A sequence of known keys is listed in its own order.
-    assert message(lambda: check_keys({"c": 0}, ["b", "a"], "t")).endswith("(known keys: b, a)")
-    assert message(lambda: check_keys([1], {"a"}, "plan.t")) == "plan.t: must be a table, got [1] (example: [plan.t])"
+class Inner(Table):
+    TABLE = "inner"
+    x: float = setting(0.5, ge=0.0, le=1.0)
 
 
-def test_get_int():
-    assert get_int({"n": 3}, "n", "t") == 3
-    assert get_int({}, "n", "t", default=4) == 4
-    assert get_int({"n": 2**62 + 1}, "n", "t", maximum=None) == 2**62 + 1
-    assert message(lambda: get_int({"n": "x"}, "n", "data", minimum=2, maximum=None, example=6)) == (
-        "data.n: must be an integer >= 2, got 'x' (example: n = 6)"
-    )
-    assert message(lambda: get_int({"n": 9}, "n", "t", minimum=1, maximum=5)) == (
-        "t.n: must be an integer from 1 to 5, got 9 (example: n = 1)"
-    )
-    assert message(lambda: get_int({}, "n", "t", minimum=3)) == "t.n: missing; add e.g. n = 3"
-    for bad in (True, 1.0, -1, 2**62 + 1):
-        assert f"got {bad!r}" in message(lambda: get_int({"n": bad}, "n", "t", default=7))
-    # The example is the default when there is one, and always within the bounds.
-    assert message(lambda: get_int({"n": -1}, "n", "t", default=7)).endswith("(example: n = 7)")
-    assert message(lambda: get_int({"n": -1}, "n", "t", maximum=0)).endswith("(example: n = 0)")
+class Demo(Table):
+    """One field of each kind the project's tables use."""
+
+    TABLE = "demo"
+    n: int = setting(7, ge=1, le=5_000)
+    sites: int = setting(6, ge=2)
+    site: int | None = setting(None, ge=0, example=0)
+    rate: float = setting(0.003, gt=0.0, le=100.0)
+    noise: float = setting(0.05, ge=0.0, lt=1.0)
+    scale: float = setting(170.0, ge=1.0)
+    flag: bool = setting(True, example=False)
+    name: str = "ring"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    samples: int = 120
+    min_samples: int = 20
+    inner: Inner = Inner()
+
+    @model_validator(mode="after")
+    def _within(self) -> Demo:
+        if self.site is not None and self.site >= self.sites:
+            raise invalid_value("site", f"an integer from 0 to {self.sites - 1}", self.site, 0)
+        if self.min_samples > self.samples:
+            raise invalid_value("min_samples", f"<= samples ({self.samples})", self.min_samples, min(20, self.samples))
+        if self.name == "reserved":
+            raise refuse("name", "is reserved; choose another")
+        return self
 
 
-def test_get_optional_int():
-    assert get_optional_int({}, "site", "data") is None
-    assert get_optional_int({"site": None}, "site", "data") is None
-    assert get_optional_int({"site": 2}, "site", "data", maximum=2) == 2
-    assert message(lambda: get_optional_int({"site": 3}, "site", "data", maximum=2, example=0)) == (
-        "data.site: must be an integer from 0 to 2, got 3 (example: site = 0)"
-    )
+class Required(Table):
+    TABLE = "req"
+    p: float = setting(ge=2.0)
+    b: bool = setting()
+    s: str = setting()
+    c: Literal["x", "y"] = setting()
+    tiny: float = setting(0.1, gt=0.0, le=0.5)
+    q: float = setting(gt=0.0, le=0.5)
 
 
-def test_get_float_bounds_open_and_closed():
-    assert get_float({"x": 1}, "x", "t") == 1.0 and isinstance(get_float({"x": 1}, "x", "t"), float)
-    assert get_float({"x": 0.0}, "x", "t", maximum=1.0) == 0.0
-    assert get_float({"x": 1.0}, "x", "t", maximum=1.0) == 1.0
-    assert message(lambda: get_float({"x": 0}, "x", "train", maximum=100.0, min_open=True, example=0.003)) == (
-        "train.x: must be a number in (0, 100], got 0 (example: x = 0.003)"
-    )
-    assert message(lambda: get_float({"x": 1.0}, "x", "t", maximum=1.0, max_open=True, example=0.05)) == (
-        "t.x: must be a number in [0, 1), got 1.0 (example: x = 0.05)"
-    )
-    assert message(lambda: get_float({"x": 0.5}, "x", "t", default=170.0, minimum=1.0)) == (
-        "t.x: must be a number >= 1, got 0.5 (example: x = 170.0)"
-    )
-    assert message(lambda: get_float({"x": 0.0}, "x", "t", min_open=True)).startswith("t.x: must be a number > 0,")
-    assert message(lambda: get_float({}, "x", "t", minimum=2.0)) == "t.x: missing; add e.g. x = 2.0"
-    for bad in (True, "1", math.nan, -math.inf, 10**400):
-        assert message(lambda: get_float({"x": bad}, "x", "t", maximum=10.0)).startswith("t.x: must be a number in [0, 10]")
-    # Infinity only where the upper bound is an included infinity.
-    assert get_float({"x": math.inf}, "x", "t") == math.inf
-    assert "got inf" in message(lambda: get_float({"x": math.inf}, "x", "t", max_open=True))
-    # A made-up example always fits.
-    assert message(lambda: get_float({"x": 9.0}, "x", "t", maximum=0.5, min_open=True)).endswith("(example: x = 0.25)")
+def test_defaults_and_normalised_values():
+    demo = Demo.from_dict({})
+    assert demo == Demo() and demo.site is None and demo.inner == Inner()
+    demo = Demo.from_dict({"rate": 1, "site": 5, "inner": {"x": 1}})
+    assert demo.rate == 1.0 and isinstance(demo.rate, float) and demo.site == 5
+    assert isinstance(demo.inner.x, float)
+    assert Demo.from_dict({"sites": 2**62 + 1}).sites == 2**62 + 1
 
 
-def test_get_bool():
-    assert get_bool({"b": False}, "b", "t") is False
-    assert get_bool({}, "b", "t", default=True) is True
-    assert message(lambda: get_bool({}, "b", "t")) == "t.b: missing; add e.g. b = true"
+def test_integers():
+    assert message(lambda: Demo.from_dict({"sites": "x"}, "data")) == "data.sites: must be an integer >= 2, got 'x' (example: sites = 6)"
+    assert message(lambda: Demo.from_dict({"n": 9000})) == "demo.n: must be an integer from 1 to 5000, got 9000 (example: n = 7)"
+    for bad in (True, 1.0, -1, "3"):
+        assert f"got {bad!r} (example: n = 7)" in message(lambda: Demo.from_dict({"n": bad}))
+    assert message(lambda: Demo.from_dict({"site": 6})) == "demo.site: must be an integer from 0 to 5, got 6 (example: site = 0)"
+    assert message(lambda: Demo.from_dict({"site": -1})).endswith("got -1 (example: site = 0)")
+
+
+def test_numbers_with_open_and_closed_bounds():
+    assert message(lambda: Demo.from_dict({"rate": 0}, "train")) == "train.rate: must be a number in (0, 100], got 0 (example: rate = 0.003)"
+    assert message(lambda: Demo.from_dict({"noise": 1.0})) == "demo.noise: must be a number in [0, 1), got 1.0 (example: noise = 0.05)"
+    assert message(lambda: Demo.from_dict({"scale": 0.5})) == "demo.scale: must be a number >= 1, got 0.5 (example: scale = 170.0)"
+    for bad in (True, "1", math.nan, math.inf, -math.inf, 10**400):
+        assert message(lambda: Demo.from_dict({"rate": bad})).startswith("demo.rate: must be a number in (0, 100], got ")
+
+
+def test_booleans_strings_and_choices():
     for bad in (1, "yes"):
-        assert message(lambda: get_bool({"b": bad}, "b", "data", example=False)) == (
-            f"data.b: must be true or false, got {bad!r} (example: b = false)"
-        )
-
-
-def test_get_str():
-    assert get_str({"s": "a"}, "s", "t") == "a"
-    assert get_str({}, "s", "t", default="d") == "d"
-    assert message(lambda: get_str({"s": ""}, "s", "t", default="ring")) == (
-        't.s: must be a non-empty string, got \'\' (example: s = "ring")'
+        assert message(lambda: Demo.from_dict({"flag": bad}, "data")) == f"data.flag: must be true or false, got {bad!r} (example: flag = false)"
+    assert message(lambda: Demo.from_dict({"name": ""})) == "demo.name: must be a non-empty string, got '' (example: name = \"ring\")"
+    assert message(lambda: Demo.from_dict({"optimizer": "lbfgs"}, "train")) == (
+        "train.optimizer: must be one of: sgd, adam, got 'lbfgs' (example: optimizer = \"sgd\")"
     )
-    assert message(lambda: get_str({"s": "lbfgs"}, "s", "train", choices=("sgd", "adam"))) == (
-        "train.s: must be one of: sgd, adam, got 'lbfgs' (example: s = \"sgd\")"
-    )
-    # Sets and mappings of choices are listed sorted; a non-string is refused, not hashed.
-    assert message(lambda: get_str({"s": ["x"]}, "s", "t", choices={"b": 1, "a": 2}, example="b")) == (
-        "t.s: must be one of: a, b, got ['x'] (example: s = \"b\")"
-    )
-    assert message(lambda: get_str({}, "s", "t")) == 't.s: missing; add e.g. s = "..."'
+    assert message(lambda: Demo.from_dict({"optimizer": ["x"]})).startswith("demo.optimizer: must be one of: sgd, adam, got ['x']")
 
 
-def test_invalid_and_toml_value():
+def test_missing_keys_name_an_example_that_fits():
+    assert message(lambda: Required.from_dict({}, "t")) == "t.p: missing; add e.g. p = 2.0"
+    assert message(lambda: Required.from_dict({"p": 2})) == "req.b: missing; add e.g. b = true"
+    assert message(lambda: Required.from_dict({"p": 2, "b": True})) == 'req.s: missing; add e.g. s = "..."'
+    assert message(lambda: Required.from_dict({"p": 2, "b": True, "s": "a"})) == 'req.c: missing; add e.g. c = "x"'
+    # Without a default, a made-up example fits the bounds; with one, the default is the example.
+    complete = {"p": 2, "b": True, "s": "a", "c": "y"}
+    assert message(lambda: Required.from_dict(complete)) == "req.q: missing; add e.g. q = 0.25"
+    assert message(lambda: Required.from_dict(complete | {"q": 0.2, "tiny": 9.0})).endswith("(example: tiny = 0.1)")
+
+
+def test_unknown_keys_come_first_and_list_the_known_ones():
+    assert message(lambda: Inner.from_dict({"y": 0}, "plan.inner")) == "plan.inner.y: unknown key, got 'y' = 0 (known keys: x)"
+    assert message(lambda: Demo.from_dict({"n": 0, "zz": 2})).startswith("demo.zz: unknown key, got 'zz' = 2 (known keys: n, sites, site,")
+
+
+def test_nested_tables_give_the_whole_path():
+    assert message(lambda: Demo.from_dict({"inner": {"x": 2}}, "plan.demo")) == (
+        "plan.demo.inner.x: must be a number in [0, 1], got 2 (example: x = 0.5)"
+    )
+    assert message(lambda: Demo.from_dict({"inner": {"q": 1}}, "plan.demo")).startswith("plan.demo.inner.q: unknown key")
+    assert message(lambda: Demo.from_dict({"inner": 3})) == "demo.inner: must be a table, got 3 (example: [demo.inner])"
+    assert message(lambda: Demo.from_dict([1], "plan.t")) == "plan.t: must be a table, got [1] (example: [plan.t])"
+
+
+def test_checks_across_fields():
+    assert message(lambda: Demo.from_dict({"samples": 10, "min_samples": 20}, "data")) == (
+        "data.min_samples: must be <= samples (10), got 20 (example: min_samples = 10)"
+    )
+    assert message(lambda: Demo.from_dict({"name": "reserved"})) == "demo.name: is reserved; choose another"
+
+
+def test_direct_construction_and_replace_are_checked():
+    assert message(lambda: Demo(n=0)).startswith("demo.n: must be an integer")
+    assert message(lambda: Demo(inner=Inner(x=0.1), site=9)).startswith("demo.site: ")
+    demo = Demo(sites=3)
+    assert demo.replace(site=2).site == 2 and demo.replace(site=2).sites == 3
+    assert message(lambda: demo.replace(site=3)).startswith("demo.site: must be an integer from 0 to 2")
+    with pytest.raises(Exception):
+        demo.n = 2  # frozen
+
+
+def test_toml_value_and_text_round_trip(tmp_path):
     assert [toml_value(v) for v in (True, 3, 0.0001, 1.0, 'a"b')] == ["true", "3", "0.0001", "1.0", '"a\\"b"']
-    assert str(invalid("data", "min_samples", "<= samples_per_site (10)", 20, 10)) == (
-        "data.min_samples: must be <= samples_per_site (10), got 20 (example: min_samples = 10)"
-    )
-
-
-@dataclass(frozen=True)
-class _Demo(TableConfig):
-    TABLE: ClassVar[str] = "demo"
-
-    n: int = 1
-    x: float = 0.5
-
-    @staticmethod
-    def _parse(v: Any, p: str) -> dict[str, Any]:
-        return {"n": get_int(v, "n", p, minimum=1, example=1), "x": get_float(v, "x", p, maximum=1.0, example=0.5)}
-
-
-def test_table_config():
-    assert _Demo.from_dict({}) == _Demo()
-    demo = _Demo.from_dict({"x": 1})
-    assert demo.x == 1.0 and isinstance(demo.x, float)  # normalised
-    assert isinstance(_Demo(x=0).x, float)
-    assert message(lambda: _Demo(n=0)).startswith("demo.n: must be an integer")  # direct construction is checked
-    assert message(lambda: _Demo.from_dict({"n": 0}, "plan.demo")).startswith("plan.demo.n: ")
-    assert message(lambda: _Demo.from_dict({"y": 0}, "plan.demo")) == (
-        "plan.demo.y: unknown key, got 'y' = 0 (known keys: n, x)"
-    )
-    assert message(lambda: _Demo.from_dict("n = 1")).startswith("demo: must be a table")
+    document = {"site": {"name": "hospital-a"}, "data": {"sites": 6, "shape": [1, 28, 28], "noise": 0.04, "skip": None}}
+    path = tmp_path / "site.toml"
+    write_toml(path, document, header="# written by a test\n")
+    assert path.read_text().startswith("# written by a test\n")
+    assert read_toml(path) == {"site": {"name": "hospital-a"}, "data": {"sites": 6, "shape": [1, 28, 28], "noise": 0.04}}
+    assert Demo(site=1).to_dict()["inner"] == {"x": 0.5} and "site" not in Demo().to_dict()
+    assert message(lambda: toml_text({"x": object()})).startswith("cannot write TOML")
 
 
 @pytest.mark.parametrize("code, says", [
