@@ -35,16 +35,18 @@ same cohort: same scanner, same class prior. No patient is in two sites or in tw
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor
 
-from swarm.config import TableConfig, get_bool, get_float, get_int, get_optional_int, get_str, invalid
+from swarm.config import Table, invalid_value, refuse, setting, toml_value
 from swarm.errors import ConfigError
 
 from .datasets import apportion
@@ -82,59 +84,67 @@ class SiteData:
         return tuple(self.train_x.shape[1:])
 
 
-@dataclass(frozen=True)
-class DataConfig(TableConfig):
-    """The `[data]` table. The defaults are the quickstart federation's data set."""
+def bad_field(key: str, requirement: str, value: Any, example: Any) -> PydanticCustomError:
+    """For a field validator: the standard "must be ..., got ... (example: ...)". (The error
+    already names its field, where `swarm.config.invalid_value` would add it again.)"""
+    return refuse("", f"must be {requirement}, got {value!r} (example: {key} = {toml_value(example)})")
+
+
+def below_sites(value: Any, info: ValidationInfo, example: int = 0) -> Any:
+    """A `mode="before"` field validator's check of an index into the sites: an integer from
+    0 to sites - 1 (`sites` is declared earlier; where it is wrong itself, that is reported)."""
+    sites = info.data.get("sites")
+    if value is None or sites is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < sites:
+        raise bad_field(str(info.field_name), f"an integer from 0 to {sites - 1}", value, example)
+    return value
+
+
+Shift = Annotated[float, Field(ge=0, le=10, json_schema_extra={"example": 1.0})]  # per-site scanner shift
+LabelSkew = Annotated[float, Field(ge=0, le=1, json_schema_extra={"example": 0.5})]
+Skew = Annotated[float, Field(ge=0, le=5)]  # spread of (log) site sizes
+
+
+class SitesTable(Table):
+    """What every `[data]` source has: the number of sites, this node's site and the seed."""
 
     TABLE: ClassVar[str] = "data"
 
-    source: str = "synthetic-multisite"
-    sites: int = 6
-    site: int | None = None          # this node's site index; absent for whole-federation use
-    seed: int = 0
-    features: int = 32
-    classes: int = 3
-    latent: int = 8                  # latent factors behind the features and the label
-    nonlinearity: float = 1.0        # frequency of the label function (near 0: almost linear)
-    samples_per_site: int = 120      # mean training patients per site (before quantity skew)
-    min_samples: int = 20            # no site trains on fewer patients than this
-    test_samples: int = 500          # held-out test patients per site (the same for every site)
-    quantity_skew: float = 1.5       # site sizes span a factor exp(2q) (1.5: about 20x)
-    label_skew: float = 0.5          # 0: every site has the uniform class prior; 1: fully random
-    shift: float = 1.0               # strength of the per-site scanner shift
-    label_noise: float = 0.05        # fraction of labels replaced by a random class
-    standardize: bool = True         # each site z-scores features with its own train statistics
+    sites: int = setting(6, ge=2, le=10_000, example=6)
+    site: int | None = setting(None, example=0)  # this node's site index; absent for whole-federation use
+    seed: int = setting(0, ge=0, le=2**63 - 1)
 
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        source = get_str(v, "source", p, choices=DATA_SOURCES, example="synthetic-multisite")
-        sites = get_int(v, "sites", p, minimum=2, maximum=None, example=6)
-        site = get_optional_int(v, "site", p, minimum=0, maximum=sites - 1, example=0)
-        samples = get_int(v, "samples_per_site", p, minimum=1, maximum=None, example=120)
-        min_samples = get_int(v, "min_samples", p, minimum=1, maximum=None, example=20)
-        if min_samples > samples:
-            raise invalid(p, "min_samples", f"<= samples_per_site ({samples})", min_samples, min(20, samples))
-        standardize = get_bool(v, "standardize", p, example=True)
-        return {
-            "source": source,
-            "sites": sites,
-            "site": site,
-            "seed": get_int(v, "seed", p, minimum=0, maximum=2**63 - 1, example=0),
-            "features": get_int(v, "features", p, minimum=2, maximum=None, example=32),
-            "classes": get_int(v, "classes", p, minimum=2, maximum=None, example=3),
-            "latent": get_int(v, "latent", p, minimum=1, maximum=None, example=8),
-            "nonlinearity": get_float(v, "nonlinearity", p, minimum=0.0, maximum=10.0, min_open=True,
-                                      example=1.0),
-            "samples_per_site": samples,
-            "min_samples": min_samples,
-            "test_samples": get_int(v, "test_samples", p, minimum=1, maximum=None, example=500),
-            "quantity_skew": get_float(v, "quantity_skew", p, minimum=0.0, maximum=5.0, example=1.5),
-            "label_skew": get_float(v, "label_skew", p, minimum=0.0, maximum=1.0, example=0.5),
-            "shift": get_float(v, "shift", p, minimum=0.0, maximum=10.0, example=1.0),
-            "label_noise": get_float(v, "label_noise", p, minimum=0.0, maximum=1.0, max_open=True,
-                                     example=0.05),
-            "standardize": standardize,
-        }
+    @field_validator("site", mode="before")
+    @classmethod
+    def _site_below_sites(cls, value: Any, info: ValidationInfo) -> Any:
+        return below_sites(value, info)
+
+
+class DataConfig(SitesTable):
+    """The `[data]` table. The defaults are the quickstart federation's data set."""
+
+    sites: int = setting(6, ge=2, example=6)
+    source: Literal["synthetic-multisite"] = "synthetic-multisite"  # the keys of DATA_SOURCES
+    features: int = setting(32, ge=2)
+    classes: int = setting(3, ge=2)
+    latent: int = setting(8, ge=1)             # latent factors behind the features and the label
+    nonlinearity: float = setting(1.0, gt=0, le=10)  # frequency of the label function (near 0: almost linear)
+    samples_per_site: int = setting(120, ge=1)  # mean training patients per site (before quantity skew)
+    min_samples: int = setting(20, ge=1)       # no site trains on fewer patients than this
+    test_samples: int = setting(500, ge=1)     # held-out test patients per site (the same for every site)
+    quantity_skew: Skew = 1.5                  # site sizes span a factor exp(2q) (1.5: about 20x)
+    label_skew: LabelSkew = 0.5                # 0: every site has the uniform class prior; 1: fully random
+    shift: Shift = 1.0                         # strength of the per-site scanner shift
+    label_noise: float = setting(0.05, ge=0, lt=1)  # fraction of labels replaced by a random class
+    standardize: bool = True                   # each site z-scores features with its own train statistics
+
+    @model_validator(mode="after")
+    def _min_samples_fit(self) -> DataConfig:
+        if self.min_samples > self.samples_per_site:
+            raise invalid_value("min_samples", f"<= samples_per_site ({self.samples_per_site})", self.min_samples,
+                                min(20, self.samples_per_site))
+        return self
 
 
 # --------------------------------------------------------------------------------------
@@ -304,10 +314,8 @@ def load_site(config: DataConfig, site: int | None = None) -> SiteData:
         site = config.site
         if site is None:
             raise ConfigError("data.site: missing; this node needs its site index (example: site = 0)")
-    site = get_int({"site": site}, "site", "data", minimum=0, maximum=config.sites - 1, example=0)
-    source = get_str({"source": config.source}, "source", "data", choices=DATA_SOURCES,
-                     example="synthetic-multisite")
-    return DATA_SOURCES[source](config, site)
+    site = config.replace(site=site).site  # checked against config.sites as [data] site is
+    return DATA_SOURCES[config.source](config, site)
 
 
 def load_all_sites(config: DataConfig) -> list[SiteData]:

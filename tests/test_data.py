@@ -194,9 +194,9 @@ def test_sites_message_matches_the_documented_form():
 
 def test_unknown_key_and_prefix():
     with pytest.raises(ConfigError, match=r"^plan\.data\.colour: unknown key"):
-        DataConfig.from_dict({"colour": "blue"}, field_prefix="plan.data")
+        DataConfig.from_dict({"colour": "blue"}, "plan.data")
     with pytest.raises(ConfigError, match=r"^plan\.data\.sites:"):
-        DataConfig.from_dict({"sites": 0}, field_prefix="plan.data")
+        DataConfig.from_dict({"sites": 0}, "plan.data")
     with pytest.raises(ConfigError, match=r"^data: must be a table"):
         DataConfig.from_dict(["sites", 6])
 
