@@ -41,7 +41,6 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -170,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     model_params = {} if args.model == "logreg" else {"hidden": [int(h) for h in args.hidden.split(",")]}
     base_data = parse_overrides(args.data)
     seeds = parse_seeds(args.seeds)
-    print(f"data: {asdict(DataConfig.from_dict(base_data))}")
-    print(f"train: {asdict(train_cfg)}  rounds={args.rounds}  model={args.model} {model_params}  protocol={args.protocol}")
+    print(f"data: {DataConfig.from_dict(base_data).to_dict()}")
+    print(f"train: {train_cfg.to_dict()}  rounds={args.rounds}  model={args.model} {model_params}  protocol={args.protocol}")
     print(f"{'seed':>4} {'swarm':>7} {'local':>7} {'pooled':>7} {'sw-loc':>7} {'pool-sw':>7} "
           f"{'train/site/round':>17} {'wall':>6}")
     results = []

@@ -23,14 +23,42 @@ shift = 0 every site gets the identity scanner plus the same base noise level.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
-from swarm.config import get_float, get_int, get_str
+from swarm.config import Table, setting
+
+from .partition import Seed
 
 _TAG_SCANNER = 0x7363  # "sc"
-NOISE_KINDS: tuple[str, ...] = ("rician", "gaussian")
+NoiseKind = Literal["rician", "gaussian"]
+NOISE_KINDS: tuple[str, ...] = typing.get_args(NoiseKind)
+
+# Arguments shared by the generators (imaging, phantom) and site_effects.
+Site = Annotated[int, Field(ge=0, le=2**62, json_schema_extra={"example": 0})]
+Contrast = Annotated[float, Field(gt=0.0, le=5.0, json_schema_extra={"example": 1.0})]
+
+
+class GeneratedSite(Table):
+    """The arguments every generated site is drawn from (generators add their own)."""
+
+    seed: Seed
+    site: Site
+    n: int = setting(ge=1, example=200)
+
+
+class _Scanner(Table):
+    """site_effects' arguments."""
+
+    seed: Seed
+    site: Site
+    shift: float = setting(ge=0.0, le=5.0, example=1.0)
+    noise: float = setting(ge=0.0, le=0.5, example=0.04)
+    noise_kind: NoiseKind = setting(example="rician")
 
 
 @dataclass(frozen=True)
@@ -75,12 +103,9 @@ def site_effects(seed: int, site: int, shift: float = 1.0, noise: float = 0.04,
                  noise_kind: str = "rician", where: str = "data") -> ScannerEffects:
     """Site `site`'s scanner: parameters drawn from [seed, tag, site], their spread scaled by
     `shift` (0: identical scanners everywhere), base noise level `noise`."""
-    seed = get_int({"seed": seed}, "seed", where, maximum=2**63 - 1, example=0)
-    site = get_int({"site": site}, "site", where, example=0)
-    shift = get_float({"shift": shift}, "shift", where, maximum=5.0, example=1.0)
-    noise = get_float({"noise": noise}, "noise", where, maximum=0.5, example=0.04)
-    noise_kind = get_str({"noise_kind": noise_kind}, "noise_kind", where, choices=NOISE_KINDS,
-                         example="rician")
+    args = _Scanner.from_dict(
+        {"seed": seed, "site": site, "shift": shift, "noise": noise, "noise_kind": noise_kind}, where)
+    seed, site, shift, noise, noise_kind = args.seed, args.site, args.shift, args.noise, args.noise_kind
     rng = np.random.default_rng([seed, _TAG_SCANNER, site])
     z = rng.standard_normal(5)
     bias = rng.standard_normal(5)

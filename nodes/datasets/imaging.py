@@ -33,10 +33,10 @@ import math
 import numpy as np
 import torch
 
-from swarm.config import get_float, get_int
+from swarm.config import setting
 
 from . import Samples, apportion
-from .effects import grid, site_effects, smooth_texture
+from .effects import Contrast, GeneratedSite, grid, site_effects, smooth_texture
 
 _TAG_IMAGING = 0x696D  # "im"
 _TAG_KINDS = 0x6B64    # "kd"
@@ -52,6 +52,15 @@ _KINDS: tuple[dict[str, float], ...] = (
     dict(radius=0.38, elong=1.3, contrast=0.15, ring=0.0, core=0.0, count=1, edge=0.35),   # diffuse
 )
 _MAX_COUNT = 3
+
+
+class _Imaging(GeneratedSite):
+    """generate_imaging_site's own arguments (the scanner's are site_effects')."""
+
+    num_classes: int = setting(ge=2, le=MAX_CLASSES, example=2)
+    size: int = setting(ge=16, le=256, example=28)
+    lesion_contrast: Contrast
+    label_skew: float = setting(ge=0.0, le=1.0, example=0.0)
 
 
 def _kind(seed: int, k: int) -> dict[str, float]:
@@ -158,15 +167,11 @@ def generate_imaging_site(
     stream: 0 draws the site's own patients; another value draws other patients through
     the same scanner (a held-out test set of that site's population)."""
     where = "data"
-    seed = get_int({"seed": seed}, "seed", where, maximum=2**63 - 1, example=0)
-    site = get_int({"site": site}, "site", where, example=0)
-    n = get_int({"n": n}, "n", where, minimum=1, maximum=None, example=200)
-    num_classes = get_int({"num_classes": num_classes}, "num_classes", where, minimum=2,
-                          maximum=MAX_CLASSES, example=2)
-    size = get_int({"size": size}, "size", where, minimum=16, maximum=256, example=28)
-    lesion_contrast = get_float({"lesion_contrast": lesion_contrast}, "lesion_contrast", where,
-                                maximum=5.0, min_open=True, example=1.0)
-    label_skew = get_float({"label_skew": label_skew}, "label_skew", where, maximum=1.0, example=0.0)
+    args = _Imaging.from_dict({
+        "seed": seed, "site": site, "n": n, "num_classes": num_classes, "size": size,
+        "lesion_contrast": lesion_contrast, "label_skew": label_skew}, where)
+    seed, site, n, num_classes, size = args.seed, args.site, args.n, args.num_classes, args.size
+    lesion_contrast, label_skew = args.lesion_contrast, args.label_skew
     scanner = site_effects(seed, site, shift=shift, noise=noise, noise_kind=noise_kind, where=where)
 
     rng = np.random.default_rng([seed, _TAG_IMAGING, site] + ([stream] if stream else []))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swarm.config import get_optional_int
+from swarm.config import Table, setting
 from swarm.errors import ConfigError
 
 from . import Samples
@@ -29,14 +29,17 @@ KEYS: tuple[str, ...] = tuple(f"{split}_{kind}" for split in SPLITS for kind in 
 SIZE = 28
 
 
+class _Classes(Table):
+    num_classes: int | None = setting(None, ge=2, example=2)  # None: inferred from the labels
+
+
 def load_medmnist(path: str | Path, num_classes: int | None = None) -> dict[str, Samples]:
     """Load a MedMNIST 2-D `.npz` file: {"train": Samples, "val": Samples, "test": Samples}.
 
     num_classes: the subset's number of classes (every label must lie in [0, num_classes));
     None infers it as the largest label in the file plus one (at least 2)."""
     path = Path(path)
-    num_classes = get_optional_int({"num_classes": num_classes}, "num_classes", "data", minimum=2,
-                                   maximum=None, example=2)
+    num_classes = _Classes.from_dict({"num_classes": num_classes}, "data").num_classes
     arrays = _read(path)
     where = str(path)
 

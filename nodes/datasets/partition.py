@@ -31,14 +31,16 @@ them) and `partition(samples, config)` does both steps for every site.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 from torch import Tensor
 
-from swarm.config import TableConfig, get_bool, get_float, get_int, get_optional_int, get_str, invalid
+from swarm.config import Table, invalid_value, setting, toml_value
 from swarm.errors import ConfigError
 
 from . import Samples, apportion
@@ -49,9 +51,67 @@ _TAG_QUANTITY = 0x7179   # "qy"
 _TAG_SPLIT = 0x7370      # "sp"
 _DIRICHLET_ATTEMPTS = 100
 WHERE = "partition"
-METHODS: tuple[str, ...] = ("iid", "dirichlet", "quantity", "by-site")
+Method = Literal["iid", "dirichlet", "quantity", "by-site"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
 
 Indices = Sequence[int] | np.ndarray | Tensor
+
+# Settings shared by the partitioners' own argument checks and the [partition] table (Seed also
+# by the generators and with_site_shift).
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1, json_schema_extra={"example": 0})]
+Alpha = Annotated[float, Field(gt=0.0, json_schema_extra={"example": 0.5})]
+Skew = Annotated[float, Field(ge=0.0, le=5.0, json_schema_extra={"example": 1.0})]
+ValFraction = Annotated[float, Field(ge=0.0, lt=1.0, json_schema_extra={"example": 0.1})]
+TestFraction = Annotated[float, Field(ge=0.0, lt=1.0, json_schema_extra={"example": 0.2})]
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """For a validator: the held-out parts must leave something to train on."""
+    if val_fraction + test_fraction >= 1.0:
+        raise invalid_value("test_fraction", f"< 1 - val_fraction ({1.0 - val_fraction:g})",
+                            test_fraction, 0.2 if val_fraction < 0.8 else 0.0)
+
+
+def _invalid(key: str, requirement: str, value: Any, example: Any) -> ConfigError:
+    """A [partition] setting that does not fit the data: the standard "must be ..." message."""
+    return ConfigError(f"{WHERE}.{key}: must be {requirement}, got {value!r} (example: {key} = {toml_value(example)})")
+
+
+class _Common(Table):
+    """Every partitioner's arguments (checked before the data)."""
+
+    sites: int = setting(ge=1, example=4)
+    seed: Seed
+    min_samples: int = setting(ge=1, example=1)
+
+
+class _Alpha(Table):
+    alpha: Alpha
+
+
+class _Skew(Table):
+    skew: Skew
+
+
+class _BySite(Table):
+    min_samples: int = setting(ge=1, le=2**62, example=1)
+
+
+class _Split(Table):
+    """split_site's arguments."""
+
+    val_fraction: ValFraction
+    test_fraction: TestFraction
+    min_train: int = setting(ge=1, le=2**62, example=1)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> _Split:
+        _check_fractions(self.val_fraction, self.test_fraction)
+        return self
+
+
+class _Count(Table):
+    samples: int = setting(ge=1, example=100)
 
 
 @dataclass(frozen=True)
@@ -91,7 +151,7 @@ def dirichlet(samples: Samples, n_sites: int, alpha: float, *, seed: int = 0,
     labels = _labels(samples, "dirichlet")
     n = labels.shape[0]
     n_sites, seed, min_samples = _common(n, n_sites, seed, min_samples)
-    alpha = get_float({"alpha": alpha}, "alpha", WHERE, minimum=0.0, min_open=True, example=0.5)
+    alpha = _Alpha.from_dict({"alpha": alpha}, WHERE).alpha
     rng = np.random.default_rng([seed, _TAG_DIRICHLET, n, n_sites])
     classes = np.unique(labels)
     share = n / n_sites
@@ -123,7 +183,7 @@ def quantity(samples: Samples | int, n_sites: int, skew: float, *, seed: int = 0
     log-normal weights exp(skew * N(0, 1)); samples are assigned at random (labels IID)."""
     n = _count_of(samples)
     n_sites, seed, min_samples = _common(n, n_sites, seed, min_samples)
-    skew = get_float({"skew": skew}, "skew", WHERE, maximum=5.0, example=1.0)
+    skew = _Skew.from_dict({"skew": skew}, WHERE).skew
     rng = np.random.default_rng([seed, _TAG_QUANTITY, n, n_sites])
     weights = np.exp(skew * rng.standard_normal(n_sites))
     sizes = min_samples + apportion(weights / weights.sum(), n - n_sites * min_samples)
@@ -139,13 +199,13 @@ def by_site(samples: Samples, *, min_samples: int = 1) -> list[np.ndarray]:
         raise ConfigError(
             f'{WHERE}.method: "by-site" needs samples that record their acquisition site, and this '
             'data set has none; use "iid", "dirichlet" or "quantity" (example: method = "dirichlet")')
-    min_samples = get_int({"min_samples": min_samples}, "min_samples", WHERE, minimum=1, example=1)
+    min_samples = _BySite.from_dict({"min_samples": min_samples}, WHERE).min_samples
     site = samples.site.numpy()
     parts = [np.flatnonzero(site == s) for s in np.unique(site)]
     for s, part in zip(np.unique(site), parts):
         if part.size < min_samples:
-            raise invalid(WHERE, "min_samples", f"<= the smallest site's size (site {int(s)} has "
-                          f"{part.size} samples)", min_samples, max(1, min(p.size for p in parts)))
+            raise _invalid("min_samples", f"<= the smallest site's size (site {int(s)} has "
+                           f"{part.size} samples)", min_samples, max(1, min(p.size for p in parts)))
     return _sorted(parts)
 
 
@@ -166,14 +226,9 @@ def split_site(indices: Indices, val_fraction: float, test_fraction: float,
     whole samples allow. The result depends on the set of indices, not their order.
     `name` names the site in error messages."""
     idx = _index_array(indices)
-    val_fraction = get_float({"val_fraction": val_fraction}, "val_fraction", WHERE, maximum=1.0,
-                             max_open=True, example=0.1)
-    test_fraction = get_float({"test_fraction": test_fraction}, "test_fraction", WHERE, maximum=1.0,
-                              max_open=True, example=0.2)
-    if val_fraction + test_fraction >= 1.0:
-        raise invalid(WHERE, "test_fraction", f"< 1 - val_fraction ({1.0 - val_fraction:g})",
-                      test_fraction, 0.2 if val_fraction < 0.8 else 0.0)
-    min_train = get_int({"min_train": min_train}, "min_train", WHERE, minimum=1, example=1)
+    args = _Split.from_dict(
+        {"val_fraction": val_fraction, "test_fraction": test_fraction, "min_train": min_train}, WHERE)
+    val_fraction, test_fraction, min_train = args.val_fraction, args.test_fraction, args.min_train
     rng = np.random.default_rng([*_seed_words(seed), _TAG_SPLIT])
     n = idx.size
     n_test, n_val = _fraction_count(test_fraction, n), _fraction_count(val_fraction, n)
@@ -203,43 +258,26 @@ def split_site(indices: Indices, val_fraction: float, test_fraction: float,
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PartitionConfig(TableConfig):
+class PartitionConfig(Table):
     """The `[partition]` table: how the pooled data is split across sites, and each site's
     own validation / test split."""
 
     TABLE: ClassVar[str] = "partition"
 
-    method: str = "iid"
-    sites: int | None = None        # required except for "by-site" (there: absent or the data's count)
-    alpha: float = 0.5              # dirichlet: label skew (small: strong)
-    skew: float = 1.0               # quantity: spread of log site sizes
-    seed: int = 0
-    min_samples: int = 10           # every site gets at least this many samples
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
+    method: Method = setting("iid", example="dirichlet")
+    sites: int | None = setting(None, ge=2, example=4)  # required except for "by-site" (there: absent or the data's count)
+    alpha: Alpha = 0.5              # dirichlet: label skew (small: strong)
+    skew: Skew = 1.0                # quantity: spread of log site sizes
+    seed: Seed = 0
+    min_samples: int = setting(10, ge=1)  # every site gets at least this many samples
+    val_fraction: ValFraction = 0.1
+    test_fraction: TestFraction = 0.2
     stratify: bool = True           # per-site splits keep the site's class mix
 
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        method = get_str(v, "method", p, choices=METHODS, example="dirichlet")
-        sites = get_optional_int(v, "sites", p, minimum=2, maximum=None, example=4)
-        val_fraction = get_float(v, "val_fraction", p, maximum=1.0, max_open=True, example=0.1)
-        test_fraction = get_float(v, "test_fraction", p, maximum=1.0, max_open=True, example=0.2)
-        if val_fraction + test_fraction >= 1.0:
-            raise invalid(p, "test_fraction", f"< 1 - val_fraction ({1.0 - val_fraction:g})",
-                          test_fraction, 0.2 if val_fraction < 0.8 else 0.0)
-        return {
-            "method": method,
-            "sites": sites,
-            "alpha": get_float(v, "alpha", p, minimum=0.0, min_open=True, example=0.5),
-            "skew": get_float(v, "skew", p, maximum=5.0, example=1.0),
-            "seed": get_int(v, "seed", p, maximum=2**63 - 1, example=0),
-            "min_samples": get_int(v, "min_samples", p, minimum=1, maximum=None, example=10),
-            "val_fraction": val_fraction,
-            "test_fraction": test_fraction,
-            "stratify": get_bool(v, "stratify", p, example=True),
-        }
+    @model_validator(mode="after")
+    def _fractions(self) -> PartitionConfig:
+        _check_fractions(self.val_fraction, self.test_fraction)
+        return self
 
 
 def assign(samples: Samples, config: PartitionConfig) -> list[np.ndarray]:
@@ -248,8 +286,8 @@ def assign(samples: Samples, config: PartitionConfig) -> list[np.ndarray]:
     if config.method == "by-site":
         parts = by_site(samples, min_samples=m)
         if config.sites is not None and config.sites != len(parts):
-            raise invalid(WHERE, "sites", f"{len(parts)} (the data's number of acquisition sites) or "
-                          "left out", config.sites, len(parts))
+            raise _invalid("sites", f"{len(parts)} (the data's number of acquisition sites) or "
+                           "left out", config.sites, len(parts))
         return parts
     if config.sites is None:
         raise ConfigError(f'{WHERE}.sites: missing; method = "{config.method}" needs the number of '
@@ -286,7 +324,7 @@ def label_histograms(samples: Samples, parts: Sequence[Indices]) -> np.ndarray:
 def _count_of(samples: Samples | int) -> int:
     if isinstance(samples, Samples):
         return len(samples)
-    return get_int({"samples": samples}, "samples", WHERE, minimum=1, maximum=None, example=100)
+    return _Count.from_dict({"samples": samples}, WHERE).samples
 
 
 def _labels(samples: Samples, what: str) -> np.ndarray:
@@ -300,15 +338,13 @@ def _labels(samples: Samples, what: str) -> np.ndarray:
 
 
 def _common(n: int, n_sites: int, seed: int, min_samples: int) -> tuple[int, int, int]:
-    n_sites = get_int({"sites": n_sites}, "sites", WHERE, minimum=1, maximum=None, example=4)
-    seed = get_int({"seed": seed}, "seed", WHERE, maximum=2**63 - 1, example=0)
-    min_samples = get_int({"min_samples": min_samples}, "min_samples", WHERE, minimum=1, maximum=None,
-                          example=1)
+    args = _Common.from_dict({"sites": n_sites, "seed": seed, "min_samples": min_samples}, WHERE)
+    n_sites, seed, min_samples = args.sites, args.seed, args.min_samples
     if n_sites * min_samples > n:
         if n < n_sites:
-            raise invalid(WHERE, "sites", f"at most the number of samples ({n})", n_sites, max(1, min(4, n)))
-        raise invalid(WHERE, "min_samples", f"at most {n // n_sites} ({n} samples over {n_sites} sites)",
-                      min_samples, max(1, min(10, n // n_sites)))
+            raise _invalid("sites", f"at most the number of samples ({n})", n_sites, max(1, min(4, n)))
+        raise _invalid("min_samples", f"at most {n // n_sites} ({n} samples over {n_sites} sites)",
+                       min_samples, max(1, min(10, n // n_sites)))
     return n_sites, seed, min_samples
 
 
@@ -328,7 +364,7 @@ def _seed_words(seed: int | Sequence[int]) -> list[int]:
     words = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
     for w in words:
         if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0:
-            raise invalid(WHERE, "seed", "a non-negative integer (or a sequence of them)", seed, 0)
+            raise _invalid("seed", "a non-negative integer (or a sequence of them)", seed, 0)
     return [int(w) for w in words]
 
 

@@ -25,15 +25,23 @@ import math
 import numpy as np
 import torch
 
-from swarm.config import get_float, get_int
+from swarm.config import setting
 
 from . import Samples
-from .effects import grid, site_effects, smooth_texture
+from .effects import Contrast, GeneratedSite, grid, site_effects, smooth_texture
 
 _TAG_PHANTOM = 0x7068  # "ph"
 BACKGROUND, ORGAN, LESION = 0, 1, 2
 _HARMONICS = (2, 3, 4)
 _MAX_LESIONS = 2
+
+
+class _Phantom(GeneratedSite):
+    """generate_phantom_site's own arguments (the scanner's are site_effects')."""
+
+    size: int = setting(ge=16, le=256, example=32)
+    lesion_prob: float = setting(ge=0.0, le=1.0, example=0.9)
+    lesion_contrast: Contrast
 
 
 def _rotated(yy, xx, cy, cx, theta):
@@ -64,13 +72,11 @@ def generate_phantom_site(
     contrast against the organ (lower: harder). stream: 0 draws the site's own patients;
     another value draws other patients through the same scanner (a held-out test set)."""
     where = "data"
-    seed = get_int({"seed": seed}, "seed", where, maximum=2**63 - 1, example=0)
-    site = get_int({"site": site}, "site", where, example=0)
-    n = get_int({"n": n}, "n", where, minimum=1, maximum=None, example=200)
-    size = get_int({"size": size}, "size", where, minimum=16, maximum=256, example=32)
-    lesion_prob = get_float({"lesion_prob": lesion_prob}, "lesion_prob", where, maximum=1.0, example=0.9)
-    lesion_contrast = get_float({"lesion_contrast": lesion_contrast}, "lesion_contrast", where,
-                                maximum=5.0, min_open=True, example=1.0)
+    args = _Phantom.from_dict({
+        "seed": seed, "site": site, "n": n, "size": size, "lesion_prob": lesion_prob,
+        "lesion_contrast": lesion_contrast}, where)
+    seed, site, n, size = args.seed, args.site, args.n, args.size
+    lesion_prob, lesion_contrast = args.lesion_prob, args.lesion_contrast
     scanner = site_effects(seed, site, shift=shift, noise=noise, noise_kind=noise_kind, where=where)
     rng = np.random.default_rng([seed, _TAG_PHANTOM, site] + ([stream] if stream else []))
     yy, xx = grid(size, size)

@@ -24,13 +24,21 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from swarm.config import get_float, get_int
+from swarm.config import Table, setting
 from swarm.errors import ConfigError
 
 from . import Samples
+from .partition import Seed
 
 _TAG_TABLE = 0x7462  # "tb"
 INSTALL_HINT = 'pip install "swarm-hospitals[sklearn]"'
+
+
+class _SiteShift(Table):
+    """with_site_shift's arguments (settings of the partition that made the sites)."""
+
+    seed: Seed
+    shift: float = setting(ge=0.0, le=10.0, example=1.0)
 
 
 def load_breast_cancer_table() -> Samples:
@@ -63,8 +71,8 @@ def with_site_shift(samples: Samples, parts: Sequence[Sequence[int] | np.ndarray
     in exactly one part."""
     if samples.x.ndim != 2:
         raise ValueError("with_site_shift: needs a table ([n, F] features)")
-    seed = get_int({"seed": seed}, "seed", "partition", maximum=2**63 - 1, example=0)
-    shift = get_float({"shift": shift}, "shift", "partition", maximum=10.0, example=1.0)
+    args = _SiteShift.from_dict({"seed": seed, "shift": shift}, "partition")
+    seed, shift = args.seed, args.shift
     n = len(samples)
     site = np.full(n, -1, dtype=np.int64)
     for k, part in enumerate(parts):
