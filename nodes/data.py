@@ -101,9 +101,12 @@ def below_sites(value: Any, info: ValidationInfo, example: int = 0) -> Any:
     return value
 
 
+SiteCount = Annotated[int, Field(ge=2, le=10_000, json_schema_extra={"example": 6})]  # a generated or partitioned source's sites
 Shift = Annotated[float, Field(ge=0, le=10, json_schema_extra={"example": 1.0})]  # per-site scanner shift
 LabelSkew = Annotated[float, Field(ge=0, le=1, json_schema_extra={"example": 0.5})]
 Skew = Annotated[float, Field(ge=0, le=5)]  # spread of (log) site sizes
+ValFraction = Annotated[float, Field(ge=0, le=0.5)]  # of the training part, kept as the site's validation split
+PathOrEmpty = Annotated[str, Field(min_length=0)]  # a file or folder; "" (the default) while not set
 
 
 class SitesTable(Table):
@@ -111,7 +114,7 @@ class SitesTable(Table):
 
     TABLE: ClassVar[str] = "data"
 
-    sites: int = setting(6, ge=2, le=10_000, example=6)
+    sites: SiteCount = 6
     site: int | None = setting(None, example=0)  # this node's site index; absent for whole-federation use
     seed: int = setting(0, ge=0, le=2**63 - 1)
 

@@ -11,19 +11,20 @@ replaced by the site's index, so each simulated hospital reads its own folder.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
+from pydantic import field_validator, model_validator
 
-from swarm.config import TableConfig, get_float, get_int, get_optional_int, get_str, invalid
+from swarm.config import refuse, setting
 from swarm.errors import ConfigError
 
-from .data import SiteData
+from .data import PathOrEmpty, SiteData, SitesTable, ValFraction, bad_field
 from .datasets import Samples
 from .datasets.files import (LoadReport, class_indices, image_tensor, mask_tensor, read_labels_csv,
                              read_split_record, require, split_digest, split_patients, write_split_record)
@@ -31,7 +32,8 @@ from .datasets.files import (LoadReport, class_indices, image_tensor, mask_tenso
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-INTENSITIES = ("full_scale", "per_image")
+Intensity = Literal["full_scale", "per_image"]
+INTENSITIES: tuple[str, ...] = get_args(Intensity)
 
 
 @dataclass(frozen=True)
@@ -44,50 +46,36 @@ class Sample:
     mask: Path | None = None  # segmentation
 
 
-def _classes(v: Mapping[str, Any], p: str) -> tuple[str, ...]:
-    value = v.get("classes", ())
-    if not isinstance(value, (list, tuple)) or not all(isinstance(c, str) and c for c in value) or len(set(value)) != len(value):
-        raise invalid(p, "classes", "a list of distinct class names", value, ["normal", "pneumonia"])
-    return tuple(value)
+def _installed(module: str, what: str) -> None:
+    """For a validator: refuse `source` unless the optional package `module` is installed."""
+    try:
+        require(module, what, "")
+    except ConfigError as exc:
+        raise refuse("source", str(exc).removeprefix(": ")) from None
 
 
-def _file_fields(v: Mapping[str, Any], p: str, default_size: int) -> dict[str, Any]:
-    root = v.get("root")
-    if not isinstance(root, str):
-        raise invalid(p, "root", "the directory holding this site's files", root, "/data/chest-xray")
-    sites = get_int(v, "sites", p, minimum=1, maximum=10_000, example=1)
-    return {
-        "root": root,
-        "sites": sites,
-        "site": get_optional_int(v, "site", p, minimum=0, maximum=sites - 1, example=0),
-        "seed": get_int(v, "seed", p, maximum=2**63 - 1, example=0),
-        "size": get_int(v, "size", p, minimum=8, maximum=1024, example=default_size),
-        "channels": get_int(v, "channels", p, minimum=1, maximum=3, example=1),
-        "classes": _classes(v, p),
-        "test_fraction": get_float(v, "test_fraction", p, maximum=0.9, example=0.2),
-        "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
-        "split_record": v.get("split_record") or "",
-        "workers": get_int(v, "workers", p, minimum=0, maximum=64, example=4),
-    }
-
-
-@dataclass(frozen=True)
-class FileSource(TableConfig):
+class FileSource(SitesTable):
     """Fields and loading shared by the sources that read a site's own files."""
 
-    TABLE: ClassVar[str] = "data"
     KIND: ClassVar[str] = "classification"
-    root: str = ""
-    sites: int = 1
-    site: int | None = None
-    seed: int = 0
-    size: int = 64
-    channels: int = 1
+    root: PathOrEmpty = setting("", requirement="the directory holding this site's files", example="/data/chest-xray")
+    sites: int = setting(1, ge=1, le=10_000)
+    size: int = setting(64, ge=8, le=1024)
+    channels: int = setting(1, ge=1, le=3)
     classes: tuple[str, ...] = ()  # class names in order (classification) or mask classes (segmentation)
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    split_record: str = ""  # JSON file that fixes the test split (a node uses SITE/data-split.json)
-    workers: int = 0  # threads decoding files at start-up (0: one at a time, in the node's thread)
+    test_fraction: float = setting(0.2, ge=0, le=0.9)
+    val_fraction: ValFraction = 0.1
+    # JSON file that fixes the test split (a node uses SITE/data-split.json)
+    split_record: PathOrEmpty = setting("", requirement="the path of a JSON file", example="data-split.json")
+    workers: int = setting(0, ge=0, le=64, example=4)  # threads decoding files at start-up (0: one at a time, in the node's thread)
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _distinct_names(cls, value: Any) -> Any:
+        if (not isinstance(value, (list, tuple)) or not all(isinstance(c, str) and c for c in value)
+                or len(set(value)) != len(value)):
+            raise bad_field("classes", "a list of distinct class names", value, ["normal", "pneumonia"])
+        return tuple(value)
 
     def directory(self, site: int) -> Path:
         if not self.root:
@@ -211,7 +199,6 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-@dataclass(frozen=True)
 class FolderConfig(FileSource):
     """`source = "folder"`: PNG, JPEG or TIFF images (8 or 16 bit, grey or RGB). Labels from
     `labels = "labels.csv"` (columns file,label and optionally patient; file relative to
@@ -219,30 +206,23 @@ class FolderConfig(FileSource):
     for every image, at the image's path under root or under its file name (pixel value =
     class index, `classes` names them)."""
 
-    source: str = "folder"
-    labels: str = ""
-    masks: str = ""
-    intensity: str = "full_scale"  # or "per_image": each image scaled by its own range
+    source: Literal["folder"] = "folder"
+    labels: PathOrEmpty = setting("", requirement="a path relative to root", example="labels.csv")
+    masks: PathOrEmpty = setting("", requirement="a path relative to root", example="masks/")
+    intensity: Intensity = "full_scale"  # or "per_image": each image scaled by its own range
 
     @property
     def KIND(self) -> str:  # type: ignore[override]
         return "segmentation" if self.masks else "classification"
 
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        fields = _file_fields(v, p, 64)
-        masks = v.get("masks") or ""
-        labels = v.get("labels") or ""
-        for key, value in (("labels", labels), ("masks", masks)):
-            if not isinstance(value, str):
-                raise invalid(p, key, "a path relative to root", value, "labels.csv" if key == "labels" else "masks/")
-        if masks and labels:
-            raise ConfigError(f"{p}.masks: a folder source is either classification (labels) or segmentation (masks); remove one")
-        if masks and len(fields["classes"]) < 2:
-            raise ConfigError(f'{p}.classes: name the mask classes in order of their pixel values (example: classes = ["background", "lesion"])')
-        require("PIL", "reading image files", f"{p}.source")
-        return {"source": "folder", **fields, "labels": labels, "masks": masks,
-                "intensity": get_str(v, "intensity", p, choices=INTENSITIES, example="full_scale")}
+    @model_validator(mode="after")
+    def _one_task(self) -> FolderConfig:
+        if self.masks and self.labels:
+            raise refuse("masks", "a folder source is either classification (labels) or segmentation (masks); remove one")
+        if self.masks and len(self.classes) < 2:
+            raise refuse("classes", 'name the mask classes in order of their pixel values (example: classes = ["background", "lesion"])')
+        _installed("PIL", "reading image files")
+        return self
 
     def _images(self, root: Path) -> list[Path]:
         skip = (root / self.masks).resolve() if self.masks else None
@@ -311,18 +291,23 @@ class FolderConfig(FileSource):
 # --------------------------------------------------------------------------------------
 # source = "dicom"
 
-DICOM_KEYS = ("file", "SOPInstanceUID", "PatientID", "SeriesInstanceUID")
-DICOM_UNITS = ("file", "series")
+DicomKey = Literal["file", "SOPInstanceUID", "PatientID", "SeriesInstanceUID"]
+DicomUnit = Literal["file", "series"]
+DICOM_KEYS: tuple[str, ...] = get_args(DicomKey)
+DICOM_UNITS: tuple[str, ...] = get_args(DicomUnit)
 
 
-def _window(v: Mapping[str, Any], p: str) -> str | tuple[float, float]:
-    value = v.get("window", "auto")
+Window = str | tuple[float, float]
+
+
+def _window(value: Any) -> Window:
+    """A field validator's check of `window`: "auto", "none" or [center, width]."""
     if value in ("auto", "none"):
         return value
     if (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
             and value[1] > 0):
         return (float(value[0]), float(value[1]))
-    raise invalid(p, "window", '"auto" (the file\'s own window), "none" (each image\'s range) or [center, width]', value, [40, 400])
+    raise bad_field("window", '"auto" (the file\'s own window), "none" (each image\'s range) or [center, width]', value, [40, 400])
 
 
 def _dicom_header(path: Path) -> Any:
@@ -356,7 +341,6 @@ def _windowed(ds: Any, window: str | tuple[float, float]) -> np.ndarray:
     return scaled
 
 
-@dataclass(frozen=True)
 class DicomConfig(FileSource):
     """`source = "dicom"`: a directory of DICOM files (any depth), one image per file or per
     series (`unit = "series"`: its middle slice by InstanceNumber), labels from a CSV keyed by
@@ -366,23 +350,21 @@ class DicomConfig(FileSource):
     from PatientID. Files that are not DICOM, or whose pixels cannot be decoded (compressed
     without a decoder installed), are skipped and reported."""
 
-    source: str = "dicom"
-    labels: str = "labels.csv"
-    key: str = "file"
-    unit: str = "file"
-    window: Any = "auto"
+    source: Literal["dicom"] = "dicom"
+    labels: str = setting("labels.csv", requirement="a CSV (relative to root) with columns <key>,label")
+    key: DicomKey = setting("file", example="SOPInstanceUID")
+    unit: DicomUnit = "file"
+    window: Window = "auto"
 
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        fields = _file_fields(v, p, 64)
-        labels = v.get("labels")
-        if not isinstance(labels, str) or not labels:
-            raise invalid(p, "labels", "a CSV (relative to root) with columns <key>,label", labels, "labels.csv")
-        require("pydicom", "reading DICOM files", f"{p}.source")
-        return {"source": "dicom", **fields, "labels": labels,
-                "key": get_str(v, "key", p, choices=DICOM_KEYS, example="SOPInstanceUID"),
-                "unit": get_str(v, "unit", p, choices=DICOM_UNITS, example="file"),
-                "window": _window(v, p)}
+    @field_validator("window", mode="before")
+    @classmethod
+    def _check_window(cls, value: Any) -> Window:
+        return _window(value)
+
+    @model_validator(mode="after")
+    def _readable(self) -> DicomConfig:
+        _installed("pydicom", "reading DICOM files")
+        return self
 
     def list_samples(self, root: Path) -> tuple[list[Sample], list[str]]:
         table_path = (root / self.labels).resolve()
@@ -436,7 +418,9 @@ class DicomConfig(FileSource):
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # in the closest canonical (RAS) orientation
 VOLUME = "volume"  # slices = "volume": the whole volume is one sample
-KEEP = ("all", "labelled")
+Slices = Literal["axial", "coronal", "sagittal", "volume"]  # SLICE_AXES or VOLUME
+Keep = Literal["all", "labelled"]
+KEEP: tuple[str, ...] = get_args(Keep)
 
 
 def _is_nifti(path: Path) -> bool:
@@ -460,7 +444,6 @@ def _volume(path: Path) -> np.ndarray:
     return data
 
 
-@dataclass(frozen=True)
 class NiftiConfig(FileSource):
     """`source = "nifti"`: volumes `.nii` / `.nii.gz` under `root` with a mask of the same
     name under `masks` (voxel value = class index, `classes` names them), used as 2-D
@@ -473,29 +456,23 @@ class NiftiConfig(FileSource):
     keeps only the slices whose mask holds a foreground class."""
 
     KIND: ClassVar[str] = "segmentation"
-    source: str = "nifti"
-    masks: str = "masks"
-    slices: str = "axial"
-    keep: str = "all"
-    window: Any = "none"
-    depth: int = 32  # slices per volume after resampling, for slices = "volume"
+    source: Literal["nifti"] = "nifti"
+    masks: str = setting("masks", requirement="the folder of masks, relative to root")
+    slices: Slices = setting("axial", requirement="one of: axial, coronal, sagittal, volume (whole volumes, for 3-D networks)")
+    keep: Keep = setting("all", example="labelled")
+    window: Window = "none"
+    depth: int = setting(32, ge=4, le=512)  # slices per volume after resampling, for slices = "volume"
 
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        fields = _file_fields(v, p, 64)
-        masks = v.get("masks")
-        if not isinstance(masks, str) or not masks:
-            raise invalid(p, "masks", "the folder of masks, relative to root", masks, "masks")
-        slices = v.get("slices", "axial")
-        if slices not in (*SLICE_AXES, VOLUME):
-            raise invalid(p, "slices", "one of: axial, coronal, sagittal, volume (whole volumes, for 3-D networks)", slices, "axial")
-        window = _window(v, p)
-        if window == "auto":
-            window = "none"  # NIfTI files carry no display window
-        require("nibabel", "reading NIfTI files", f"{p}.source")
-        return {"source": "nifti", **fields, "masks": masks, "slices": slices,
-                "keep": get_str(v, "keep", p, choices=KEEP, example="labelled"), "window": window,
-                "depth": get_int(v, "depth", p, minimum=4, maximum=512, example=32)}
+    @field_validator("window", mode="before")
+    @classmethod
+    def _check_window(cls, value: Any) -> Window:
+        window = _window(value)
+        return "none" if window == "auto" else window  # NIfTI files carry no display window
+
+    @model_validator(mode="after")
+    def _readable(self) -> NiftiConfig:
+        _installed("nibabel", "reading NIfTI files")
+        return self
 
     def sample_shape(self) -> tuple[int, ...]:
         if self.slices == VOLUME:

@@ -24,15 +24,16 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 import torch
+from pydantic import Field, ValidationInfo, field_validator
 
-from swarm.config import TableConfig, get_float, get_int, get_optional_int, get_str
+from swarm.config import refuse, setting
 from swarm.errors import ConfigError
 
-from .data import DataConfig, SiteData
+from .data import DataConfig, LabelSkew, PathOrEmpty, Shift, SiteCount, SiteData, SitesTable, Skew, ValFraction, below_sites
 from .datasets import Samples, concat
 from .datasets.imaging import generate_imaging_site
 from .datasets.medmnist import load_medmnist
@@ -105,50 +106,30 @@ def _site_size(seed: int, site: int, mean: int, quantity_skew: float) -> int:
     return max(8, int(round(mean * math.exp(rng.uniform(-quantity_skew, quantity_skew)))))
 
 
-def _common(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-    sites = get_int(v, "sites", p, minimum=2, maximum=10_000, example=6)
-    return {
-        "sites": sites,
-        "site": get_optional_int(v, "site", p, minimum=0, maximum=sites - 1, example=0),
-        "seed": get_int(v, "seed", p, maximum=2**63 - 1, example=0),
-    }
-
-
-def _generated(v: Mapping[str, Any], p: str, default_size: int) -> dict[str, Any]:
-    return _common(v, p) | {
-        "samples_per_site": get_int(v, "samples_per_site", p, minimum=8, maximum=1_000_000, example=200),
-        "quantity_skew": get_float(v, "quantity_skew", p, maximum=5.0, example=1.0),
-        "test_samples": get_int(v, "test_samples", p, minimum=1, maximum=1_000_000, example=200),
-        "size": get_int(v, "size", p, minimum=16, maximum=256, example=default_size),
-        "shift": get_float(v, "shift", p, maximum=10.0, example=1.0),
-        "noise": get_float(v, "noise", p, maximum=1.0, example=0.04),
-        "lesion_contrast": get_float(v, "lesion_contrast", p, maximum=5.0, min_open=True, example=1.0),
-        "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
-        "global_test_per_site": get_int(v, "global_test_per_site", p, minimum=1, maximum=1_000_000, example=100),
-    }
-
+# The generated sources' fields whose default a source may change (the example stays)
+SampleCount = Annotated[int, Field(ge=8, le=1_000_000, json_schema_extra={"example": 200})]
+TestCount = Annotated[int, Field(ge=1, le=1_000_000, json_schema_extra={"example": 200})]
+ImageSize = Annotated[int, Field(ge=16, le=256)]
+GeneratedSkew = Annotated[Skew, Field(json_schema_extra={"example": 1.0})]
+# A partitioned source's minimum site size
+MinSamples = Annotated[int, Field(ge=2, le=1_000_000, json_schema_extra={"example": 10})]
 
 _GLOBAL_TEST_STREAM = 1  # the generators' stream for patients that no site holds
 
 
-@dataclass(frozen=True)
-class _GeneratedSource(TableConfig):
+class _GeneratedSource(SitesTable):
     """Fields and splitting shared by the generated image sources: each site's samples come
     from its own random stream, then the site keeps its own validation and test splits."""
 
-    TABLE: ClassVar[str] = "data"
-    sites: int = 6
-    site: int | None = None
-    seed: int = 0
-    samples_per_site: int = 200  # mean training images per site (before quantity skew)
-    quantity_skew: float = 1.0
-    test_samples: int = 200
-    size: int = 28
-    shift: float = 1.0
-    noise: float = 0.04
-    lesion_contrast: float = 1.0
-    val_fraction: float = 0.1  # of the training part, kept as this site's validation split
-    global_test_per_site: int = 100  # held-out patients per site's scanner that no site trains on
+    samples_per_site: SampleCount = 200  # mean training images per site (before quantity skew)
+    quantity_skew: GeneratedSkew = 1.0
+    test_samples: TestCount = 200
+    size: ImageSize = 28
+    shift: Shift = 1.0
+    noise: float = setting(0.04, ge=0, le=1)
+    lesion_contrast: float = setting(1.0, gt=0, le=5)
+    val_fraction: ValFraction = 0.1  # of the training part, kept as this site's validation split
+    global_test_per_site: int = setting(100, ge=1, le=1_000_000)  # held-out patients per site's scanner that no site trains on
 
     def _generate(self, site: int, n: int, stream: int = 0) -> Samples:
         raise NotImplementedError
@@ -166,26 +147,19 @@ class _GeneratedSource(TableConfig):
         return f"{self.global_test_per_site} generated held-out patients per site's scanner, classes balanced"
 
 
-@dataclass(frozen=True)
 class ImagingConfig(_GeneratedSource):
     """`source = "synthetic-imaging"`: grayscale images, lesion classes, scanner shift per site."""
 
-    source: str = "synthetic-imaging"
-    classes: int = 2
-    label_skew: float = 0.5
-    alpha: float | None = None  # Dirichlet label skew: each site's class prior ~ Dir(alpha)
-    one_class_sites: int = 0  # the last sites hold a single class (a screening or referral centre)
+    source: Literal["synthetic-imaging"] = "synthetic-imaging"
+    classes: int = setting(2, ge=2, le=10)
+    label_skew: LabelSkew = 0.5
+    alpha: float | None = setting(None, gt=0, le=1000, example=0.5)  # Dirichlet label skew: each site's class prior ~ Dir(alpha)
+    one_class_sites: int = setting(0, ge=0, example=1)  # the last sites hold a single class (a screening or referral centre)
 
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        sites = get_int(v, "sites", p, minimum=2, maximum=10_000, example=6)
-        alpha = None if v.get("alpha") is None else get_float(v, "alpha", p, minimum=0.0, min_open=True, maximum=1000.0, example=0.5)
-        return {"source": "synthetic-imaging"} | _generated(v, p, 28) | {
-            "classes": get_int(v, "classes", p, minimum=2, maximum=10, example=2),
-            "label_skew": get_float(v, "label_skew", p, maximum=1.0, example=0.5),
-            "alpha": alpha,
-            "one_class_sites": get_int(v, "one_class_sites", p, maximum=sites - 1, example=1),
-        }
+    @field_validator("one_class_sites", mode="before")
+    @classmethod
+    def _fewer_than_sites(cls, value: Any, info: ValidationInfo) -> Any:
+        return below_sites(value, info, example=1)
 
     def task_shape(self) -> TaskShape:
         return TaskShape((1, self.size, self.size), self.classes, "classification")
@@ -209,20 +183,15 @@ class ImagingConfig(_GeneratedSource):
         )
 
 
-@dataclass(frozen=True)
 class PhantomConfig(_GeneratedSource):
     """`source = "phantom"`: organ (1) and lesion (2) masks on a 2-D phantom, scanner shift."""
 
-    source: str = "phantom"
-    sites: int = 4
-    samples_per_site: int = 120
-    quantity_skew: float = 0.5
-    test_samples: int = 60
-    size: int = 32
-
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        return {"source": "phantom"} | _generated(v, p, 32)
+    source: Literal["phantom"] = "phantom"
+    sites: SiteCount = 4
+    samples_per_site: SampleCount = 120
+    quantity_skew: GeneratedSkew = 0.5
+    test_samples: TestCount = 60
+    size: ImageSize = 32
 
     def task_shape(self) -> TaskShape:
         return TaskShape((1, self.size, self.size), 3, "segmentation")
@@ -232,43 +201,30 @@ class PhantomConfig(_GeneratedSource):
                                      lesion_contrast=self.lesion_contrast, stream=stream)
 
 
-def _partition_fields(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-    """Settings of a source whose pooled samples a partitioner splits across sites."""
-    return {
-        "partition": get_str(v, "partition", p, default="iid", choices=("iid", "dirichlet", "quantity"), example="dirichlet"),
-        "alpha": get_float(v, "alpha", p, minimum=0.0, min_open=True, example=0.5),
-        "skew": get_float(v, "skew", p, maximum=5.0, example=1.0),
-        "test_fraction": get_float(v, "test_fraction", p, minimum=0.0, maximum=1.0, min_open=True, max_open=True, example=0.2),
-        "val_fraction": get_float(v, "val_fraction", p, maximum=0.5, example=0.1),
-        "min_samples": get_int(v, "min_samples", p, minimum=2, maximum=1_000_000, example=10),
-    }
-
-
 def _site_splits(config: _PartitionedSource, pooled: Samples) -> list[SiteSplit]:
     """Every site's train / val / test indices into `pooled`, from a partitioned source's settings."""
+    settings = PartitionConfig.from_dict({  # the partitioner's fields are this [data] table's
+        "method": config.partition, "sites": config.sites, "alpha": config.alpha, "skew": config.skew, "seed": config.seed,
+        "min_samples": config.min_samples, "val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
+    }, "data")
     try:
-        return partition(pooled, PartitionConfig.from_dict({
-            "method": config.partition, "sites": config.sites, "alpha": config.alpha, "skew": config.skew, "seed": config.seed,
-            "min_samples": config.min_samples, "val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
-        }))
-    except ConfigError as exc:  # the partitioner's fields are this [data] table's
+        return partition(pooled, settings)
+    except ConfigError as exc:  # and so are the fields that the data cannot satisfy
         raise ConfigError(str(exc).replace(f"{PARTITION_TABLE}.", "data.", 1)) from None
 
 
-@dataclass(frozen=True)
-class _PartitionedSource(TableConfig):
+class _PartitionedSource(SitesTable):
     """Fields shared by sources whose pooled samples a partitioner splits across sites."""
 
-    TABLE: ClassVar[str] = "data"
-    partition: str = "iid"  # "iid", "dirichlet" (label skew, `alpha`), "quantity" (`skew`)
-    alpha: float = 0.5
-    skew: float = 1.0
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    min_samples: int = 10
+    # "iid", "dirichlet" (label skew, `alpha`), "quantity" (`skew`)
+    partition: Literal["iid", "dirichlet", "quantity"] = setting("iid", example="dirichlet")
+    alpha: float = setting(0.5, gt=0)
+    skew: Skew = 1.0
+    test_fraction: float = setting(0.2, gt=0, lt=1)
+    val_fraction: ValFraction = 0.1
+    min_samples: MinSamples = 10
 
 
-@dataclass(frozen=True)
 class MedMNISTConfig(_PartitionedSource):
     """`source = "medmnist"`: a MedMNIST .npz file. Its official test split is the
     federation-wide held-out set, which no site trains on; its train and val splits are
@@ -276,20 +232,17 @@ class MedMNISTConfig(_PartitionedSource):
     "quantity" with `skew`), and each site keeps its own local test split
     (`test_fraction`) and validation split from its part."""
 
-    TABLE: ClassVar[str] = "data"
-    source: str = "medmnist"
-    path: str = ""
-    sites: int = 4
-    site: int | None = None
-    seed: int = 0
+    source: Literal["medmnist"] = "medmnist"
+    path: PathOrEmpty = ""
+    sites: SiteCount = 4
 
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        path = v["path"]
+    @field_validator("path", mode="before")
+    @classmethod
+    def _a_file(cls, path: Any) -> Any:
         if not isinstance(path, str) or (path and not Path(path).is_file()):
-            raise ConfigError(f"{p}.path: {path!r} is not a file; point it at a MedMNIST .npz on this disk, "
-                              "e.g. with --data-path (nothing is downloaded)")
-        return _common(v, p) | {"source": "medmnist", "path": path} | _partition_fields(v, p)
+            raise refuse("", f"{path!r} is not a file; point it at a MedMNIST .npz on this disk, "
+                         "e.g. with --data-path (nothing is downloaded)")
+        return path
 
     def _splits(self) -> dict[str, Samples]:
         if not self.path:
@@ -317,24 +270,16 @@ class MedMNISTConfig(_PartitionedSource):
         return f"the official test split of {Path(self.path).name}"
 
 
-@dataclass(frozen=True)
 class BreastCancerConfig(_PartitionedSource):
     """`source = "breast-cancer"`: the Wisconsin table bundled with scikit-learn (optional
     extra), split across sites by a partitioner, each site with its own measurement shift
     (`shift`), its own 80/20 train/test split (`test_fraction`), and features z-scored with
     its own training statistics, as the survey's ROI-feature logistic-regression study."""
 
-    TABLE: ClassVar[str] = "data"
-    source: str = "breast-cancer"
-    sites: int = 3
-    site: int | None = None
-    seed: int = 0
-    shift: float = 1.0
-    min_samples: int = 20
-
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        return _common(v, p) | {"source": "breast-cancer", "shift": get_float(v, "shift", p, maximum=10.0, example=1.0)} | _partition_fields(v, p)
+    source: Literal["breast-cancer"] = "breast-cancer"
+    sites: SiteCount = 3
+    shift: Shift = 1.0
+    min_samples: MinSamples = 20
 
     def task_shape(self) -> TaskShape:
         return TaskShape((30,), 2, "classification")
@@ -408,7 +353,7 @@ def load_own_site(table: Mapping[str, Any], where: str = "data", site_dir: Path 
     source = data_source(table, where)
     if isinstance(source, FileSource):
         if site_dir is not None and not source.split_record:
-            source = replace(source, split_record=str(Path(site_dir) / "data-split.json"))
+            source = source.replace(split_record=str(Path(site_dir) / "data-split.json"))
         return source.load_site(source.site or 0)
     if source.site is None:
         raise ConfigError(f"{where}.site: missing; set the index of this site's data in site.toml [data] (example: site = 0)")
