@@ -14,8 +14,16 @@ import click
 
 from nodes.cli import run_cli, user_errors
 from swarm.atomic import write_atomic
-from swarm.config import get_int
+from swarm.config import Table, setting
 from swarm.errors import ConfigError
+
+
+class _Option(Table):
+    """A command-line option the scenario takes as it is: a bad value is a ConfigError naming
+    the flag, as with --nodes and --rounds (ScenarioConfig.with_overrides). The scenario's own
+    bounds apply when it takes the value."""
+
+    nodes_per_worker: int = setting(ge=1, le=2**62, example=1)
 
 
 def _topology_option(text: str | None) -> str | dict | None:
@@ -58,8 +66,6 @@ def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, t
         threads: int) -> None:
     """Run SCENARIO_PATH: real `swarm-node` processes (several nodes per worker process for
     large federations) talking ZeroMQ over TCP."""
-    from dataclasses import replace
-
     from .config import ScenarioConfig
     from .report import format_table
     from .run import run_scenario
@@ -69,11 +75,11 @@ def run(scenario_path: Path, out: Path | None, force: bool, nodes: int | None, t
     torch.set_num_threads(threads)
     config = ScenarioConfig.load(scenario_path, data_path).with_overrides(nodes=nodes, topology=_topology_option(topology), protocol=protocol, rounds=rounds)
     if nodes_per_worker is not None:
-        config = replace(config, nodes_per_worker=get_int({"nodes_per_worker": nodes_per_worker}, "nodes_per_worker", "--nodes-per-worker", minimum=1))
+        config = config.replace(nodes_per_worker=_Option.from_dict({"nodes_per_worker": nodes_per_worker}, "--nodes-per-worker").nodes_per_worker)
     if backend is not None:
-        config = replace(config, backend=backend)
+        config = config.replace(backend=backend)
     if insecure:
-        config = replace(config, insecure=True)
+        config = config.replace(insecure=True)
     config.check_data()
     out = out or Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with _sigterm_as_interrupt():

@@ -2,61 +2,131 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import ValidationInfo, field_validator
 
 from nodes.sources import DataSource, data_source
 from nodes.plan import build_plan, with_weights_digest
-from swarm.config import check_keys, get_bool, get_float, get_int, get_optional_int, get_str, read_toml, table
+from swarm.config import Table, read_toml, refuse, setting
 from swarm.errors import ConfigError, ManifestError
 from swarm.manifest import check_reachability
 
 from .attackers import pick_attackers
 
-SECTIONS = {"scenario", "plan", "topology", "protocol", "model", "training", "merge", "attack", "data", "baselines", "compare"}
 MAX_NODES = 1024
 BACKENDS = ("local", "ray")
+# Bounds shared by every table that sets these (scenario, sweep, study, command-line overrides);
+# given to setting() rather than as an Annotated alias, which would hide them from the messages
+# of an optional field.
+NODES: dict[str, Any] = {"ge": 2, "le": MAX_NODES}
+ROUNDS: dict[str, Any] = {"ge": 1, "le": 1000}
+TIMEOUT: dict[str, Any] = {"ge": 1.0}
+SEED: dict[str, Any] = {"ge": 0, "le": 2**62}
+
+Section = dict[str, Any]  # a table kept as written, for the module that reads it to check
 
 
-@dataclass(frozen=True)
-class ScenarioConfig:
-    name: str
-    nodes: int
-    host: str
-    timeout: float  # seconds the federation may run before the runner stops it
-    rounds: int
-    topology: dict[str, Any]
-    protocol: dict[str, Any]
-    model: dict[str, Any]
-    training: dict[str, Any]
-    data: dict[str, Any]
-    local_only: bool
-    pooled: bool
-    source: str  # the TOML text, saved beside the results
-    compare: dict[str, Any]  # settings of `swarm-scenario compare`, checked by scenarios.compare
-    nodes_per_worker: int | None = None  # None: chosen from the node and core counts
-    backend: str = "local"  # where worker processes run: this machine, or a Ray cluster
-    merge: dict[str, Any] = field(default_factory=dict)  # the plan's merge rule (swarm.merge)
-    attack: dict[str, Any] = field(default_factory=dict)  # which sites are Byzantine (scenarios.attackers)
-    insecure: bool = False  # workers run without CurveZMQ (debugging only)
+class Sections(Table):
+    """A TOML file of tables. Each is only checked to be a table here and then by its own Table
+    under its own name (`scenario.nodes`, not `<file>.scenario.nodes`), as a reader of the file
+    names it."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _a_table(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, dict):
+            raise refuse("", f"must be a table like [{info.field_name}], got {value!r}")
+        return value
+
+
+class ScenarioFile(Sections):
+    scenario: Section = {}
+    plan: Section = {}
+    topology: Section = {}
+    protocol: Section = {}
+    model: Section = {}
+    training: Section = {}
+    merge: Section = {}
+    attack: Section = {}
+    data: Section = {}
+    baselines: Section = {}
+    compare: Section = {}
+
+
+SECTIONS = tuple(ScenarioFile.model_fields)
+
+
+class Federation(Table):
+    """What the file's [scenario] table and ScenarioConfig share: the hospitals and where they run."""
+
+    TABLE: ClassVar[str] = "scenario"
+    nodes: int = setting(6, **NODES)
+    host: str = "127.0.0.1"
+    timeout: float = setting(170.0, **TIMEOUT)  # seconds the federation may run before the runner stops it
+    nodes_per_worker: int | None = setting(None, ge=1, le=MAX_NODES, example=8)  # None: chosen from the node and core counts
+    backend: Literal[BACKENDS] = "local"  # where worker processes run: this machine, or a Ray cluster
     outbound_only: tuple[int, ...] = ()  # indices of the sites that bind nothing and only dial out
+
+    @field_validator("outbound_only", mode="before")
+    @classmethod
+    def _site_indices(cls, indices: Any, info: ValidationInfo) -> Any:
+        nodes = info.data.get("nodes")
+        if nodes is None:  # refused itself
+            return indices
+        if not isinstance(indices, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < nodes for i in indices):
+            raise refuse("", f"must be a list of site indices from 0 to {nodes - 1}, got {indices!r} (example: outbound_only = [2])")
+        return tuple(sorted(set(indices)))
+
+
+class ScenarioTable(Federation):
+    """The file's [scenario] table."""
+
+    name: str | None = setting(None, example="quickstart")  # None: the file's name
+
+
+class PlanTable(Table):
+    """The file's [plan] table (the rest of the plan is in its own tables)."""
+
+    TABLE: ClassVar[str] = "plan"
+    rounds: int = setting(20, **ROUNDS)
+
+
+class Baselines(Table):
+    """The file's [baselines] table: which baselines a run computes besides the federation."""
+
+    TABLE: ClassVar[str] = "baselines"
+    local_only: bool = True
+    pooled: bool = True
+
+
+class ScenarioConfig(Federation, PlanTable, Baselines):
+    """A whole scenario: the [scenario], [plan] and [baselines] settings, and the plan's and the
+    data's tables as written (checked by `check`, which builds the plan)."""
+
+    TABLE: ClassVar[str] = "scenario"
+    name: str
+    topology: Section
+    protocol: Section
+    model: Section
+    training: Section
+    data: Section
+    source: str = setting(min_length=0)  # the TOML text, saved beside the results
+    compare: Section  # settings of `swarm-scenario compare`, checked by scenarios.compare
+    merge: Section = {}  # the plan's merge rule (swarm.merge)
+    attack: Section = {}  # which sites are Byzantine (scenarios.attackers)
+    insecure: bool = False  # workers run without CurveZMQ (debugging only)
 
     @classmethod
     def load(cls, path: Path, data_path: str | Path | None = None) -> ScenarioConfig:
         """Read and check a scenario file; `data_path` replaces its `[data] path` (a data
         file on this disk, such as a MedMNIST .npz) before anything is checked."""
-        values = read_toml(path, "scenario")
-        where = str(path)
-        check_keys(values, SECTIONS, where)
-        scenario = table(values, "scenario", where)
-        check_keys(scenario, {"name", "nodes", "host", "timeout", "nodes_per_worker", "backend", "outbound_only"}, "scenario")
-        plan = table(values, "plan", where)
-        check_keys(plan, {"rounds"}, "plan")
-        baselines = table(values, "baselines", where)
-        check_keys(baselines, {"local_only", "pooled"}, "baselines")
-        nodes = get_int(scenario, "nodes", "scenario", default=6, minimum=2, maximum=MAX_NODES)
-        data = table(values, "data", where)
+        tables = ScenarioFile.from_dict(read_toml(path, "scenario"), str(path))
+        scenario = ScenarioTable.from_dict(tables.scenario, "scenario")
+        plan = PlanTable.from_dict(tables.plan, "plan")
+        baselines = Baselines.from_dict(tables.baselines, "baselines")
+        data = dict(tables.data)
         if "site" in data or "sites" in data:
             raise ConfigError("data.sites/data.site: set by the runner from scenario.nodes; remove them from the scenario")
         if data_path is not None:
@@ -64,30 +134,23 @@ class ScenarioConfig:
         for key in ("path", "root"):  # node processes may start elsewhere
             if isinstance(data.get(key), str) and data[key]:
                 data[key] = str(Path(data[key]).expanduser().resolve())
-        model = table(values, "model", where)
+        model = dict(tables.model)
         if isinstance(model.get("init_weights"), str):  # relative to the scenario file; its digest for every use
             model["init_weights"] = str((Path(path).parent / Path(model["init_weights"]).expanduser()).resolve())
             model = with_weights_digest(model, None)
         config = cls(
-            name=get_str(scenario, "name", "scenario", default=Path(path).stem),
-            nodes=nodes,
-            host=get_str(scenario, "host", "scenario", default="127.0.0.1"),
-            timeout=get_float(scenario, "timeout", "scenario", default=170.0, minimum=1.0),
-            rounds=get_int(plan, "rounds", "plan", default=20, minimum=1, maximum=1000),
-            topology=table(values, "topology", where),
-            protocol=table(values, "protocol", where),
+            **scenario.fields() | {"name": scenario.name or Path(path).stem},
+            **plan.fields(),
+            **baselines.fields(),
+            topology=tables.topology,
+            protocol=tables.protocol,
             model=model,
-            training=table(values, "training", where),
+            training=tables.training,
             data=data,
-            local_only=get_bool(baselines, "local_only", "baselines", default=True),
-            pooled=get_bool(baselines, "pooled", "baselines", default=True),
             source=Path(path).read_text(),
-            compare=table(values, "compare", where),
-            nodes_per_worker=get_optional_int(scenario, "nodes_per_worker", "scenario", minimum=1, maximum=MAX_NODES, example=8),
-            backend=get_str(scenario, "backend", "scenario", default="local", choices=BACKENDS),
-            merge=table(values, "merge", where),
-            attack=table(values, "attack", where),
-            outbound_only=_site_indices(scenario, "outbound_only", nodes),
+            compare=tables.compare,
+            merge=tables.merge,
+            attack=tables.attack,
         )
         config.check()
         return config
@@ -123,20 +186,20 @@ class ScenarioConfig:
         sets the data and topology seeds together."""
         changes: dict[str, Any] = {}
         if nodes is not None:
-            changes["nodes"] = get_int({"nodes": nodes}, "nodes", "--nodes", minimum=2, maximum=MAX_NODES)
+            changes["nodes"] = _Overrides.from_dict({"nodes": nodes}, "--nodes").nodes
         if rounds is not None:
-            changes["rounds"] = get_int({"rounds": rounds}, "rounds", "--rounds", minimum=1, maximum=1000)
+            changes["rounds"] = _Overrides.from_dict({"rounds": rounds}, "--rounds").rounds
         if topology is not None:
             changes["topology"] = _named_table(self.topology, topology, "ring")
         if protocol is not None:
             changes["protocol"] = _named_table(self.protocol, protocol, "braintorrent")
         if seed is not None:
-            seed = get_int({"seed": seed}, "seed", "--seed", minimum=0)
+            seed = _Overrides.from_dict({"seed": seed}, "--seed").seed
             changes["data"] = self.data | {"seed": seed}
             changes["topology"] = changes.get("topology", self.topology) | {"seed": seed}
         if name is not None:
             changes["name"] = name
-        config = replace(self, **changes)
+        config = self.replace(**changes)
         config.check()
         return config
 
@@ -158,14 +221,15 @@ class ScenarioConfig:
         self.data_source().load_site(0)
 
 
+class _Overrides(Table):
+    """The arguments of `with_overrides` that are checked, each under its command-line option."""
+
+    nodes: int | None = setting(None, **NODES, example=2)
+    rounds: int | None = setting(None, **ROUNDS, example=1)
+    seed: int | None = setting(None, **SEED, example=1)
+
+
 def _named_table(current: dict[str, Any], new: str | dict[str, Any], default_name: str) -> dict[str, Any]:
     if isinstance(new, dict):
         return dict(new)
     return dict(current) if current.get("name", default_name) == new else {"name": new}
-
-
-def _site_indices(values: dict[str, Any], key: str, nodes: int) -> tuple[int, ...]:
-    indices = values.get(key, [])
-    if not isinstance(indices, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < nodes for i in indices):
-        raise ConfigError(f"scenario.{key}: must be a list of site indices from 0 to {nodes - 1}, got {indices!r} (example: {key} = [2])")
-    return tuple(sorted(set(indices)))

@@ -9,7 +9,6 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,7 +79,7 @@ def test_tree_usage_sees_child_processes():
 @pytest.mark.slow
 def test_a_packed_federation_of_32_nodes_finishes_with_verified_logs(tmp_path):
     # Packing is forced (the default would give one process per node on a machine with 8+ cores).
-    config = replace(ScenarioConfig.load(SCALE).with_overrides(nodes=32, rounds=3), nodes_per_worker=4)
+    config = ScenarioConfig.load(SCALE).with_overrides(nodes=32, rounds=3).replace(nodes_per_worker=4)
     summary = run_scenario(config, tmp_path / "run", lambda line: None)
     assert summary["ok"], summary["log_verification"]
     assert summary["workers"] == 8
