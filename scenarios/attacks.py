@@ -34,15 +34,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
+from pydantic import ConfigDict, Field
 from torch import Tensor
 
 from nodes.data import SiteData
-from swarm.config import check_keys, get_float, get_str
-from swarm.errors import ConfigError
+from swarm.config import Table, setting
 
 State = Mapping[str, Tensor]
 
@@ -57,18 +56,24 @@ def _apply(template: State, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {key: values[key].to(tensor.dtype).clone() if key in values else tensor.detach().clone() for key, tensor in template.items()}
 
 
-@dataclass(frozen=True)
-class Attack:
-    """Base class: an honest-looking site that publishes something else."""
+Strength = Annotated[float, Field(ge=0)]  # an attack's parameter
 
+
+class Attack(Table):
+    """Base class: an honest-looking site that publishes something else. A subclass is a
+    site's `[attack]` table: `kind` (a Literal of its one name, which becomes NAME) and the
+    kind's parameters."""
+
+    TABLE: ClassVar[str] = "attack"
     NAME: ClassVar[str] = ""
-    PARAMS: ClassVar[dict[str, float]] = {}  # parameter -> default
     trains: ClassVar[bool] = True
     flips_labels: ClassVar[bool] = False
-    params: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    kind: str
 
-    def param(self, name: str) -> float:
-        return float(self.params.get(name, self.PARAMS[name]))
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.NAME = cls.model_fields["kind"].default
 
     def poison(self, data: SiteData) -> SiteData:
         if not self.flips_labels:
@@ -80,25 +85,24 @@ class Attack:
 
 
 class LabelFlip(Attack):
-    NAME = "label_flip"
+    kind: Literal["label_flip"] = "label_flip"
     flips_labels = True
 
 
 class SignFlip(Attack):
-    NAME = "sign_flip"
-    PARAMS = {"scale": 1.0}
+    kind: Literal["sign_flip"] = "sign_flip"
+    scale: Strength = 1.0
 
     def craft(self, ref: State, trained: State, seen: Sequence[State], generator: torch.Generator) -> dict[str, Tensor]:
-        return _apply(trained, {k: -self.param("scale") * trained[k].double() for k in _floating(trained)})
+        return _apply(trained, {k: -self.scale * trained[k].double() for k in _floating(trained)})
 
 
 class GaussianNoise(Attack):
-    NAME = "gaussian"
-    PARAMS = {"sigma": 1.0}
+    kind: Literal["gaussian"] = "gaussian"
+    sigma: Strength = 1.0
 
     def craft(self, ref: State, trained: State, seen: Sequence[State], generator: torch.Generator) -> dict[str, Tensor]:
-        sigma = self.param("sigma")
-        return _apply(trained, {k: torch.randn(trained[k].shape, generator=generator, dtype=torch.float64) * sigma for k in _floating(trained)})
+        return _apply(trained, {k: torch.randn(trained[k].shape, generator=generator, dtype=torch.float64) * self.sigma for k in _floating(trained)})
 
 
 def _stack(seen: Sequence[State], key: str) -> Tensor:
@@ -106,40 +110,39 @@ def _stack(seen: Sequence[State], key: str) -> Tensor:
 
 
 class Alie(Attack):
-    NAME = "alie"
-    PARAMS = {"z": 1.5}
+    kind: Literal["alie"] = "alie"
+    z: Strength = 1.5
 
     def craft(self, ref: State, trained: State, seen: Sequence[State], generator: torch.Generator) -> dict[str, Tensor]:
         models = [*seen, trained]
-        z = self.param("z")
         out = {}
         for key in _floating(trained):
             stacked = _stack(models, key)
-            out[key] = stacked.mean(0) + z * stacked.std(0, correction=0)
+            out[key] = stacked.mean(0) + self.z * stacked.std(0, correction=0)
         return _apply(trained, out)
 
 
 class Ipm(Attack):
-    NAME = "ipm"
-    PARAMS = {"epsilon": 2.0}
+    kind: Literal["ipm"] = "ipm"
+    epsilon: Strength = 2.0
 
     def craft(self, ref: State, trained: State, seen: Sequence[State], generator: torch.Generator) -> dict[str, Tensor]:
         models = [*seen, trained]
-        return _apply(trained, {k: -self.param("epsilon") * _stack(models, k).mean(0) for k in _floating(trained)})
+        return _apply(trained, {k: -self.epsilon * _stack(models, k).mean(0) for k in _floating(trained)})
 
 
 class ScaledReplacement(Attack):
-    NAME = "scaled_replacement"
-    PARAMS = {"boost": 5.0}
+    kind: Literal["scaled_replacement"] = "scaled_replacement"
+    boost: float = setting(5.0, gt=0)
     flips_labels = True
 
     def craft(self, ref: State, trained: State, seen: Sequence[State], generator: torch.Generator) -> dict[str, Tensor]:
-        boost = self.param("boost")
+        boost = self.boost
         return _apply(trained, {k: ref[k].double() + boost * (trained[k].double() - ref[k].double()) for k in _floating(trained)})
 
 
 class FreeRiding(Attack):
-    NAME = "free_riding"
+    kind: Literal["free_riding"] = "free_riding"
     trains = False
 
     def craft(self, ref: State, trained: State, seen: Sequence[State], generator: torch.Generator) -> dict[str, Tensor]:
@@ -150,15 +153,22 @@ class FreeRiding(Attack):
 ATTACKS: dict[str, type[Attack]] = {cls.NAME: cls for cls in (LabelFlip, SignFlip, GaussianNoise, Alie, Ipm, ScaledReplacement, FreeRiding)}
 
 
+AttackKind = Literal[tuple(ATTACKS)]
+
+
+class _Kind(Table):
+    """Only the `kind` of an `[attack]` table, which picks the Table that checks the rest."""
+
+    model_config = ConfigDict(extra="ignore")
+    kind: AttackKind
+
+
 def parse_attack(values: Mapping[str, Any], where: str = "attack") -> Attack | None:
     """The `[attack]` table of a site (None when the site is honest): `kind` and the kind's
     parameters, e.g. {kind = "alie", z = 1.5}."""
-    if not values:
-        return None
-    kind = get_str(values, "kind", where, choices=tuple(ATTACKS))
-    cls = ATTACKS[kind]
-    check_keys(values, {"kind", *cls.PARAMS}, where)
-    params = {name: get_float(values, name, where, example=default) for name, default in cls.PARAMS.items() if name in values}
-    if kind == "scaled_replacement" and params.get("boost", 1.0) <= 0:
-        raise ConfigError(f"{where}.boost: must be > 0 (example: boost = 5)")
-    return cls(params)
+    return attack_table(values, where) if values else None
+
+
+def attack_table(values: Mapping[str, Any], where: str = "attack") -> Attack:
+    """The `[attack]` table of a Byzantine site, checked by its kind's Table."""
+    return ATTACKS[_Kind.from_dict(values, where).kind].from_dict(values, where)
