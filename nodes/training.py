@@ -21,14 +21,15 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
-from swarm.config import TableConfig, get_float, get_int, get_str
+from swarm.config import Table, refuse, setting
 from swarm.errors import ConfigError
 
 from .data import SiteData
@@ -40,57 +41,55 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("cross_entropy", "logit_adjusted")
 
 
-@dataclass(frozen=True)
-class TrainConfig(TableConfig):
+def _refusal(error: ConfigError, field: str = "") -> PydanticCustomError:
+    """For a validator: the ConfigError of a check that names its own field ("device: must
+    be ..."), as the validator's error, so that the message names the field under the
+    table's prefix (`field`: relative to the table, "" in a field validator)."""
+    return refuse(field, str(error).split(": ", 1)[1])
+
+
+def _device_spec(spec: Any) -> Any:
+    try:
+        return check_device_spec(spec, "device")
+    except ConfigError as error:
+        raise _refusal(error) from None
+
+
+# Where a site trains: the plan's [training] and a site's own site.toml [training] (nodes.site).
+DeviceSpec = Annotated[str, BeforeValidator(_device_spec), Field(json_schema_extra={"example": "auto"})]
+AmpMode = Annotated[Literal[AMP_MODES], Field(json_schema_extra={"example": "bf16"})]
+
+
+class TrainConfig(Table):
     """The `[train]` table. The defaults are the quickstart federation's settings."""
 
     TABLE: ClassVar[str] = "train"
 
-    epochs: int = 1              # local epochs per round
-    lr: float = 0.003
-    batch_size: int = 32
-    optimizer: str = "adam"
-    momentum: float = 0.9        # sgd only
-    weight_decay: float = 1e-4   # L2 penalty (decoupled for adamw)
-    prox_mu: float = 0.0         # FedProx proximal weight; 0 = plain local training
-                                 # (with sgd keep lr * prox_mu well below 2, or it diverges)
-    dp_noise_multiplier: float = 0.0  # DP-SGD noise std / clipping norm; 0 = no differential privacy
-    dp_max_grad_norm: float = 1.0     # DP-SGD per-sample gradient clipping norm (L2)
-    dp_delta: float = 1e-5            # the delta at which epsilon is reported (keep << 1 / samples)
-    loss: str = "cross_entropy"       # "logit_adjusted": train on scores + log(own class prior)
-    device: str = "auto"              # where this site trains (nodes.devices); a site may override it
-    amp: str = "none"                 # mixed precision: "bf16" or "fp16"
+    epochs: int = setting(1, ge=1)  # local epochs per round
+    lr: float = setting(0.003, gt=0.0, le=100.0)
+    batch_size: int = setting(32, ge=1)
+    optimizer: Literal[OPTIMIZERS] = "adam"
+    momentum: float = setting(0.9, ge=0.0, lt=1.0)  # sgd only
+    weight_decay: float = setting(1e-4, ge=0.0, le=1.0)  # L2 penalty (decoupled for adamw)
+    # FedProx proximal weight; 0 = plain local training (with sgd keep lr * prox_mu well below 2, or it diverges)
+    prox_mu: float = setting(0.0, ge=0.0, example=0.01)
+    dp_noise_multiplier: float = setting(0.0, ge=0.0, example=1.0)  # DP-SGD noise std / clipping norm; 0 = no differential privacy
+    dp_max_grad_norm: float = setting(1.0, gt=0.0)  # DP-SGD per-sample gradient clipping norm (L2)
+    dp_delta: float = setting(1e-5, gt=0.0, lt=1.0)  # the delta at which epsilon is reported (keep << 1 / samples)
+    loss: Literal[LOSSES] = setting("cross_entropy", example="logit_adjusted")  # "logit_adjusted": train on scores + log(own class prior)
+    device: DeviceSpec = "auto"  # where this site trains (nodes.devices); a site may override it
+    amp: AmpMode = "none"  # mixed precision: "bf16" or "fp16"
 
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        optimizer = get_str(v, "optimizer", p, choices=OPTIMIZERS, example="adam")
-        noise = get_float(v, "dp_noise_multiplier", p, minimum=0.0, maximum=math.inf, max_open=True, example=1.0)
-        if noise > 0:
-            require_opacus(p)
-        return {
-            "epochs": get_int(v, "epochs", p, minimum=1, maximum=None, example=1),
-            "lr": get_float(v, "lr", p, minimum=0.0, maximum=100.0, min_open=True, example=0.003),
-            "batch_size": get_int(v, "batch_size", p, minimum=1, maximum=None, example=32),
-            "optimizer": optimizer,
-            "momentum": get_float(v, "momentum", p, minimum=0.0, maximum=1.0, max_open=True, example=0.9),
-            "weight_decay": get_float(v, "weight_decay", p, minimum=0.0, maximum=1.0, example=0.0001),
-            "prox_mu": get_float(v, "prox_mu", p, minimum=0.0, maximum=math.inf, max_open=True, example=0.01),
-            "dp_noise_multiplier": noise,
-            "dp_max_grad_norm": get_float(v, "dp_max_grad_norm", p, minimum=0.0, maximum=math.inf,
-                                          min_open=True, max_open=True, example=1.0),
-            "dp_delta": get_float(v, "dp_delta", p, minimum=0.0, maximum=1.0, min_open=True,
-                                  max_open=True, example=1e-5),
-            "loss": get_str(v, "loss", p, choices=LOSSES, example="logit_adjusted"),
-            "device": check_device_spec(v.get("device", "auto"), f"{p}.device"),
-            "amp": _amp(v, p, noise),
-        }
-
-
-def _amp(v: Mapping[str, Any], p: str, noise: float) -> str:
-    amp = get_str(v, "amp", p, default="none", choices=AMP_MODES, example="bf16")
-    if amp != "none" and noise > 0:
-        raise ConfigError(f'{p}.amp: mixed precision does not combine with DP-SGD (dp_noise_multiplier > 0); set amp = "none"')
-    return amp
+    @model_validator(mode="after")
+    def _private_training(self) -> TrainConfig:
+        if self.dp_noise_multiplier > 0:
+            try:
+                require_opacus("training")
+            except ConfigError as error:
+                raise _refusal(error, "dp_noise_multiplier") from None
+            if self.amp != "none":
+                raise refuse("amp", 'mixed precision does not combine with DP-SGD (dp_noise_multiplier > 0); set amp = "none"')
+        return self
 
 
 def derive_seed(seed: int, *parts: Any) -> int:

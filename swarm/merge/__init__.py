@@ -24,12 +24,12 @@ load time, a rule that a node's degree cannot support. A plan chooses the rule i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from pydantic import model_validator
 from torch import Tensor
 
-from ..config import TableConfig, get_float, get_int, get_optional_int, get_str
+from ..config import Table, refuse, setting
 from ..errors import ConfigError
 from .base import Candidates, MergeRule
 from .clipping import SelfCentredClipping
@@ -49,33 +49,35 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class MergeSpec(TableConfig):
+RuleName = Literal[tuple(MERGE_RULES)]
+
+
+class MergeSpec(Table):
     """The `[merge]` table: which rule, the f it tolerates, multi-Krum's m (None: n - f) and
     clipping's fixed radius tau (None: adaptive)."""
 
     TABLE: ClassVar[str] = "merge"
 
-    rule: str = "mean"
-    f: int = 0
-    m: int | None = None
-    tau: float | None = None
+    rule: RuleName = setting("mean", example="median")
+    f: int = setting(0, ge=0, example=1)
+    m: int | None = setting(None, ge=1, example=3)
+    tau: float | None = setting(None, gt=0.0, example=1.0)
 
-    @staticmethod
-    def _parse(v: Mapping[str, Any], p: str) -> dict[str, Any]:
-        rule = get_str(v, "rule", p, choices=list(MERGE_RULES), example="median")
-        f = get_int(v, "f", p, minimum=0, maximum=None, example=1)
-        m = get_optional_int(v, "m", p, minimum=1, maximum=None, example=3)
-        if f and not MERGE_RULES[rule].uses_f:
+    def __init__(self, *args: Any, **values: Any) -> None:
+        """Also positionally, in field order: MergeSpec("krum", 1)."""
+        super().__init__(**dict(zip(type(self).model_fields, args)), **values)
+
+    @model_validator(mode="after")
+    def _settings_of_the_rule(self) -> MergeSpec:
+        if self.f and not MERGE_RULES[self.rule].uses_f:
             using_f = [name for name, cls in MERGE_RULES.items() if cls.uses_f]
-            raise ConfigError(f"{p}.f: rule {rule} does not use f, got f = {f!r}; "
+            raise refuse("f", f"rule {self.rule} does not use f, got f = {self.f!r}; "
                               f"remove f, or choose a rule that does: {', '.join(using_f)}")
-        if m is not None and rule != MultiKrum.name:
-            raise ConfigError(f"{p}.m: only rule {MultiKrum.name} uses m, got rule = {rule!r}; remove m")
-        tau = get_float(v, "tau", p, minimum=0.0, min_open=True, example=1.0) if v.get("tau") is not None else None
-        if tau is not None and rule != SelfCentredClipping.name:
-            raise ConfigError(f"{p}.tau: only rule {SelfCentredClipping.name} uses tau, got rule = {rule!r}; remove tau")
-        return {"rule": rule, "f": f, "m": m, "tau": tau}
+        if self.m is not None and self.rule != MultiKrum.name:
+            raise refuse("m", f"only rule {MultiKrum.name} uses m, got rule = {self.rule!r}; remove m")
+        if self.tau is not None and self.rule != SelfCentredClipping.name:
+            raise refuse("tau", f"only rule {SelfCentredClipping.name} uses tau, got rule = {self.rule!r}; remove tau")
+        return self
 
     def build(self) -> MergeRule:
         if self.m is not None:
