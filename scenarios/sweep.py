@@ -33,22 +33,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import model_validator
 
 from swarm.atomic import write_atomic
-from swarm.config import check_keys, get_bool, get_float, get_int, get_str, read_toml, table
+from swarm.config import Table, read_toml, refuse, setting
 from swarm.errors import ConfigError
 
-from .config import ScenarioConfig
+from .config import ROUNDS, TIMEOUT, ScenarioConfig, Section, Sections
 from .plots import PlotsUnavailable
 from .run import run_scenario
 from .sweep_report import cell_row, describe_row, write_plots, write_results, write_series
 
 Progress = Callable[[str], None]
 OVERRIDE_TABLES = ("training", "model", "data")  # scenario tables a sweep may adjust for all cells
-SWEEP_KEYS = ("scenario", "topologies", "protocols", "nodes", "seeds", "rounds", "timeout", "target_accuracy", "baselines")
 SCENARIO_DIR = Path(__file__).parent
 _LABEL_UNSAFE = re.compile(r"[^a-z0-9.-]+")  # "_" separates the parts of a cell id
 
@@ -89,41 +90,67 @@ class Sweep:
     cells: tuple[Cell, ...]
 
 
+Entry = str | dict[str, Any]  # a topology or protocol: its name, or a table with its name and parameters
+
+
+class SweepFile(Sections):
+    sweep: Section = {}
+    training: Section = {}  # merged key by key into the scenario's own table (OVERRIDE_TABLES)
+    model: Section = {}
+    data: Section = {}
+
+
+class SweepTable(Table):
+    """The [sweep] table: the scenario and the grid."""
+
+    TABLE: ClassVar[str] = "sweep"
+    scenario: str = setting(example="quickstart")  # a path relative to the sweep file, or a name in scenarios/
+    topologies: list[Entry]  # names stay names: the scenario's own parameters are kept where it already uses that one
+    protocols: list[Entry] | None = None  # None: the scenario's own
+    nodes: list[int] | None = None  # None: the scenario's node count
+    seeds: list[int] = [0]
+    rounds: int | None = setting(None, **ROUNDS, example=15)  # None: the scenario's
+    timeout: float | None = setting(None, **TIMEOUT, example=600.0)  # None: the scenario's
+    target_accuracy: float = setting(ge=0.0, le=1.0, example=0.8)
+    baselines: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grid(cls, values: Any) -> Any:
+        # The axes' messages name the entry and give TOML examples, which their types cannot say.
+        if isinstance(values, dict):
+            _entries(values, "topologies", "ring", required=True)
+            _entries(values, "protocols", "dpsgd", required=False)
+            _integers(values, "nodes", minimum=2, example=16)
+            _integers(values, "seeds", minimum=0, example=0)
+        return values
+
+
 def load_sweep(path: Path) -> Sweep:
     """Read and validate a sweep file, including every cell's scenario, before anything runs."""
     path = Path(path)
-    values = read_toml(path, "sweep")
-    check_keys(values, ("sweep", *OVERRIDE_TABLES), str(path))
-    sweep = table(values, "sweep", str(path))
-    check_keys(sweep, SWEEP_KEYS, "sweep")
-    base = ScenarioConfig.load(_scenario_path(path, get_str(sweep, "scenario", "sweep", example="quickstart")))
-    if {"site", "sites"} & set(table(values, "data", str(path))):
+    tables = SweepFile.from_dict(read_toml(path, "sweep"), str(path))
+    sweep = SweepTable.from_dict(tables.sweep, "sweep")
+    base = ScenarioConfig.load(_scenario_path(path, sweep.scenario))
+    if {"site", "sites"} & set(tables.data):
         raise ConfigError("data.sites/data.site: set from the sweep's nodes; remove them from the sweep file")
     # Validated with every cell below (with_overrides checks the whole plan).
-    base = replace(base, **{name: getattr(base, name) | table(values, name, str(path)) for name in OVERRIDE_TABLES if name in values})
-    if not get_bool(sweep, "baselines", "sweep", default=False):
+    base = base.replace(**{name: getattr(base, name) | getattr(tables, name) for name in OVERRIDE_TABLES if name in tables.model_fields_set})
+    if not sweep.baselines:
         # The baselines do not depend on topology or protocol: computing them per cell is waste.
-        base = replace(base, local_only=False, pooled=False)
-    if "timeout" in sweep:
-        base = replace(base, timeout=get_float(sweep, "timeout", "sweep", minimum=1.0, example=600.0))
-    rounds = get_int(sweep, "rounds", "sweep", minimum=1, maximum=1000, example=15) if "rounds" in sweep else None
-    topologies = _entries(sweep, "topologies", None, "ring")
-    protocols = _entries(sweep, "protocols", [base.protocol.get("name", "braintorrent")], "dpsgd")
-    node_counts = _integers(sweep, "nodes", [base.nodes], minimum=2, example=16)
-    seeds = _integers(sweep, "seeds", [0], minimum=0, example=0)
+        base = base.replace(local_only=False, pooled=False)
+    if sweep.timeout is not None:
+        base = base.replace(timeout=sweep.timeout)
+    protocols = sweep.protocols if sweep.protocols is not None else [base.protocol.get("name", "braintorrent")]
+    node_counts = sweep.nodes if sweep.nodes is not None else [base.nodes]
     cells = []
-    for topology in topologies:
+    for topology in sweep.topologies:
         for protocol in protocols:
             for nodes in node_counts:
-                for seed in seeds:
-                    cells.append(_cell(base, topology, protocol, nodes, seed, rounds))
+                for seed in sweep.seeds:
+                    cells.append(_cell(base, topology, protocol, nodes, seed, sweep.rounds))
     _check_unique(cells)
-    return Sweep(
-        path=path,
-        source=path.read_text(),
-        target_accuracy=get_float(sweep, "target_accuracy", "sweep", minimum=0.0, maximum=1.0, example=0.8),
-        cells=tuple(cells),
-    )
+    return Sweep(path=path, source=path.read_text(), target_accuracy=sweep.target_accuracy, cells=tuple(cells))
 
 
 def _scenario_path(sweep_path: Path, scenario: str) -> Path:
@@ -140,34 +167,30 @@ def _scenario_path(sweep_path: Path, scenario: str) -> Path:
     )
 
 
-def _entries(sweep: dict[str, Any], key: str, default: list[str] | None, example: str) -> list[str | dict[str, Any]]:
-    """A list of names or tables with a `name` (topologies, protocols). Names stay names: the
-    scenario's own parameters are kept where it already uses that topology or protocol."""
+def _entries(sweep: dict[str, Any], key: str, example: str, *, required: bool) -> None:
+    """A list of names or tables with a `name` (topologies, protocols)."""
     if key not in sweep:
-        if default is None:
-            raise ConfigError(f'sweep.{key}: missing; add e.g. {key} = ["{example}"]')
-        return default
-    values = sweep.get(key)
+        if required:
+            raise refuse(key, f'missing; add e.g. {key} = ["{example}"]')
+        return
+    values = sweep[key]
     if not isinstance(values, list) or not values:
-        raise ConfigError(f'sweep.{key}: must be a non-empty list of names or tables, got {values!r} (example: {key} = ["{example}", {{name = "{example}"}}])')
+        raise refuse(key, f'must be a non-empty list of names or tables, got {values!r} (example: {key} = ["{example}", {{name = "{example}"}}])')
     for index, value in enumerate(values):
         name = value if isinstance(value, str) else value.get("name") if isinstance(value, dict) else None
         if not isinstance(name, str) or not name:
-            raise ConfigError(f'sweep.{key}[{index}]: must be a name or a table with a name, got {value!r} (example: {{name = "{example}"}})')
-    return list(values)
+            raise refuse(f"{key}[{index}]", f'must be a name or a table with a name, got {value!r} (example: {{name = "{example}"}})')
 
 
-def _integers(sweep: dict[str, Any], key: str, default: list[int], minimum: int, example: int) -> list[int]:
-    values = sweep.get(key, default)
+def _integers(sweep: dict[str, Any], key: str, minimum: int, example: int) -> None:
+    if key not in sweep:
+        return
+    values = sweep[key]
     if not isinstance(values, list) or not values:
-        raise ConfigError(f"sweep.{key}: must be a non-empty list of integers, got {values!r} (example: {key} = [{example}])")
-    return [_integer(value, key, index, minimum, example) for index, value in enumerate(values)]
-
-
-def _integer(value: Any, key: str, index: int, minimum: int, example: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"sweep.{key}[{index}]: must be an integer >= {minimum}, got {value!r} (example: {key} = [{example}])")
-    return value
+        raise refuse(key, f"must be a non-empty list of integers, got {values!r} (example: {key} = [{example}])")
+    for index, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise refuse(f"{key}[{index}]", f"must be an integer >= {minimum}, got {value!r} (example: {key} = [{example}])")
 
 
 def label(entry: str | dict[str, Any]) -> str:
