@@ -43,10 +43,9 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 from torch import Tensor
 
-from swarm.config import Table, invalid_value, refuse, setting, toml_value
+from swarm.config import Table, invalid_value, setting
 from swarm.errors import ConfigError
 
 from .datasets import apportion
@@ -84,12 +83,6 @@ class SiteData:
         return tuple(self.train_x.shape[1:])
 
 
-def bad_field(key: str, requirement: str, value: Any, example: Any) -> PydanticCustomError:
-    """For a field validator: the standard "must be ..., got ... (example: ...)". (The error
-    already names its field, where `swarm.config.invalid_value` would add it again.)"""
-    return refuse("", f"must be {requirement}, got {value!r} (example: {key} = {toml_value(example)})")
-
-
 def below_sites(value: Any, info: ValidationInfo, example: int = 0) -> Any:
     """A `mode="before"` field validator's check of an index into the sites: an integer from
     0 to sites - 1 (`sites` is declared earlier; where it is wrong itself, that is reported)."""
@@ -97,7 +90,7 @@ def below_sites(value: Any, info: ValidationInfo, example: int = 0) -> Any:
     if value is None or sites is None:
         return value
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < sites:
-        raise bad_field(str(info.field_name), f"an integer from 0 to {sites - 1}", value, example)
+        raise invalid_value("", f"an integer from 0 to {sites - 1}", value, example)
     return value
 
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from pydantic import field_validator, model_validator
 
-from swarm.config import refuse, setting
+from swarm.config import invalid_value, refuse, setting
 from swarm.errors import ConfigError
 
-from .data import PathOrEmpty, SiteData, SitesTable, ValFraction, bad_field
+from .data import PathOrEmpty, SiteData, SitesTable, ValFraction
 from .datasets import Samples
 from .datasets.files import (LoadReport, class_indices, image_tensor, mask_tensor, read_labels_csv,
                              read_split_record, require, split_digest, split_patients, write_split_record)
@@ -74,7 +74,7 @@ class FileSource(SitesTable):
     def _distinct_names(cls, value: Any) -> Any:
         if (not isinstance(value, (list, tuple)) or not all(isinstance(c, str) and c for c in value)
                 or len(set(value)) != len(value)):
-            raise bad_field("classes", "a list of distinct class names", value, ["normal", "pneumonia"])
+            raise invalid_value("", "a list of distinct class names", value, ["normal", "pneumonia"])
         return tuple(value)
 
     def directory(self, site: int) -> Path:
@@ -307,7 +307,7 @@ def _window(value: Any) -> Window:
     if (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
             and value[1] > 0):
         return (float(value[0]), float(value[1]))
-    raise bad_field("window", '"auto" (the file\'s own window), "none" (each image\'s range) or [center, width]', value, [40, 400])
+    raise invalid_value("", '"auto" (the file\'s own window), "none" (each image\'s range) or [center, width]', value, [40, 400])
 
 
 def _dicom_header(path: Path) -> Any:

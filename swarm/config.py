@@ -41,7 +41,7 @@ if typing.TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
-    "ConfigError", "Table", "invalid_value", "read_toml", "refuse", "setting", "toml_text", "toml_value", "write_toml",
+    "ConfigError", "Table", "invalid", "invalid_value", "read_toml", "refuse", "setting", "toml_text", "toml_value", "write_toml",
 ]
 
 
@@ -104,9 +104,16 @@ def refuse(field: str, message: str) -> PydanticCustomError:
 
 
 def invalid_value(field: str, requirement: str, value: Any, example: Any) -> PydanticCustomError:
-    """For a validator: the standard "must be ..., got ... (example: ...)" for `field`."""
-    key = field.rsplit(".", 1)[-1]
-    return refuse(field, f"must be {requirement}, got {value!r} (example: {key} = {toml_value(example)})")
+    """For a validator: the standard "must be ..., got ... (example: ...)" for `field` (relative
+    to the table; "" in a field validator, whose error already names its field)."""
+    return PydanticCustomError("swarm_config", "must be {requirement}", {
+        "field": field, "requirement": requirement, "value": value, "example": example})
+
+
+def invalid(where: str, key: str, requirement: str, value: Any, example: Any) -> ConfigError:
+    """The same message outside a table's check, e.g. for a setting that does not fit the data."""
+    field = f"{where}.{key}" if where else key
+    return ConfigError(f"{field}: must be {requirement}, got {value!r} (example: {key} = {toml_value(example)})")
 
 
 _checking: contextvars.ContextVar[bool] = contextvars.ContextVar("swarm_config_checking", default=False)
@@ -171,8 +178,12 @@ def config_error(exc: ValidationError, model: type[BaseModel], where: str) -> Co
     _, info, path = _walk(model, loc, where)
     key = path.rsplit(".", 1)[-1]
     if kind == "swarm_config":
-        field = error["ctx"]["field"]
-        return ConfigError(f"{path}.{field}: {error['ctx']['message']}" if field else f"{path}: {error['ctx']['message']}")
+        ctx = error["ctx"]
+        path = f"{path}.{ctx['field']}" if ctx["field"] else path
+        if "requirement" in ctx:
+            where, _, key = path.rpartition(".")
+            return invalid(where, key, ctx["requirement"], ctx["value"], ctx["example"])
+        return ConfigError(f"{path}: {ctx['message']}")
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return ConfigError(f"{path}: must be a table, got {value!r} (example: [{path}])")
     if info is None:
@@ -304,11 +315,6 @@ def check_keys(values: Any, known: Iterable[str], where: str) -> None:
             raise ConfigError(
                 f"{where}.{key}: unknown key, got {key!r} = {values[key]!r} (known keys: {', '.join(known)})"
             )
-
-
-def invalid(where: str, key: str, requirement: str, value: Any, example: Any) -> ConfigError:
-    """The error for a present but bad value: field, requirement, bad value and a good example."""
-    return ConfigError(f"{where}.{key}: must be {requirement}, got {value!r} (example: {key} = {toml_value(example)})")
 
 
 def _missing(where: str, key: str, example: Any) -> ConfigError:

@@ -34,13 +34,13 @@ import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from swarm.config import Table, invalid_value, setting, toml_value
+from swarm.config import Table, invalid, invalid_value, setting
 from swarm.errors import ConfigError
 
 from . import Samples, apportion
@@ -70,11 +70,6 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if val_fraction + test_fraction >= 1.0:
         raise invalid_value("test_fraction", f"< 1 - val_fraction ({1.0 - val_fraction:g})",
                             test_fraction, 0.2 if val_fraction < 0.8 else 0.0)
-
-
-def _invalid(key: str, requirement: str, value: Any, example: Any) -> ConfigError:
-    """A [partition] setting that does not fit the data: the standard "must be ..." message."""
-    return ConfigError(f"{WHERE}.{key}: must be {requirement}, got {value!r} (example: {key} = {toml_value(example)})")
 
 
 class _Common(Table):
@@ -204,7 +199,7 @@ def by_site(samples: Samples, *, min_samples: int = 1) -> list[np.ndarray]:
     parts = [np.flatnonzero(site == s) for s in np.unique(site)]
     for s, part in zip(np.unique(site), parts):
         if part.size < min_samples:
-            raise _invalid("min_samples", f"<= the smallest site's size (site {int(s)} has "
+            raise invalid(WHERE, "min_samples", f"<= the smallest site's size (site {int(s)} has "
                            f"{part.size} samples)", min_samples, max(1, min(p.size for p in parts)))
     return _sorted(parts)
 
@@ -286,7 +281,7 @@ def assign(samples: Samples, config: PartitionConfig) -> list[np.ndarray]:
     if config.method == "by-site":
         parts = by_site(samples, min_samples=m)
         if config.sites is not None and config.sites != len(parts):
-            raise _invalid("sites", f"{len(parts)} (the data's number of acquisition sites) or "
+            raise invalid(WHERE, "sites", f"{len(parts)} (the data's number of acquisition sites) or "
                            "left out", config.sites, len(parts))
         return parts
     if config.sites is None:
@@ -342,8 +337,8 @@ def _common(n: int, n_sites: int, seed: int, min_samples: int) -> tuple[int, int
     n_sites, seed, min_samples = args.sites, args.seed, args.min_samples
     if n_sites * min_samples > n:
         if n < n_sites:
-            raise _invalid("sites", f"at most the number of samples ({n})", n_sites, max(1, min(4, n)))
-        raise _invalid("min_samples", f"at most {n // n_sites} ({n} samples over {n_sites} sites)",
+            raise invalid(WHERE, "sites", f"at most the number of samples ({n})", n_sites, max(1, min(4, n)))
+        raise invalid(WHERE, "min_samples", f"at most {n // n_sites} ({n} samples over {n_sites} sites)",
                        min_samples, max(1, min(10, n // n_sites)))
     return n_sites, seed, min_samples
 
@@ -364,7 +359,7 @@ def _seed_words(seed: int | Sequence[int]) -> list[int]:
     words = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
     for w in words:
         if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0:
-            raise _invalid("seed", "a non-negative integer (or a sequence of them)", seed, 0)
+            raise invalid(WHERE, "seed", "a non-negative integer (or a sequence of them)", seed, 0)
     return [int(w) for w in words]
 
 
