@@ -22,15 +22,16 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from swarm.config import check_keys, get_float, get_int, get_str, read_toml, table
+from pydantic import model_validator
+
+from swarm.config import Table, read_toml, refuse, setting
 from swarm.errors import ConfigError
 
-from .config import ScenarioConfig
-from .sweep import _scenario_path, label
+from .config import ROUNDS, TIMEOUT, ScenarioConfig, Section, Sections
+from .sweep import Entry, _scenario_path, label
 
-STUDY_KEYS = ("scenario", "attacks", "defences", "shares", "seeds", "placement", "rounds", "timeout")
 NO_ATTACK = "none"
 
 
@@ -69,17 +70,52 @@ class Study:
     cells: tuple[StudyCell, ...]
 
 
-def _tables(study: dict[str, Any], key: str, name_key: str, example: str) -> list[dict[str, Any]]:
+class StudyFile(Sections):
+    study: Section = {}
+
+
+class StudyTable(Table):
+    """The [study] table: the scenario and the grid."""
+
+    TABLE: ClassVar[str] = "study"
+    scenario: str = setting(example="byzantine-base")  # a path relative to the study file, or a name in scenarios/
+    attacks: list[Entry]  # scenarios.attacks kinds, or tables with a kind and its parameters
+    defences: list[Entry]  # swarm.merge rules, or tables with a rule and its parameters
+    shares: list[float] = [0.1, 0.2, 0.3]  # fraction of Byzantine sites
+    seeds: list[int] = [0]  # data, topology and placement seed of each repeat
+    placement: Literal["random", "spread"] = "random"
+    rounds: int | None = setting(None, **ROUNDS, example=12)  # None: the scenario's
+    timeout: float | None = setting(None, **TIMEOUT, example=300.0)  # None: the scenario's
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grid(cls, values: Any) -> Any:
+        # The axes' messages give TOML examples, which their types cannot say.
+        if not isinstance(values, dict):
+            return values
+        _names_or_tables(values, "attacks", "kind", "alie")
+        _names_or_tables(values, "defences", "rule", "median")
+        shares = values.get("shares", [0.1, 0.2, 0.3])
+        if not isinstance(shares, list) or not shares or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < 1 for s in shares):
+            raise refuse("shares", f"must be a non-empty list of fractions between 0 and 1, got {shares!r} (example: shares = [0.1, 0.2, 0.3])")
+        seeds = values.get("seeds", [0])
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+            raise refuse("seeds", f"must be a non-empty list of integers >= 0, got {seeds!r} (example: seeds = [0])")
+        return values
+
+
+def _names_or_tables(study: dict[str, Any], key: str, name_key: str, example: str) -> None:
     values = study.get(key)
     if not isinstance(values, list) or not values:
-        raise ConfigError(f'study.{key}: must be a non-empty list of names or tables (example: {key} = ["{example}"])')
-    tables = []
+        raise refuse(key, f'must be a non-empty list of names or tables (example: {key} = ["{example}"])')
     for index, value in enumerate(values):
-        entry = {name_key: value} if isinstance(value, str) else dict(value) if isinstance(value, dict) else None
-        if entry is None or not isinstance(entry.get(name_key), str):
-            raise ConfigError(f'study.{key}[{index}]: must be a name or a table with {name_key} (example: {{{name_key} = "{example}"}})')
-        tables.append(entry)
-    return tables
+        if not isinstance(value, str) and not (isinstance(value, dict) and isinstance(value.get(name_key), str)):
+            raise refuse(f"{key}[{index}]", f'must be a name or a table with {name_key} (example: {{{name_key} = "{example}"}})')
+
+
+def _tables(entries: list[Entry], name_key: str) -> list[dict[str, Any]]:
+    """Each entry as a table: a name alone becomes {name_key = name}."""
+    return [{name_key: entry} if isinstance(entry, str) else dict(entry) for entry in entries]
 
 
 def _shown(entry: dict[str, Any], name_key: str) -> str:
@@ -91,31 +127,19 @@ def _shown(entry: dict[str, Any], name_key: str) -> str:
 def load_study(path: Path) -> Study:
     """Read and validate a study file and every cell's scenario before anything runs."""
     path = Path(path)
-    values = read_toml(path, "study")
-    check_keys(values, ("study",), str(path))
-    study = table(values, "study", str(path))
-    check_keys(study, STUDY_KEYS, "study")
-    base = ScenarioConfig.load(_scenario_path(path, get_str(study, "scenario", "study", example="byzantine-base")))
-    base = replace(base, local_only=False, pooled=False)
-    if "timeout" in study:
-        base = replace(base, timeout=get_float(study, "timeout", "study", minimum=1.0, example=300.0))
-    rounds = get_int(study, "rounds", "study", minimum=1, maximum=1000, example=12) if "rounds" in study else None
-    attacks = _tables(study, "attacks", "kind", "alie")
-    defences = _tables(study, "defences", "rule", "median")
-    shares = study.get("shares", [0.1, 0.2, 0.3])
-    if not isinstance(shares, list) or not shares or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < 1 for s in shares):
-        raise ConfigError(f"study.shares: must be a non-empty list of fractions between 0 and 1, got {shares!r} (example: shares = [0.1, 0.2, 0.3])")
-    seeds = study.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ConfigError(f"study.seeds: must be a non-empty list of integers >= 0, got {seeds!r} (example: seeds = [0])")
-    placement = get_str(study, "placement", "study", default="random", choices=("random", "spread"))
+    study = StudyTable.from_dict(StudyFile.from_dict(read_toml(path, "study"), str(path)).study, "study")
+    base = ScenarioConfig.load(_scenario_path(path, study.scenario)).replace(local_only=False, pooled=False)
+    if study.timeout is not None:
+        base = base.replace(timeout=study.timeout)
+    attacks = _tables(study.attacks, "kind")
+    defences = _tables(study.defences, "rule")
     cells = []
-    for seed in seeds:
+    for seed in study.seeds:
         for defence in defences:
-            cells.append(_cell(base, None, defence, 0.0, seed, rounds, placement))
+            cells.append(_cell(base, None, defence, 0.0, seed, study.rounds, study.placement))
             for attack in attacks:
-                for share in shares:
-                    cells.append(_cell(base, attack, defence, float(share), seed, rounds, placement))
+                for share in study.shares:
+                    cells.append(_cell(base, attack, defence, share, seed, study.rounds, study.placement))
     ids = [cell.id for cell in cells]
     if len(set(ids)) != len(ids):
         raise ConfigError("study: a cell appears twice; list each attack, defence, share and seed once")
@@ -127,8 +151,7 @@ def _cell(base: ScenarioConfig, attack: dict[str, Any] | None, defence: dict[str
     cell = StudyCell(attack_label, _shown(defence, "rule"), share, seed, base)
     attack_table = {} if attack is None else attack | {"share": share, "placement": placement} | ({"seed": seed} if placement == "random" else {})
     try:
-        config = base.with_overrides(rounds=rounds, seed=seed, name=cell.id)
-        config = replace(config, merge=defence, attack=attack_table)
+        config = base.with_overrides(rounds=rounds, seed=seed, name=cell.id).replace(merge=defence, attack=attack_table)
         config.check()  # refuses a rule the topology cannot support, and bad attack tables
     except ConfigError as error:
         raise ConfigError(f"study cell {cell.id}: {error}") from None

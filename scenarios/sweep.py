@@ -90,7 +90,7 @@ class Sweep:
     cells: tuple[Cell, ...]
 
 
-Entry = str | dict[str, Any]  # a topology or protocol: its name, or a table with its name and parameters
+Entry = str | dict[str, Any]  # a topology, protocol, attack or defence: its name, or a table with its name and parameters
 
 
 class SweepFile(Sections):
