@@ -13,22 +13,35 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from swarm.config import get_int, get_str
+from swarm.config import Table, setting
 from swarm.errors import ConfigError
 from swarm.merge import MergeSpec, parse_merge
 from swarm.tensors import FlatModel, digest_from_leaves, flatten_state, leaf_hashes, snapshot_state
 
 from .data import SiteData
 from .devices import resolve_device
-from .models import build_model
+from .models import build_model, take_keys
 from .privacy import PrivacyBudget
 from .sharing import SharingPolicy, split_state
 from .sources import load_own_site
 from .training import TrainConfig, derive_seed, evaluate, train_local
+
+
+class ModelKeys(Table):
+    """The keys of the plan's [model] table that the node reads itself. The table is open: of
+    its other keys, the sharing settings go to nodes.sharing, and the rest are the network's
+    parameters (a registry model's, the kwargs of a MONAI or torchvision network, or a
+    builder's own), passed on to the builder as written."""
+
+    TABLE: ClassVar[str] = "model"
+
+    name: str = "mlp"
+    init_seed: int = setting(0, ge=0, le=2**62)
 
 
 @dataclass(frozen=True)
@@ -45,12 +58,9 @@ class Task:
     @classmethod
     def from_plan(cls, model: Mapping, training: Mapping, merge: Mapping | None = None) -> Task:
         params = dict(model)
-        name = get_str(params, "name", "model", default="mlp")
-        init_seed = get_int(params, "init_seed", "model", default=0)
-        params.pop("name", None)
-        params.pop("init_seed", None)
+        keys = ModelKeys.from_dict(take_keys(params, ModelKeys))
         sharing = SharingPolicy.pop_from(params)
-        return cls(name, params, init_seed, TrainConfig.from_dict(training, "training"), sharing, parse_merge(merge or {}))
+        return cls(keys.name, params, keys.init_seed, TrainConfig.from_dict(training, "training"), sharing, parse_merge(merge or {}))
 
 
 @dataclass(frozen=True)
@@ -186,7 +196,7 @@ def site_task(task: Task, site_dir: Path | None, hardware: Mapping[str, str] | N
     """The plan's task as one site runs it: its own hardware (device, amp) over the plan's,
     and a relative `init_weights` file found in the site directory."""
     if hardware:
-        task = replace(task, training=replace(task.training, **dict(hardware)))
+        task = replace(task, training=task.training.replace(**hardware))
     weights = task.model_params.get("init_weights")
     if site_dir is not None and isinstance(weights, str) and not Path(weights).is_absolute():
         # the federation's initial weights file, kept in the site directory

@@ -42,12 +42,13 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import model_validator
 from torch import Tensor, nn
 
-from swarm.config import get_int, get_str
+from swarm.config import Table, invalid_value, refuse, setting
 from swarm.errors import ConfigError
 
 InputShape = tuple[int, ...]
@@ -55,45 +56,64 @@ Builder = Callable[[Mapping[str, Any], InputShape, int], nn.Module]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 NORMS = ("batch", "group", "none")
-_WHERE = "model.params"
 
 
-def _check_params(name: str, params: Mapping[str, Any], known: dict[str, str]) -> None:
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"model.params: must be a table, got {params!r} (example: [model.params])")
-    for key in params:
-        if key not in known:
-            examples = "; ".join(known.values()) or "no parameters"
-            raise ConfigError(
-                f"model.params.{key}: unknown parameter for model {name!r}, got {key!r} = "
-                f"{params[key]!r} (known: {examples})"
-            )
+def take_keys(values: dict[str, Any], table: type[Table]) -> dict[str, Any]:
+    """Take the keys of `table` out of an open table, e.g. the node's own keys out of [model],
+    whose other keys are the network's parameters, passed on to its builder as written."""
+    return {key: values.pop(key) for key in table.model_fields if key in values}
 
 
-def _widths(params: Mapping[str, Any], key: str, default: list[int], *, allow_empty: bool = False) -> list[int]:
-    """A list of layer widths from 1 to 65536 (empty only where allowed)."""
-    widths = params.get(key, default)
-    if (
-        not isinstance(widths, (list, tuple))
-        or (not widths and not allow_empty)
-        or any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 65536 for w in widths)
-    ):
-        kind = "a list" if allow_empty else "a non-empty list"
-        raise ConfigError(
-            f"{_WHERE}.{key}: must be {kind} of layer widths from 1 to 65536, "
-            f"got {widths!r} (example: {key} = {list(default)!r})"
-        )
-    return list(widths)
+class _Params(Table):
+    """The parameters of a registry model (`model.params`: the [model] table without the
+    node's own keys)."""
+
+    TABLE: ClassVar[str] = "model.params"
+    # Lists of layer widths, each checked whole (the message shows the list), and whether
+    # it may be empty; the example is the field's default.
+    WIDTHS: ClassVar[dict[str, bool]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layer_widths(cls, values: Any) -> Any:
+        for key, allow_empty in cls.WIDTHS.items():
+            if not isinstance(values, Mapping) or key not in values:
+                continue
+            widths = values[key]
+            if (
+                not isinstance(widths, (list, tuple))
+                or (not widths and not allow_empty)
+                or any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 65536 for w in widths)
+            ):
+                kind = "a list" if allow_empty else "a non-empty list"
+                raise invalid_value(key, f"{kind} of layer widths from 1 to 65536", widths, cls.model_fields[key].default)
+            values = {**values, key: list(widths)}
+        return values
 
 
-def _activation(params: Mapping[str, Any]) -> type[nn.Module]:
-    activation = params.get("activation", "relu")
-    if activation not in _ACTIVATIONS:
-        raise ConfigError(
-            f"{_WHERE}.activation: must be one of: {', '.join(_ACTIVATIONS)}, got "
-            f"{activation!r} (example: activation = \"relu\")"
-        )
-    return _ACTIVATIONS[activation]
+class _Layers(_Params):
+    """A network of layers with an activation (mlp, cnn, unet)."""
+
+    activation: Literal[tuple(_ACTIVATIONS)] = "relu"
+
+    @property
+    def activation_layer(self) -> type[nn.Module]:
+        return _ACTIVATIONS[self.activation]
+
+
+class _MlpParams(_Layers):
+    WIDTHS = {"hidden": False}
+    hidden: list[int] = [64, 64]
+
+
+class _LogregParams(_Params):
+    @model_validator(mode="before")
+    @classmethod
+    def _none(cls, values: Any) -> Any:
+        if isinstance(values, Mapping) and values:
+            key = next(iter(values))
+            raise refuse(key, f"unknown key, got {key!r} = {values[key]!r}; logreg takes no parameters")
+        return values
 
 
 def _describe(shape: InputShape) -> str:
@@ -123,11 +143,10 @@ def _flat_input(shape: InputShape) -> tuple[list[nn.Module], int]:
 # -- tabular ----------------------------------------------------------------------------
 
 def _mlp(params: Mapping[str, Any], input_shape: InputShape, num_classes: int) -> nn.Module:
-    _check_params("mlp", params, {"hidden": "hidden = [64, 64]", "activation": 'activation = "relu"'})
-    hidden = _widths(params, "hidden", [64, 64])
-    activation = _activation(params)
+    checked = _MlpParams.from_dict(params)
+    activation = checked.activation_layer
     layers, width = _flat_input(input_shape)
-    for h in hidden:
+    for h in checked.hidden:
         layers += [nn.Linear(width, h), activation()]
         width = h
     layers.append(nn.Linear(width, num_classes))
@@ -135,7 +154,7 @@ def _mlp(params: Mapping[str, Any], input_shape: InputShape, num_classes: int) -
 
 
 def _logreg(params: Mapping[str, Any], input_shape: InputShape, num_classes: int) -> nn.Module:
-    _check_params("logreg", params, {})
+    _LogregParams.from_dict(params)
     layers, width = _flat_input(input_shape)
     return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
@@ -161,24 +180,32 @@ def _conv_block(in_channels: int, out_channels: int, norm: str, activation: type
     ))
 
 
-def _image_params(name: str, params: Mapping[str, Any], extra: dict[str, str]) -> tuple[str, type[nn.Module]]:
-    _check_params(name, params, {**extra, "norm": 'norm = "batch" (or "group", "none")',
-                                 "activation": 'activation = "relu"'})
-    return get_str(params, "norm", _WHERE, default="batch", choices=NORMS), _activation(params)
+class _ImageParams(_Layers):
+    norm: Literal[NORMS] = "batch"
+
+
+class _CnnParams(_ImageParams):
+    WIDTHS = {"channels": False, "hidden": True}
+    channels: list[int] = [16, 32]
+    hidden: list[int] = [64]
+
+
+class _UNetParams(_ImageParams):
+    depth: int = setting(2, ge=1, le=5)
+    base: int = setting(16, ge=1, le=256)
 
 
 def _cnn(params: Mapping[str, Any], input_shape: InputShape, num_classes: int) -> nn.Module:
     """Conv blocks, each halving the image (max-pool 2), then fully connected layers.
 
     Keys: block1.conv.weight, block1.norm.*, ..., fc1.*, ..., head.* (the classifier)."""
-    norm, activation = _image_params("cnn", params, {"channels": "channels = [16, 32]", "hidden": "hidden = [64]"})
-    channels = _widths(params, "channels", [16, 32])
-    hidden = _widths(params, "hidden", [64], allow_empty=True)
+    checked = _CnnParams.from_dict(params)
+    norm, activation, channels, hidden = checked.norm, checked.activation_layer, checked.channels, checked.hidden
     in_channels, height, width = _image_shape("cnn", input_shape)
     if min(height, width) >> len(channels) < 1:
         most = min(height, width).bit_length() - 1
         raise ConfigError(
-            f"{_WHERE}.channels: each entry halves the image, and {len(channels)} of them shrink a "
+            f"{_CnnParams.TABLE}.channels: each entry halves the image, and {len(channels)} of them shrink a "
             f"{height}x{width} image below one pixel, got {channels!r}; use at most {most} "
             f"(example: channels = [16, 32])"
         )
@@ -234,17 +261,16 @@ class UNet(nn.Module):
 
 
 def _unet(params: Mapping[str, Any], input_shape: InputShape, num_classes: int) -> nn.Module:
-    norm, activation = _image_params("unet", params, {"depth": "depth = 2", "base": "base = 16"})
-    depth = get_int(params, "depth", _WHERE, default=2, minimum=1, maximum=5)
-    base = get_int(params, "base", _WHERE, default=16, minimum=1, maximum=256)
+    checked = _UNetParams.from_dict(params)
+    depth = checked.depth
     in_channels, height, width = _image_shape("unet", input_shape)
     if min(height, width) >> depth < 1:
         most = min(height, width).bit_length() - 1
         raise ConfigError(
-            f"{_WHERE}.depth: each level halves the image, and {depth} levels shrink a "
+            f"{_UNetParams.TABLE}.depth: each level halves the image, and {depth} levels shrink a "
             f"{height}x{width} image below one pixel, got {depth}; use at most {most} (example: depth = 2)"
         )
-    return UNet(in_channels, num_classes, depth, base, norm, activation)
+    return UNet(in_channels, num_classes, depth, checked.base, checked.norm, checked.activation_layer)
 
 
 MODELS: dict[str, Builder] = {

@@ -11,14 +11,32 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import model_validator
 from torch import nn
 
-from swarm.config import get_bool
+from swarm.config import Table, invalid_value
 from swarm.errors import ConfigError
 
-from .models import norm_layer_names
+from .models import norm_layer_names, take_keys
+
+
+class SharingKeys(Table):
+    """The keys of the plan's [model] table that say what stays at the site."""
+
+    TABLE: ClassVar[str] = "model"
+
+    keep_local: list[str] = []
+    fedbn: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _patterns(cls, values: Any) -> Any:
+        patterns = values.get("keep_local", []) if isinstance(values, Mapping) else []
+        if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):  # the message shows the list
+            raise invalid_value("keep_local", "a list of tensor-name patterns", patterns, ["head.*"])
+        return values
 
 
 @dataclass(frozen=True)
@@ -29,12 +47,8 @@ class SharingPolicy:
     @classmethod
     def pop_from(cls, model_params: dict[str, Any], where: str = "model") -> SharingPolicy:
         """Take the sharing settings out of a plan's [model] table (the rest builds the model)."""
-        patterns = model_params.pop("keep_local", [])
-        if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
-            raise ConfigError(f'{where}.keep_local: must be a list of tensor-name patterns, got {patterns!r} (example: keep_local = ["head.*"])')
-        fedbn = get_bool(model_params, "fedbn", where, default=False)
-        model_params.pop("fedbn", None)
-        return cls(tuple(patterns), fedbn)
+        keys = SharingKeys.from_dict(take_keys(model_params, SharingKeys), where)
+        return cls(tuple(keys.keep_local), keys.fedbn)
 
     def local_names(self, model: nn.Module, where: str = "model") -> frozenset[str]:
         names = list(model.state_dict())
