@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import model_validator
 
 from gossip import PROTOCOLS
-from swarm.config import check_keys, get_bool, get_int, get_str
+from swarm.config import Table, invalid_value, refuse, setting
 from swarm.errors import ConfigError
 from swarm.manifest import Plan
 from swarm.merge import MergeSpec, check_neighbourhood
-from swarm.topology import COMMON_KEYS, check_neighbour_lists, resolve_topology
+from swarm.topology import TopologyTable, check_neighbour_lists, resolve_topology, topology_name
 
 from .learner import Task
 from .models import build_model, file_sha256, without_initial_weights
@@ -24,6 +25,46 @@ from .privacy import check_private_model
 
 EXPLICIT = "explicit"  # topology name for neighbour lists written out in the plan
 MAX_ROUNDS = 1000  # a model reply carries at most 1024 log entries; see nodes.node
+
+
+class _Rounds(Table):
+    TABLE: ClassVar[str] = "plan"
+
+    rounds: int = setting(ge=1, le=MAX_ROUNDS)
+
+
+class TaskTable(Table):
+    """The plan's [task] table: what every site's data must look like."""
+
+    TABLE: ClassVar[str] = "plan.task"
+
+    input_shape: list[int] | None = None  # [features], [channels, height, width] or [channels, depth, height, width]
+    num_features: int | None = setting(None, ge=1, le=2**62, example=32)  # for tables, instead of input_shape
+    num_classes: int = setting(ge=2, le=2**62, example=3)
+    kind: Literal["classification", "segmentation"] = "classification"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape_whole(cls, values: Any) -> Any:
+        shape = values.get("input_shape") if isinstance(values, Mapping) else None
+        if shape is not None and (not isinstance(shape, list) or not 1 <= len(shape) <= 4
+                                  or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+            raise invalid_value("input_shape", "[features], [channels, height, width] or [channels, depth, height, width]",
+                                shape, [1, 28, 28])
+        return values
+
+    @model_validator(mode="after")
+    def _a_shape(self) -> TaskTable:
+        if self.input_shape is None and self.num_features is None:
+            raise refuse("num_features", "missing; add e.g. num_features = 32")
+        return self
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """`input_shape`, or for tables (num_features,)."""
+        if self.input_shape is not None:
+            return tuple(self.input_shape)
+        return (int(self.num_features),)  # type: ignore[arg-type]  # one of the two is set (_a_shape)
 
 
 def protocol_params(protocol: Mapping[str, Any], where: str = "plan.protocol") -> tuple[type, Any]:
@@ -53,13 +94,13 @@ def build_plan(
     `neighbours` lists when the topology is named "explicit". A model with `init_weights`
     gets the file's SHA-256 (`init_weights_sha256`; the file is found relative to
     `weights_dir`, default the current directory)."""
-    get_int({"rounds": rounds}, "rounds", "plan", minimum=1, maximum=MAX_ROUNDS)
+    _Rounds.from_dict({"rounds": rounds})
     topology = dict(topology)
-    name = get_str(topology, "name", "topology", default="ring")
+    name = topology_name(topology)
     schedule = None
     if name == EXPLICIT:
-        check_keys(topology, COMMON_KEYS, "topology")
-        resolved = _explicit_neighbours(neighbours, member_names, get_bool(topology, "allow_disconnected", "topology", default=False))
+        allow_disconnected = TopologyTable.from_dict(topology).allow_disconnected
+        resolved = _explicit_neighbours(neighbours, member_names, allow_disconnected)
     elif neighbours:
         raise ConfigError(f'neighbours: given, but topology.name is {name!r}; set name = "{EXPLICIT}" to use your own lists')
     else:
@@ -126,21 +167,13 @@ def _explicit_neighbours(neighbours: Mapping[str, Any] | None, member_names: lis
 
 def task_input_shape(task: Mapping[str, Any]) -> tuple[int, ...]:
     """The plan's input shape: `input_shape` (e.g. [1, 28, 28]) or, for tables, `num_features`."""
-    check_keys(task, {"input_shape", "num_features", "num_classes", "kind"}, "plan.task")
-    if "input_shape" in task:
-        shape = task["input_shape"]
-        if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
-            raise ConfigError(f"plan.task.input_shape: must be [features], [channels, height, width] or [channels, depth, height, width], "
-                              f"got {shape!r} (example: input_shape = [1, 28, 28])")
-        return tuple(shape)
-    return (get_int(task, "num_features", "plan.task", minimum=1, example=32),)
+    return TaskTable.from_dict(task).shape
 
 
 def check_plan_sections(protocol: Mapping, model: Mapping, training: Mapping, task: Mapping, merge: Mapping | None = None) -> Task:
     protocol_params(protocol)
-    shape = task_input_shape(task)
-    num_classes = get_int(task, "num_classes", "plan.task", minimum=2, example=3)
-    kind = get_str(task, "kind", "plan.task", default="classification", choices=("classification", "segmentation"))
+    checked = TaskTable.from_dict(task)
+    shape, num_classes, kind = checked.shape, checked.num_classes, checked.kind
     parsed = Task.from_plan(model, training, merge)
     built = build_model(parsed.model_name, without_initial_weights(parsed.model_params), shape, num_classes, parsed.init_seed)
     _check_output_shape(built, parsed.model_name, shape, num_classes, kind)
@@ -169,7 +202,7 @@ def _check_output_shape(model: torch.nn.Module, name: str, shape: tuple[int, ...
 
 def check_plan(plan: Plan) -> Task:
     """Re-validate a plan read from a manifest (it may have been written by hand)."""
-    get_int({"rounds": plan.rounds}, "rounds", "plan", minimum=1, maximum=MAX_ROUNDS)
+    _Rounds.from_dict({"rounds": plan.rounds})
     parsed = check_plan_sections(plan.protocol, plan.model, plan.training, plan.task, plan.merge)
     check_merge_neighbourhoods(parsed.merge, plan.protocol.get("name", "braintorrent"), plan.neighbours)
     return parsed

@@ -28,92 +28,186 @@ refused). The other keys each topology allows:
 
 from __future__ import annotations
 
+import contextvars
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import networkx as nx
+from pydantic import ConfigDict, model_validator
 
-from .config import check_keys, get_bool, get_float, get_int, get_str
+from .config import Table, invalid_value, setting
 from .errors import ConfigError
 from .schedule import schedule_document, union_of_links
 from .topology_files import read_graph_file, read_schedule_file
 
 WHERE = "topology"
-COMMON_KEYS = ("name", "seed", "allow_disconnected")
 MAX_PERIOD = 1000  # distinct round graphs; later rounds cycle through them again
 # The schedule shares the manifest's 4 MiB limit with the member cards and neighbour lists.
 MAX_SCHEDULE_BYTES = 3 * 1024 * 1024
 
-StaticBuilder = Callable[[int, Mapping[str, Any], int], nx.Graph]
-RoundsBuilder = Callable[[int, Mapping[str, Any], int, int], list[nx.Graph]]
+# The number of nodes of the graph whose table is being checked: some bounds depend on it.
+_NODES: contextvars.ContextVar[int | None] = contextvars.ContextVar("topology_nodes", default=None)
+
+
+# -- tables ------------------------------------------------------------------------------
+
+
+class _Named(Table):
+    """A [topology] table's name alone (its other keys are its topology's table's to check)."""
+
+    model_config = ConfigDict(extra="ignore")
+    TABLE: ClassVar[str] = WHERE
+
+    name: str = "ring"
+
+
+class TopologyTable(_Named):
+    """What every [topology] table may set; each topology's table adds its own keys."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Keys whose largest value depends on the number of nodes n: key -> (smallest value,
+    # how far below n the largest is, example).
+    UP_TO_NODES: ClassVar[dict[str, tuple[int, int, int]]] = {}
+
+    seed: int = setting(0, ge=0, le=2**62)  # random graphs are a function of it
+    allow_disconnected: bool = False  # a disconnected graph (or union of round graphs) is refused unless true
+
+    @model_validator(mode="before")
+    @classmethod
+    def _within_nodes(cls, values: Any) -> Any:
+        n = _NODES.get()
+        if n is None or not isinstance(values, Mapping):
+            return values
+        for key, (low, below, example) in cls.UP_TO_NODES.items():
+            value, high = values.get(key), n - below
+            if key in values and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+                raise invalid_value(key, f"an integer from {low} to {high}", value, min(example, high))
+        return values
+
+
+COMMON_KEYS = tuple(TopologyTable.model_fields)  # what every topology's table takes
+
+
+class Grid(TopologyTable):
+    UP_TO_NODES = {"rows": (1, 0, 1), "cols": (1, 0, 1)}
+    rows: int | None = None
+    cols: int | None = None
+
+
+class RandomRegular(TopologyTable):
+    degree: int = setting(3, ge=1, le=2**62)
+
+
+class ErdosRenyi(TopologyTable):
+    p: float = setting(ge=0.0, le=1.0, example=0.3)
+
+
+class WattsStrogatz(TopologyTable):
+    UP_TO_NODES = {"k": (2, 1, 2)}
+    k: int = 4
+    p: float = setting(0.1, ge=0.0, le=1.0)
+
+
+class BarabasiAlbert(TopologyTable):
+    UP_TO_NODES = {"m": (1, 1, 2)}
+    m: int = 2
+
+
+class GraphFile(TopologyTable):
+    path: str = setting(example="graph.txt")
+
+
+class _Periodic(TopologyTable):
+    period: int | None = setting(None, ge=1, le=MAX_PERIOD, example=10)  # None: the plan's rounds (at most MAX_PERIOD)
+
+
+class RandomSOut(_Periodic):
+    UP_TO_NODES = {"s": (1, 1, 2)}
+    s: int = 2
+
+
+class DynamicRegular(RandomRegular, _Periodic):
+    pass
+
+
+class ScheduleFile(TopologyTable):
+    path: str = setting(example="schedule.json")
+
+
+StaticBuilder = Callable[[int, Any, int], nx.Graph]
+RoundsBuilder = Callable[[int, Any, int, int], list[nx.Graph]]
 
 
 class Topology(NamedTuple):
     build: StaticBuilder | RoundsBuilder
-    keys: tuple[str, ...]  # allowed besides COMMON_KEYS
+    table: type[TopologyTable]
     time_varying: bool = False
 
 
 # -- static ------------------------------------------------------------------------------
 
 
-def _ring(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+def _ring(n: int, params: TopologyTable, seed: int) -> nx.Graph:
     return nx.cycle_graph(n)
 
 
-def _line(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+def _line(n: int, params: TopologyTable, seed: int) -> nx.Graph:
     return nx.path_graph(n)
 
 
-def _star(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+def _star(n: int, params: TopologyTable, seed: int) -> nx.Graph:
     return nx.star_graph(n - 1)  # hub 0, leaves 1..n-1
 
 
-def _complete(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+def _complete(n: int, params: TopologyTable, seed: int) -> nx.Graph:
     return nx.complete_graph(n)
 
 
-def _grid(n: int, params: Mapping[str, Any], seed: int, periodic: bool = False) -> nx.Graph:
+def _grid(n: int, params: Grid, seed: int, periodic: bool = False) -> nx.Graph:
     rows, cols = _grid_shape(n, params)
     lattice = nx.grid_2d_graph(rows, cols, periodic=periodic)
     return nx.relabel_nodes(lattice, {(r, c): r * cols + c for r, c in lattice})  # row-major
 
 
-def _torus(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+def _torus(n: int, params: Grid, seed: int) -> nx.Graph:
     return _grid(n, params, seed, periodic=True)
 
 
-def _grid_shape(n: int, params: Mapping[str, Any]) -> tuple[int, int]:
+def _most_square(n: int) -> tuple[int, int]:
+    rows = max(d for d in range(1, int(n**0.5) + 1) if n % d == 0)
+    return rows, n // rows
+
+
+def _grid_shape(n: int, params: Grid) -> tuple[int, int]:
     """(rows, cols) with rows * cols == n: as given, the missing one derived, or the most square."""
-    if "rows" not in params and "cols" not in params:
-        rows = max(d for d in range(1, int(n**0.5) + 1) if n % d == 0)
-        return rows, n // rows
-    given = {key: get_int(params, key, WHERE, minimum=1, maximum=n) for key in ("rows", "cols") if key in params}
+    given = {key: size for key, size in (("rows", params.rows), ("cols", params.cols)) if size is not None}
+    if not given:
+        return _most_square(n)
     if len(given) == 2:
         rows, cols = given["rows"], given["cols"]
         if rows * cols != n:
             raise ConfigError(f"topology.rows: rows * cols = {rows} * {cols} = {rows * cols}, but there are {n} nodes; "
-                              f"make them multiply to {n} (example: rows = {_grid_shape(n, {})[0]}, cols = {_grid_shape(n, {})[1]})")
+                              f"make them multiply to {n} (example: rows = {_most_square(n)[0]}, cols = {_most_square(n)[1]})")
         return rows, cols
     (key, size), = given.items()
     if n % size:
         raise ConfigError(f"topology.{key}: {size} does not divide {n} nodes; use a divisor of {n} "
-                          f"(example: {key} = {_grid_shape(n, {})[0]}) or leave it out")
+                          f"(example: {key} = {_most_square(n)[0]}) or leave it out")
     return (size, n // size) if key == "rows" else (n // size, size)
 
 
-def _exponential(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+def _exponential(n: int, params: TopologyTable, seed: int) -> nx.Graph:
     graph = nx.empty_graph(n)
     for k in range((n - 1).bit_length()):  # every k with 2^k <= n - 1
         graph.add_edges_from((i, (i + 2**k) % n) for i in range(n))
     return graph
 
 
-def _random_regular(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
+def _random_regular(n: int, params: RandomRegular, seed: int) -> nx.Graph:
     degree = _regular_degree(n, params)
-    if _allows_disconnected(params):
+    if params.allow_disconnected:
         return nx.random_regular_graph(degree, n, seed=seed)
     # Retry a few seeds: a random regular graph is occasionally disconnected.
     for attempt in range(100):
@@ -123,8 +217,8 @@ def _random_regular(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
     raise ConfigError(f"topology.degree: no connected {degree}-regular graph found on {n} nodes")
 
 
-def _regular_degree(n: int, params: Mapping[str, Any]) -> int:
-    degree = get_int(params, "degree", WHERE, default=3, minimum=1)
+def _regular_degree(n: int, params: RandomRegular) -> int:
+    degree = params.degree
     if degree >= n or (degree * n) % 2:
         raise ConfigError(
             f"topology.degree: a {degree}-regular graph on {n} nodes does not exist "
@@ -133,17 +227,15 @@ def _regular_degree(n: int, params: Mapping[str, Any]) -> int:
     return degree
 
 
-def _erdos_renyi(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
-    p = get_float(params, "p", WHERE, maximum=1.0, example=0.3)
-    return nx.gnp_random_graph(n, p, seed=seed)
+def _erdos_renyi(n: int, params: ErdosRenyi, seed: int) -> nx.Graph:
+    return nx.gnp_random_graph(n, params.p, seed=seed)
 
 
-def _watts_strogatz(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
-    k = get_int(params, "k", WHERE, default=4, minimum=2, maximum=n - 1, example=2)
+def _watts_strogatz(n: int, params: WattsStrogatz, seed: int) -> nx.Graph:
+    k, p = params.k, params.p
     if k % 2:
         raise ConfigError(f"topology.k: must be even (k/2 ring neighbours on each side), got {k} (example: k = {k - 1})")
-    p = get_float(params, "p", WHERE, default=0.1, maximum=1.0)
-    if _allows_disconnected(params):
+    if params.allow_disconnected:
         return nx.watts_strogatz_graph(n, k, p, seed=seed)
     try:
         return nx.connected_watts_strogatz_graph(n, k, p, tries=100, seed=seed)
@@ -151,24 +243,23 @@ def _watts_strogatz(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
         raise ConfigError(f"topology.p: no connected Watts-Strogatz graph with k = {k}, p = {p} in 100 tries; lower p or raise k") from None
 
 
-def _barabasi_albert(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
-    m = get_int(params, "m", WHERE, default=2, minimum=1, maximum=n - 1)
-    return nx.barabasi_albert_graph(n, m, seed=seed)
+def _barabasi_albert(n: int, params: BarabasiAlbert, seed: int) -> nx.Graph:
+    return nx.barabasi_albert_graph(n, params.m, seed=seed)
 
 
-def _file(n: int, params: Mapping[str, Any], seed: int) -> nx.Graph:
-    return read_graph_file(get_str(params, "path", WHERE, example="graph.txt"), n)
+def _file(n: int, params: GraphFile, seed: int) -> nx.Graph:
+    return read_graph_file(params.path, n)
 
 
 # -- time-varying ------------------------------------------------------------------------
 
 
-def _period(params: Mapping[str, Any], rounds: int) -> int:
-    return get_int(params, "period", WHERE, default=min(rounds, MAX_PERIOD), minimum=1, maximum=MAX_PERIOD)
+def _period(params: _Periodic, rounds: int) -> int:
+    return params.period if params.period is not None else min(rounds, MAX_PERIOD)
 
 
-def _random_s_out(n: int, params: Mapping[str, Any], seed: int, rounds: int) -> list[nx.Graph]:
-    s = get_int(params, "s", WHERE, default=2, minimum=1, maximum=n - 1)
+def _random_s_out(n: int, params: RandomSOut, seed: int, rounds: int) -> list[nx.Graph]:
+    s = params.s
     rng = random.Random(seed)
     graphs = []
     for _ in range(_period(params, rounds)):
@@ -181,14 +272,14 @@ def _random_s_out(n: int, params: Mapping[str, Any], seed: int, rounds: int) -> 
     return graphs
 
 
-def _dynamic_regular(n: int, params: Mapping[str, Any], seed: int, rounds: int) -> list[nx.Graph]:
+def _dynamic_regular(n: int, params: DynamicRegular, seed: int, rounds: int) -> list[nx.Graph]:
     degree = _regular_degree(n, params)
     rng = random.Random(seed)  # one stream: every round draws a different graph
     return [nx.random_regular_graph(degree, n, seed=rng) for _ in range(_period(params, rounds))]
 
 
-def _schedule_file(n: int, params: Mapping[str, Any], seed: int, rounds: int) -> list[nx.Graph]:
-    path = get_str(params, "path", WHERE, example="schedule.json")
+def _schedule_file(n: int, params: ScheduleFile, seed: int, rounds: int) -> list[nx.Graph]:
+    path = params.path
     rounds_edges, directed = read_schedule_file(path, n)
     if len(rounds_edges) > MAX_PERIOD:
         raise ConfigError(f"topology.path: {path} has {len(rounds_edges)} round graphs; at most {MAX_PERIOD} (later rounds cycle through them)")
@@ -202,21 +293,21 @@ def _schedule_file(n: int, params: Mapping[str, Any], seed: int, rounds: int) ->
 
 
 TOPOLOGIES: dict[str, Topology] = {
-    "ring": Topology(_ring, ()),
-    "line": Topology(_line, ()),
-    "star": Topology(_star, ()),
-    "complete": Topology(_complete, ()),
-    "grid": Topology(_grid, ("rows", "cols")),
-    "torus": Topology(_torus, ("rows", "cols")),
-    "exponential": Topology(_exponential, ()),
-    "random-regular": Topology(_random_regular, ("degree",)),
-    "erdos-renyi": Topology(_erdos_renyi, ("p",)),
-    "watts-strogatz": Topology(_watts_strogatz, ("k", "p")),
-    "barabasi-albert": Topology(_barabasi_albert, ("m",)),
-    "file": Topology(_file, ("path",)),
-    "random-s-out": Topology(_random_s_out, ("s", "period"), time_varying=True),
-    "dynamic-regular": Topology(_dynamic_regular, ("degree", "period"), time_varying=True),
-    "schedule-file": Topology(_schedule_file, ("path",), time_varying=True),
+    "ring": Topology(_ring, TopologyTable),
+    "line": Topology(_line, TopologyTable),
+    "star": Topology(_star, TopologyTable),
+    "complete": Topology(_complete, TopologyTable),
+    "grid": Topology(_grid, Grid),
+    "torus": Topology(_torus, Grid),
+    "exponential": Topology(_exponential, TopologyTable),
+    "random-regular": Topology(_random_regular, RandomRegular),
+    "erdos-renyi": Topology(_erdos_renyi, ErdosRenyi),
+    "watts-strogatz": Topology(_watts_strogatz, WattsStrogatz),
+    "barabasi-albert": Topology(_barabasi_albert, BarabasiAlbert),
+    "file": Topology(_file, GraphFile),
+    "random-s-out": Topology(_random_s_out, RandomSOut, time_varying=True),
+    "dynamic-regular": Topology(_dynamic_regular, DynamicRegular, time_varying=True),
+    "schedule-file": Topology(_schedule_file, ScheduleFile, time_varying=True),
 }
 
 
@@ -227,34 +318,58 @@ def is_time_varying(name: str) -> bool:
     return _known(name).time_varying
 
 
-def topology_graphs(table: Mapping[str, Any], n: int, rounds: int = 1) -> list[nx.Graph]:
+def topology_name(table: Mapping[str, Any]) -> str:
+    """The `name` of a [topology] table (default "ring"), checked to be a string; not yet
+    checked to be a topology ("explicit" is the plan's own, nodes.plan)."""
+    return _Named.from_dict(table, WHERE).name
+
+
+def topology_table(table: Mapping[str, Any] | TopologyTable, n: int) -> TopologyTable:
+    """A [topology] table checked as its topology's Table, for a graph on `n` nodes (some
+    bounds depend on it: k <= n - 1, ...)."""
+    if isinstance(table, TopologyTable):
+        return table
+    topology = _known(topology_name(table))
+    token = _NODES.set(n)
+    try:
+        return topology.table.from_dict(table, WHERE)
+    finally:
+        _NODES.reset(token)
+
+
+def topology_graphs(table: Mapping[str, Any] | TopologyTable, n: int, rounds: int = 1) -> list[nx.Graph]:
     """The graphs of a [topology] table on nodes 0..n-1: one for a static topology, one per
     round of the period for a time-varying one (nx.DiGraph where links are one-way).
     ConfigError for unknown names or keys, bad parameters or a disconnected (union) graph."""
-    name = get_str(table, "name", WHERE, default="ring")
-    check_keys(table, (*COMMON_KEYS, *_known(name).keys), WHERE)
-    seed = get_int(table, "seed", WHERE, default=0)
-    if is_time_varying(name):
-        return build_round_graphs(name, n, table, seed, rounds)
-    return [build_topology(name, n, table, seed)]
+    params = topology_table(table, n)
+    if is_time_varying(params.name):
+        return build_round_graphs(params.name, n, params, params.seed, rounds)
+    return [build_topology(params.name, n, params, params.seed)]
 
 
-def build_topology(name: str, n: int, params: Mapping[str, Any] | None = None, seed: int = 0) -> nx.Graph:
-    """The static graph `name` on nodes 0..n-1; ConfigError for impossible parameters."""
-    params = params or {}
+def build_topology(name: str, n: int, params: Mapping[str, Any] | TopologyTable | None = None, seed: int = 0) -> nx.Graph:
+    """The static graph `name` on nodes 0..n-1 (`params`: its table's keys, without the
+    name); ConfigError for impossible parameters."""
     topology = _checked(name, n, time_varying=False)
-    graph = topology.build(n, params, seed)
-    _check_connected(f"the {name} graph", graph, _allows_disconnected(params))
+    checked = _params(name, n, params)
+    graph = topology.build(n, checked, seed)
+    _check_connected(f"the {name} graph", graph, checked.allow_disconnected)
     return graph
 
 
-def build_round_graphs(name: str, n: int, params: Mapping[str, Any] | None = None, seed: int = 0, rounds: int = 1) -> list[nx.Graph]:
+def build_round_graphs(name: str, n: int, params: Mapping[str, Any] | TopologyTable | None = None, seed: int = 0, rounds: int = 1) -> list[nx.Graph]:
     """One graph per round of the time-varying topology `name`; their union must be connected."""
-    params = params or {}
     topology = _checked(name, n, time_varying=True)
-    graphs = topology.build(n, params, seed, rounds)
-    _check_connected(f"the union of the {len(graphs)} {name} round graphs", union_graph(graphs), _allows_disconnected(params))
+    checked = _params(name, n, params)
+    graphs = topology.build(n, checked, seed, rounds)
+    _check_connected(f"the union of the {len(graphs)} {name} round graphs", union_graph(graphs), checked.allow_disconnected)
     return graphs
+
+
+def _params(name: str, n: int, params: Mapping[str, Any] | TopologyTable | None) -> TopologyTable:
+    if isinstance(params, TopologyTable):
+        return params
+    return topology_table({**(params or {}), "name": name}, n)
 
 
 def resolve_topology(
@@ -263,13 +378,14 @@ def resolve_topology(
     """(neighbour lists, schedule document or None) of a [topology] table for the plan: the
     neighbour lists are the union of every round's links (swarm.schedule)."""
     names = list(member_names)
-    graphs = topology_graphs(table, len(names), rounds)
-    name = get_str(table, "name", WHERE, default="ring")
+    params = topology_table(table, len(names))
+    graphs = topology_graphs(params, len(names), rounds)
+    name = params.name
     if is_time_varying(name):
         links = [out_links(graph, names) for graph in graphs]
         neighbours = union_of_links(names, links)
         schedule: dict[str, Any] | None = schedule_document(names, links, directed=graphs[0].is_directed())
-        _check_schedule_size(schedule, len(graphs), len(names), "period" in _known(name).keys)
+        _check_schedule_size(schedule, len(graphs), len(names), "period" in type(params).model_fields)
     else:
         neighbours, schedule = neighbour_lists(graphs[0], names), None
     for member, peers in neighbours.items():
@@ -331,10 +447,6 @@ def _checked(name: str, n: int, time_varying: bool) -> Topology:
     if n < 2:
         raise ConfigError(f"topology: a federation needs at least 2 nodes, got {n}")
     return topology
-
-
-def _allows_disconnected(params: Mapping[str, Any]) -> bool:
-    return get_bool(params, "allow_disconnected", WHERE, default=False)
 
 
 def _check_connected(what: str, graph: nx.Graph, allowed: bool) -> None:
