@@ -31,9 +31,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import field_validator
 from torch import Tensor
 
 from nodes.data import SiteData
@@ -43,14 +44,14 @@ from nodes.metrics import mean_and_std, site_means
 from nodes.models import build_model
 from nodes.site import SiteDir
 from swarm.checkpoint import load_checkpoint
-from swarm.config import check_keys
+from swarm.config import Table, refuse
 from swarm.errors import ConfigError
 from swarm.merge import weighted_mean
 from swarm.tensors import rebuild_state
 
 from .config import ScenarioConfig
 from .federation import create_federation, site_names
-from .methods import METHOD_NAMES, run_method
+from .methods import METHOD_NAMES, CrossParams, FedAvgParams, FedProxParams, FedSGDParams, MixParams, SingleParams, run_method
 from .runner import run_federation, signals_held
 from .scoring import TASK_METRICS, largest_drop, majority_class, mean_over, site_metrics
 
@@ -71,19 +72,34 @@ LABELS = {
 Progress = Callable[[str], None]
 
 
+class CompareTable(Table):
+    """The scenario's [compare] table: the methods to run, and a table of parameters for each
+    baseline method that takes some (scenarios.methods)."""
+
+    TABLE: ClassVar[str] = "compare"
+    methods: list[str] = list(ALL_METHODS)
+    single: SingleParams = SingleParams()
+    cross: CrossParams = CrossParams()
+    mix: MixParams = MixParams()
+    fedavg: FedAvgParams = FedAvgParams()
+    fedsgd: FedSGDParams = FedSGDParams()
+    fedprox: FedProxParams = FedProxParams()
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _method_names(cls, methods: Any) -> Any:
+        if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+            raise refuse("", f'must be a list of method names, got {methods!r} (example: methods = ["single", "mix", "fedavg", "swarm"])')
+        unknown = [m for m in methods if m not in ALL_METHODS]
+        if unknown:
+            raise refuse("", f"unknown method {unknown[0]!r}; known: {', '.join(ALL_METHODS)} (swarm: the scenario's own protocol as real nodes)")
+        return methods
+
+
 def compare_settings(config: ScenarioConfig) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """(methods, per-method parameters) from the scenario's [compare] table."""
-    table = dict(config.compare)
-    methods = table.pop("methods", list(ALL_METHODS))
-    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
-        raise ConfigError(f'compare.methods: must be a list of method names, got {methods!r} (example: methods = ["single", "mix", "fedavg", "swarm"])')
-    unknown = [m for m in methods if m not in ALL_METHODS]
-    if unknown:
-        raise ConfigError(f"compare.methods: unknown method {unknown[0]!r}; known: {', '.join(ALL_METHODS)} "
-                          "(swarm: the scenario's own protocol as real nodes)")
-    check_keys(table, set(METHOD_NAMES), "compare")
-    params = {name: dict(values) for name, values in table.items()}
-    return methods, params
+    table = CompareTable.from_dict(config.compare)
+    return table.methods, {name: getattr(table, name).fields() for name in METHOD_NAMES if name in table.model_fields_set}
 
 
 def swarm_label(config: ScenarioConfig) -> str:
@@ -134,7 +150,7 @@ def _run_repeats(config: ScenarioConfig, repeats: int, out: Path, progress: Prog
                  params: Mapping[str, Any], shape: Any, task: Task, metrics: list[str], names: Sequence[str],
                  runs: dict[str, list[dict[str, Any]]], data: list[dict[str, Any]], base_seed: int) -> None:
     for repeat in range(repeats):
-        repeat_config = replace(config, name=f"{config.name}-r{repeat}", data=config.data | {"seed": base_seed + repeat})
+        repeat_config = config.replace(name=f"{config.name}-r{repeat}", data=config.data | {"seed": base_seed + repeat})
         source = repeat_config.data_source()
         sites = [replace(source.load_site(i), name=name) for i, name in enumerate(names)]
         held_out = source.global_test()

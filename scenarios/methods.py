@@ -35,25 +35,27 @@ caller's is untouched). How many threads torch uses is the caller's business.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
+from pydantic import model_validator
 from torch import Tensor, nn
 
 from nodes.metrics import site_means
 from nodes.models import build_model
 from nodes.training import TrainConfig, check_output, derive_seed, train_local
+from swarm.config import Table, refuse, setting
 from swarm.errors import ConfigError
 from swarm.merge import weighted_mean
 
 from .scoring import TASK_METRICS, HeldOut, mean_over, site_metrics
 
 __all__ = [
-    "SiteLike", "MethodResult", "METHODS", "METHOD_NAMES", "METHOD_PARAMS", "TASK_METRICS", "run_method",
+    "SiteLike", "MethodResult", "METHODS", "METHOD_NAMES", "METHOD_PARAMS", "MethodParams", "FedSGDParams", "FedProxParams",
+    "TASK_METRICS", "run_method",
     "run_single", "run_cross", "run_mix", "run_fedavg", "run_fedsgd", "run_fedprox",
     "task_of",
 ]
@@ -193,7 +195,7 @@ class _Run:
         self.model_params = dict(model_params or {})
         self.input_shape = input_shape
         self.num_classes = num_classes
-        self.train = dataclasses.replace(train, prox_mu=0.0)
+        self.train = train.replace(prox_mu=0.0)
         self.train_prox_mu = float(train.prox_mu)   # FedProx's default mu
         self.rounds = rounds
         self.seed = seed
@@ -350,7 +352,7 @@ def _fedavg(run: _Run) -> MethodResult:
     return _federated_averaging(run, run.train)
 
 
-def _fedprox(run: _Run, mu: float | None = None) -> MethodResult:
+def _fedprox(run: _Run, mu: float | None) -> MethodResult:
     """FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks"): FedAvg
     -- the same SIMULATED CENTRAL SERVER baseline, the only place a server exists in this
     project -- whose local training adds (mu/2) ||w - w_global||^2 (`train_local` with
@@ -358,7 +360,7 @@ def _fedprox(run: _Run, mu: float | None = None) -> MethodResult:
     0.01. With mu = 0 this is exactly FedAvg."""
     if mu is None:
         mu = run.train_prox_mu if run.train_prox_mu > 0 else _DEFAULT_MU
-    result = _federated_averaging(run, dataclasses.replace(run.train, prox_mu=float(mu)))
+    result = _federated_averaging(run, run.train.replace(prox_mu=float(mu)))
     result.details["mu"] = float(mu)
     return result
 
@@ -388,8 +390,7 @@ def _site_gradient(worker: nn.Module, params: list[nn.Parameter], site: SiteLike
     return grads, total, n
 
 
-def _fedsgd(run: _Run, server_lr: float = _DEFAULT_SERVER_LR, batch_size: int | None = None,
-               chunk_size: int = 1024) -> MethodResult:
+def _fedsgd(run: _Run, server_lr: float, batch_size: int | None, chunk_size: int) -> MethodResult:
     """FedSGD (McMahan et al. 2017) with a SIMULATED CENTRAL SERVER -- a comparison
     baseline, and the only place a server exists in this project. Each communication
     round every site computes ONE gradient of its mean training loss at the global weights,
@@ -471,47 +472,61 @@ _IMPLEMENTATIONS: dict[str, Callable[..., MethodResult]] = {
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_IMPLEMENTATIONS)
 
-# Per-method parameters: name -> (checker, example). Checkers return the cleaned value.
+
+class MethodParams(Table):
+    """A method's parameters: its `[compare.<method>]` table, or run_method's keyword
+    arguments; a subclass per method (METHOD), with none for single, cross, mix and fedavg."""
+
+    TABLE: ClassVar[str] = "compare"
+    METHOD: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, values: Any) -> Any:
+        # Said of the method, whose parameters differ, rather than as an unknown key of a table.
+        unknown = [key for key in values if key not in cls.model_fields] if isinstance(values, dict) else []
+        if unknown:
+            known = ", ".join(cls.model_fields) or "none"
+            raise refuse(str(unknown[0]), f"unknown parameter for method {cls.METHOD!r} (known: {known})")
+        return values
 
 
-def _positive_float(where: str, value: Any, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{where}: must be a finite number > 0, got {value!r} (example: {example})")
-    return float(value)
+class SingleParams(MethodParams):
+    METHOD: ClassVar[str] = "single"
 
 
-def _nonnegative_float(where: str, value: Any, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{where}: must be a finite number >= 0, got {value!r} (example: {example})")
-    return float(value)
+class CrossParams(MethodParams):
+    METHOD: ClassVar[str] = "cross"
 
 
-def _optional_count(where: str, value: Any, example: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: must be an integer >= 1 (or absent), got {value!r} (example: {example})")
-    return value
+class MixParams(MethodParams):
+    METHOD: ClassVar[str] = "mix"
 
 
-def _count(where: str, value: Any, example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: must be an integer >= 1, got {value!r} (example: {example})")
-    return value
+class FedAvgParams(MethodParams):
+    METHOD: ClassVar[str] = "fedavg"
 
 
-METHOD_PARAMS: dict[str, dict[str, tuple[Callable[[str, Any, str], Any], str]]] = {
-    "single": {},
-    "cross": {},
-    "mix": {},
-    "fedavg": {},
-    "fedsgd": {
-        "server_lr": (_positive_float, f"server_lr = {_DEFAULT_SERVER_LR}"),
-        "batch_size": (_optional_count, "batch_size = 256"),
-        "chunk_size": (_count, "chunk_size = 1024"),
-    },
-    "fedprox": {"mu": (_nonnegative_float, f"mu = {_DEFAULT_MU}")},
-}
+class FedSGDParams(MethodParams):
+    METHOD: ClassVar[str] = "fedsgd"
+    server_lr: float = setting(_DEFAULT_SERVER_LR, gt=0.0, requirement="a finite number > 0")
+    batch_size: int | None = setting(None, ge=1, requirement="an integer >= 1 (or absent)", example=256)  # None: the full local batch
+    chunk_size: int = setting(1024, ge=1)
+
+
+class FedProxParams(MethodParams):
+    METHOD: ClassVar[str] = "fedprox"
+    mu: float | None = setting(None, ge=0.0, requirement="a finite number >= 0", example=_DEFAULT_MU)  # None: train.prox_mu if > 0, else 0.01
+
+
+METHOD_PARAMS: dict[str, type[MethodParams]] = {cls.METHOD: cls for cls in (SingleParams, CrossParams, MixParams, FedAvgParams, FedSGDParams, FedProxParams)}
+
+
+class _Budget(Table):
+    """run_method's rounds, named as in the scenario's [compare] table."""
+
+    TABLE: ClassVar[str] = "compare"
+    rounds: int = setting(ge=1, example=10)
 
 
 def run_method(name: str, sites: Sequence[SiteLike], model_name: str,
@@ -541,22 +556,14 @@ def run_method(name: str, sites: Sequence[SiteLike], model_name: str,
             f"compare.methods: unknown method {name!r}; known: {', '.join(METHOD_NAMES)} "
             f'(example: methods = ["single", "mix", "fedavg"])'
         )
-    known = METHOD_PARAMS[name]
-    cleaned: dict[str, Any] = {}
-    for key, value in method_params.items():
-        if key not in known:
-            hint = ", ".join(known) if known else "none"
-            raise ConfigError(f"compare.{name}.{key}: unknown parameter for method {name!r} (known: {hint})")
-        check, example = known[key]
-        cleaned[key] = check(f"compare.{name}.{key}", value, example)
+    params = METHOD_PARAMS[name].from_dict(method_params, f"compare.{name}")
     sites = list(sites)
     if not sites:
         raise ConfigError("compare.sites: no sites to run the comparison on")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ConfigError(f"compare.rounds: must be an integer >= 1, got {rounds!r} (example: rounds = 10)")
+    rounds = _Budget.from_dict({"rounds": rounds}).rounds
     run = _Run(name, sites, model_name, model_params, input_shape, num_classes, train, rounds, seed,
                history, progress, held_out)
-    return _IMPLEMENTATIONS[name](run, **cleaned)
+    return _IMPLEMENTATIONS[name](run, **params.fields())
 
 
 def _entry(name: str) -> MethodFn:
