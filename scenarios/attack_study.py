@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
-from swarm.config import Table, read_toml, refuse, setting
+from swarm.config import Table, invalid_value, read_toml, refuse, setting
 from swarm.errors import ConfigError
 
 from .config import ROUNDS, TIMEOUT, ScenarioConfig, Section, Sections
@@ -97,10 +97,10 @@ class StudyTable(Table):
         _names_or_tables(values, "defences", "rule", "median")
         shares = values.get("shares", [0.1, 0.2, 0.3])
         if not isinstance(shares, list) or not shares or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < 1 for s in shares):
-            raise refuse("shares", f"must be a non-empty list of fractions between 0 and 1, got {shares!r} (example: shares = [0.1, 0.2, 0.3])")
+            raise invalid_value("shares", "a non-empty list of fractions between 0 and 1", shares, [0.1, 0.2, 0.3])
         seeds = values.get("seeds", [0])
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise refuse("seeds", f"must be a non-empty list of integers >= 0, got {seeds!r} (example: seeds = [0])")
+            raise invalid_value("seeds", "a non-empty list of integers >= 0", seeds, [0])
         return values
 
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 
-from swarm.config import Table, refuse, setting
+from swarm.config import Table, invalid, invalid_value, refuse, setting
 from swarm.errors import ConfigError
 
 from .attacks import attack_table
@@ -44,7 +44,7 @@ class Placement(Table):
     def _site_list(cls, sites: Any) -> Any:
         # The whole list in the message, as when an index is out of range (`indices`).
         if not isinstance(sites, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in sites):
-            raise refuse("", f"must be a non-empty list of site indices, got {sites!r} (example: sites = [2])")
+            raise invalid_value("", "a non-empty list of site indices", sites, [2])
         return sites
 
     @model_validator(mode="after")
@@ -64,7 +64,7 @@ class Placement(Table):
                 raise ConfigError(f"attack.sites: must be a non-empty list of site indices from 0 to {n - 1}, got {self.sites!r}")
             return sorted(self.sites)
         if self.count is not None and not 1 <= self.count <= n - 1:
-            raise ConfigError(f"attack.count: must be an integer from 1 to {n - 1}, got {self.count!r} (example: count = 1)")
+            raise invalid("attack", "count", f"an integer from 1 to {n - 1}", self.count, 1)
         count = self.count if self.count is not None else max(1, round(self.share * n))
         if count >= n:
             raise ConfigError(f"attack: {count} Byzantine sites out of {n} leaves no honest site; lower share or count")

@@ -9,7 +9,7 @@ from pydantic import ValidationInfo, field_validator
 
 from nodes.sources import DataSource, data_source
 from nodes.plan import build_plan, with_weights_digest
-from swarm.config import Table, read_toml, refuse, setting
+from swarm.config import Table, invalid_value, read_toml, refuse, setting
 from swarm.errors import ConfigError, ManifestError
 from swarm.manifest import check_reachability
 
@@ -58,10 +58,11 @@ class ScenarioFile(Sections):
 SECTIONS = tuple(ScenarioFile.model_fields)
 
 
-class Federation(Table):
-    """What the file's [scenario] table and ScenarioConfig share: the hospitals and where they run."""
+class ScenarioTable(Table):
+    """The file's [scenario] table: the hospitals and where they run."""
 
     TABLE: ClassVar[str] = "scenario"
+    name: str | None = setting(None, example="quickstart")  # None: the file's name
     nodes: int = setting(6, **NODES)
     host: str = "127.0.0.1"
     timeout: float = setting(170.0, **TIMEOUT)  # seconds the federation may run before the runner stops it
@@ -76,14 +77,8 @@ class Federation(Table):
         if nodes is None:  # refused itself
             return indices
         if not isinstance(indices, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < nodes for i in indices):
-            raise refuse("", f"must be a list of site indices from 0 to {nodes - 1}, got {indices!r} (example: outbound_only = [2])")
+            raise invalid_value("", f"a list of site indices from 0 to {nodes - 1}", indices, [2])
         return tuple(sorted(set(indices)))
-
-
-class ScenarioTable(Federation):
-    """The file's [scenario] table."""
-
-    name: str | None = setting(None, example="quickstart")  # None: the file's name
 
 
 class PlanTable(Table):
@@ -101,7 +96,7 @@ class Baselines(Table):
     pooled: bool = True
 
 
-class ScenarioConfig(Federation, PlanTable, Baselines):
+class ScenarioConfig(ScenarioTable, PlanTable, Baselines):
     """A whole scenario: the [scenario], [plan] and [baselines] settings, and the plan's and the
     data's tables as written (checked by `check`, which builds the plan)."""
 

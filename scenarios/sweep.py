@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 from pydantic import model_validator
 
 from swarm.atomic import write_atomic
-from swarm.config import Table, read_toml, refuse, setting
+from swarm.config import Table, invalid_value, read_toml, refuse, setting
 from swarm.errors import ConfigError
 
 from .config import ROUNDS, TIMEOUT, ScenarioConfig, Section, Sections
@@ -187,7 +187,7 @@ def _integers(sweep: dict[str, Any], key: str, minimum: int, example: int) -> No
         return
     values = sweep[key]
     if not isinstance(values, list) or not values:
-        raise refuse(key, f"must be a non-empty list of integers, got {values!r} (example: {key} = [{example}])")
+        raise invalid_value(key, "a non-empty list of integers", values, [example])
     for index, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise refuse(f"{key}[{index}]", f"must be an integer >= {minimum}, got {value!r} (example: {key} = [{example}])")
