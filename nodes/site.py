@@ -20,142 +20,197 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import AfterValidator, PlainSerializer, ValidatorFunctionWrapHandler, WrapValidator, model_validator
 
 from swarm.atomic import write_atomic
-from swarm.config import check_keys, get_bool, get_float, get_int, get_str, read_toml, table
+from swarm.config import Table, read_toml, refuse, setting, toml_text
 from swarm.errors import ConfigError
 from swarm.manifest import ENDPOINT_PATTERN, NAME_PATTERN
 from swarm.messages import MAX_CHUNK_LEAVES
 from swarm.transfer import LEAF_BYTES, TransferSettings
 
+from .training import AmpMode, DeviceSpec
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SOCKS_PATTERN = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")  # libzmq's SOCKS_PROXY: host:port
 
 
-@dataclass(frozen=True)
-class SiteConfig:
-    name: str
-    listen: str | None  # what this node binds, e.g. tcp://0.0.0.0:7000; None: outbound-only, binds nothing
-    endpoint: str | None  # what other sites connect to (goes into the manifest); None: outbound-only
-    threads: int  # torch threads for local training
-    log_level: str
-    data: dict[str, Any]  # validated by nodes.data.DataConfig
-    attack: dict[str, Any] = field(default_factory=dict)  # a scenario's simulated Byzantine site, kept as written (scenarios.attacks checks it); empty: honest
-    training: dict[str, str] = field(default_factory=dict)  # this site's device and amp, over the plan's
-    transfer: TransferSettings = TransferSettings()  # how this node pulls models over its links
-    socks_proxy: str | None = None  # host:port of a SOCKS5 proxy for the connections this node opens
+class SiteTable(Table):
+    """site.toml [site]."""
 
+    TABLE: ClassVar[str] = "site"
+
+    name: str
+
+    @model_validator(mode="after")
+    def _a_member_name(self) -> SiteTable:
+        if not NAME_PATTERN.match(self.name):
+            raise refuse("name", f"{self.name!r} must be lowercase letters, digits, '-', '_' or '.' (example: name = \"hospital-a\")")
+        return self
+
+
+class NodeTable(Table):
+    """site.toml [node]: where this node listens (or that it is outbound-only) and how it runs."""
+
+    TABLE: ClassVar[str] = "node"
+
+    reachable: bool = True  # false: outbound-only, binds nothing; dials its neighbours, which answer over that connection
+    endpoint: str | None = None  # what other sites connect to (goes into the manifest); None: outbound-only
+    listen: str | None = None  # what this node binds, e.g. tcp://0.0.0.0:7000 (default: the endpoint); None: outbound-only
+    socks_proxy: str | None = None  # host:port of a SOCKS5 proxy for the connections this node opens
+    threads: int = setting(1, ge=1, le=256)  # torch threads for local training
+    log_level: Literal[LOG_LEVELS] = "info"
+
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "site.toml") -> SiteConfig:
-        check_keys(values, {"site", "node", "data", "attack", "training", "transfer"}, where)
-        site = table(values, "site", where)
-        check_keys(site, {"name"}, f"{where} [site]")
-        name = get_str(site, "name", "site")
-        if not NAME_PATTERN.match(name):
-            raise ConfigError(f"site.name: {name!r} must be lowercase letters, digits, '-', '_' or '.' (example: name = \"hospital-a\")")
-        node = table(values, "node", where)
-        check_keys(node, {"listen", "endpoint", "reachable", "socks_proxy", "threads", "log_level"}, "node")
-        endpoint: str | None = None
-        listen: str | None = None
-        if get_bool(node, "reachable", "node", default=True):
-            endpoint = get_str(node, "endpoint", "node")
-            listen = get_str(node, "listen", "node", default=endpoint)
-            for key, value in (("endpoint", endpoint), ("listen", listen)):
-                if not ENDPOINT_PATTERN.match(value):
-                    raise ConfigError(f"node.{key}: {value!r} is not a TCP endpoint (example: {key} = \"tcp://127.0.0.1:7000\")")
+    def _listen_on_the_endpoint(cls, values: Any) -> Any:
+        if isinstance(values, Mapping) and values.get("reachable", True) is True and "endpoint" in values and "listen" not in values:
+            return {**values, "listen": values["endpoint"]}
+        return values
+
+    @model_validator(mode="after")
+    def _where_it_listens(self) -> NodeTable:
+        if self.reachable:
+            if self.endpoint is None:
+                raise refuse("endpoint", 'missing; add e.g. endpoint = "..."')
+            for key, value in (("endpoint", self.endpoint), ("listen", self.listen)):
+                if not ENDPOINT_PATTERN.match(str(value)):
+                    raise refuse(key, f"{value!r} is not a TCP endpoint (example: {key} = \"tcp://127.0.0.1:7000\")")
         else:
             for key in ("endpoint", "listen"):
-                if key in node:
-                    raise ConfigError(f"node.{key}: an outbound-only site (reachable = false) listens nowhere; remove {key}, or set reachable = true")
-        socks_proxy = get_str(node, "socks_proxy", "node") if "socks_proxy" in node else None
-        if socks_proxy is not None and not SOCKS_PATTERN.match(socks_proxy):
-            raise ConfigError(f"node.socks_proxy: {socks_proxy!r} is not host:port (example: socks_proxy = \"proxy.hospital.local:1080\")")
-        return cls(
-            name=name,
-            listen=listen,
-            endpoint=endpoint,
-            socks_proxy=socks_proxy,
-            threads=get_int(node, "threads", "node", default=1, minimum=1, maximum=256),
-            log_level=get_str(node, "log_level", "node", default="info", choices=LOG_LEVELS),
-            data=table(values, "data", where),
-            attack=table(values, "attack", where),
-            training=_checked_hardware(table(values, "training", where)),
-            transfer=_checked_transfer(table(values, "transfer", where)),
-        )
+                if getattr(self, key) is not None:
+                    raise refuse(key, f"an outbound-only site (reachable = false) listens nowhere; remove {key}, or set reachable = true")
+        if self.socks_proxy is not None and not SOCKS_PATTERN.match(self.socks_proxy):
+            raise refuse("socks_proxy", f"{self.socks_proxy!r} is not host:port (example: socks_proxy = \"proxy.hospital.local:1080\")")
+        return self
+
+
+class Hardware(Table):
+    """site.toml [training]: only where this site trains (device, amp), over the plan's; what
+    it trains is the federation's plan."""
+
+    TABLE: ClassVar[str] = "training"
+
+    device: DeviceSpec | None = None
+    amp: AmpMode | None = setting(None, example="bf16")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_hardware(cls, values: Any) -> Any:
+        for key in values if isinstance(values, Mapping) else ():
+            if key not in cls.model_fields:
+                raise refuse(key, "site.toml [training] takes only device and amp; the other training settings are the federation's plan")
+        return values
+
+
+_TRANSFER = TransferSettings()
+
+
+class TransferTable(Table):
+    """site.toml [transfer]: how this node pulls models (swarm.transfer); the defaults suit a LAN."""
+
+    TABLE: ClassVar[str] = "transfer"
+
+    # Chunks group whole 4 MiB leaves up to this size; below 4, every leaf travels alone.
+    chunk_mib: int = setting(_TRANSFER.chunk_bytes // 2**20, ge=1, le=MAX_CHUNK_LEAVES * LEAF_BYTES // 2**20)
+    window: int = setting(_TRANSFER.window, ge=1, le=64)
+    chunk_timeout: float = setting(_TRANSFER.chunk_timeout, ge=0.1, le=3600.0)
+    retries: int = setting(_TRANSFER.retries, ge=0, le=1000)
+
+    def settings(self) -> TransferSettings:
+        return TransferSettings(self.chunk_mib * 2**20, self.window, self.chunk_timeout, self.retries)
+
+    @classmethod
+    def of(cls, settings: TransferSettings) -> TransferTable:
+        return cls(chunk_mib=settings.chunk_bytes // 2**20, window=settings.window, chunk_timeout=settings.chunk_timeout, retries=settings.retries)
+
+
+def _transfer_settings(value: Any, check: ValidatorFunctionWrapHandler) -> TransferSettings:
+    return value if isinstance(value, TransferSettings) else check(value).settings()
+
+
+# site.toml's [training] and [transfer] are checked as their Tables (whose messages name
+# their fields) and held as what the node uses: the keys given, over the plan's; the
+# TransferSettings it pulls with.
+_HardwareKeys = Annotated[Hardware, AfterValidator(Hardware.to_dict), PlainSerializer(dict)]
+_Transfer = Annotated[TransferTable, WrapValidator(_transfer_settings), PlainSerializer(lambda s: TransferTable.of(s).to_dict())]
+
+_OUTBOUND_ONLY = "# Outbound-only: binds nothing; dials its neighbours, which answer over that connection.\n"
+_HARDWARE = "# Where this site trains (the plan's [training] says what it trains).\n"
+_BYZANTINE = "# A SIMULATED BYZANTINE SITE: it publishes poisoned models (scenarios.attacks).\n"
+
+
+class SiteConfig(Table):
+    """site.toml. Its tables' fields are named as the file's reader names them
+    (node.endpoint); only a mistake of the file itself names the file (site.toml.nodes:
+    unknown key)."""
+
+    TABLE: ClassVar[str] = "site.toml"
+
+    site: SiteTable
+    node: NodeTable
+    data: dict[str, Any] = {}  # validated by nodes.data.DataConfig
+    attack: dict[str, Any] = {}  # a scenario's simulated Byzantine site, kept as written (scenarios.attacks checks it); empty: honest
+    training: _HardwareKeys = {}  # this site's device and amp (the keys given), over the plan's
+    transfer: _Transfer = _TRANSFER  # how this node pulls models over its links
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tables_as_empty(cls, values: Any) -> Any:
+        # An absent [site] or [node] is checked as an empty one: its missing keys are named.
+        return {"site": {}, "node": {}} | dict(values) if isinstance(values, Mapping) else values
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str | None = None) -> Self:
+        try:
+            return super().from_dict(values, "")
+        except ConfigError as error:
+            if str(error).startswith((".", ":")):  # about the file, not one of its tables
+                raise ConfigError(f"{cls.TABLE if where is None else where}{error}") from None
+            raise
+
+    @property
+    def name(self) -> str:
+        return self.site.name
+
+    @property
+    def listen(self) -> str | None:
+        return self.node.listen
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.node.endpoint
+
+    @property
+    def socks_proxy(self) -> str | None:
+        return self.node.socks_proxy
+
+    @property
+    def threads(self) -> int:
+        return self.node.threads
+
+    @property
+    def log_level(self) -> str:
+        return self.node.log_level
 
     def to_toml(self) -> str:
-        lines = [
-            "[site]",
-            f"name = {json.dumps(self.name)}",
-            "",
-            "[node]",
-            *([f"listen = {json.dumps(self.listen)}", f"endpoint = {json.dumps(self.endpoint)}"] if self.endpoint is not None
-              else ["# Outbound-only: binds nothing; dials its neighbours, which answer over that connection.", "reachable = false"]),
-            *([f"socks_proxy = {json.dumps(self.socks_proxy)}"] if self.socks_proxy else []),
-            f"threads = {self.threads}",
-            f"log_level = {json.dumps(self.log_level)}",
-            "",
-            "[data]",
+        """The file's text: table by table, each after the comment that says what it is."""
+        tables: list[tuple[str, str, Mapping[str, Any]]] = [
+            ("", "site", self.site.to_dict()),
+            ("" if self.node.reachable else _OUTBOUND_ONLY, "node", self.node.to_dict()),
+            ("", "data", self.data),
         ]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in self.data.items()]
         if self.training:
-            lines += ["", "# Where this site trains (the plan's [training] says what it trains).", "[training]"]
-            lines += [f"{key} = {_toml_value(value)}" for key, value in self.training.items()]
-        if self.transfer != TransferSettings():
-            t = self.transfer
-            lines += ["", "[transfer]", f"chunk_mib = {t.chunk_bytes // 2**20}", f"window = {t.window}",
-                      f"chunk_timeout = {t.chunk_timeout!r}", f"retries = {t.retries}"]
+            tables.append((_HARDWARE, "training", self.training))
+        if self.transfer != _TRANSFER:  # defaults are not written out
+            tables.append(("", "transfer", TransferTable.of(self.transfer).to_dict()))
         if self.attack:
-            lines += ["", "# A SIMULATED BYZANTINE SITE: it publishes poisoned models (scenarios.attacks).", "[attack]"]
-            lines += [f"{key} = {_toml_value(value)}" for key, value in self.attack.items()]
-        return "\n".join(lines) + "\n"
-
-
-HARDWARE_KEYS = ("device", "amp")
-
-
-def _checked_hardware(values: dict[str, Any]) -> dict[str, str]:
-    """site.toml [training]: only where this site trains (device, amp); the rest is the plan's."""
-    from .devices import AMP_MODES, check_device_spec
-
-    for key in values:
-        if key not in HARDWARE_KEYS:
-            raise ConfigError(f"training.{key}: site.toml [training] takes only device and amp; "
-                              "the other training settings are the federation's plan")
-    if "device" in values:
-        check_device_spec(values["device"], "training.device")
-    if "amp" in values and values["amp"] not in AMP_MODES:
-        raise ConfigError(f'training.amp: must be one of {", ".join(AMP_MODES)}, got {values["amp"]!r} (example: amp = "bf16")')
-    return dict(values)
-
-
-def _checked_transfer(values: dict[str, Any]) -> TransferSettings:
-    """site.toml [transfer]: how this node pulls models (swarm.transfer); defaults suit a LAN."""
-    check_keys(values, {"chunk_mib", "window", "chunk_timeout", "retries"}, "transfer")
-    default = TransferSettings()
-    # Chunks group whole 4 MiB leaves up to this size; below 4, every leaf travels alone.
-    chunk_mib = get_int(values, "chunk_mib", "transfer", default=default.chunk_bytes // 2**20, minimum=1, maximum=MAX_CHUNK_LEAVES * LEAF_BYTES // 2**20)
-    return TransferSettings(
-        chunk_bytes=chunk_mib * 2**20,
-        window=get_int(values, "window", "transfer", default=default.window, minimum=1, maximum=64),
-        chunk_timeout=get_float(values, "chunk_timeout", "transfer", default=default.chunk_timeout, minimum=0.1, maximum=3600.0),
-        retries=get_int(values, "retries", "transfer", default=default.retries, minimum=0, maximum=1000),
-    )
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(f"data: cannot write {value!r} to site.toml; use numbers, strings or lists")
+            tables.append((_BYZANTINE, "attack", self.attack))
+        return "\n".join(comment + toml_text({name: table}) for comment, name, table in tables)
 
 
 class SiteDir:

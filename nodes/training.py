@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, model_validator
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
@@ -56,8 +56,9 @@ def _device_spec(spec: Any) -> Any:
 
 
 # Where a site trains: the plan's [training] and a site's own site.toml [training] (nodes.site).
-DeviceSpec = Annotated[str, BeforeValidator(_device_spec), Field(json_schema_extra={"example": "auto"})]
-AmpMode = Annotated[Literal[AMP_MODES], Field(json_schema_extra={"example": "bf16"})]
+# (The example of amp is given to setting(), where an optional field's messages find it.)
+DeviceSpec = Annotated[str, BeforeValidator(_device_spec)]  # the message, with its example, is nodes.devices'
+AmpMode = Literal[AMP_MODES]
 
 
 class TrainConfig(Table):
@@ -78,7 +79,7 @@ class TrainConfig(Table):
     dp_delta: float = setting(1e-5, gt=0.0, lt=1.0)  # the delta at which epsilon is reported (keep << 1 / samples)
     loss: Literal[LOSSES] = setting("cross_entropy", example="logit_adjusted")  # "logit_adjusted": train on scores + log(own class prior)
     device: DeviceSpec = "auto"  # where this site trains (nodes.devices); a site may override it
-    amp: AmpMode = "none"  # mixed precision: "bf16" or "fp16"
+    amp: AmpMode = setting("none", example="bf16")  # mixed precision: "bf16" or "fp16"
 
     @model_validator(mode="after")
     def _private_training(self) -> TrainConfig:
