@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from swarm.config import read_toml, table
+from pydantic import ConfigDict
+
+from swarm.config import Table, read_toml
 from swarm.errors import ManifestError, UsageError
 from swarm.identity import load_site_keys
 from swarm.manifest import Manifest, Member, SignedManifest, load_manifest, save_manifest
@@ -29,22 +31,37 @@ def read_card(path: Path) -> Member:
     return Member.from_card(card, str(path))
 
 
+class PlanFile(Table):
+    """A plan TOML file's tables, each kept as written for build_plan to check (as
+    plan.rounds, topology.name, ...). Tables it does not know are ignored, as before."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    plan: dict[str, Any] = {}  # rounds (default 20)
+    topology: dict[str, Any] = {}
+    protocol: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    task: dict[str, Any] = {}
+    neighbours: dict[str, Any] = {}
+    merge: dict[str, Any] = {}
+
+
 def plan_from_toml(plan_path: Path, member_names: list[str]) -> dict[str, Any]:
     """The plan document for `member_names` from a plan TOML file (see docs/plan-example.toml)."""
     from .plan import build_plan
 
-    values = read_toml(plan_path, "plan")
-    where = str(plan_path)
+    tables = PlanFile.from_dict(read_toml(plan_path, "plan"), "")
     return build_plan(
         member_names,
-        table(values, "plan", where).get("rounds", 20),
-        table(values, "topology", where),
-        table(values, "protocol", where),
-        table(values, "model", where),
-        table(values, "training", where),
-        table(values, "task", where),
-        table(values, "neighbours", where),
-        merge=table(values, "merge", where),
+        tables.plan.get("rounds", 20),
+        tables.topology,
+        tables.protocol,
+        tables.model,
+        tables.training,
+        tables.task,
+        tables.neighbours,
+        merge=tables.merge,
         weights_dir=Path(plan_path).parent,  # [model] init_weights is found beside the plan file
     )
 
