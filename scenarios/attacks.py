@@ -56,7 +56,7 @@ def _apply(template: State, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {key: values[key].to(tensor.dtype).clone() if key in values else tensor.detach().clone() for key, tensor in template.items()}
 
 
-Strength = Annotated[float, Field(ge=0)]  # an attack's parameter
+Strength = Annotated[float, Field(ge=0)]  # how hard an attack pushes (its one parameter)
 
 
 class Attack(Table):
@@ -137,8 +137,7 @@ class ScaledReplacement(Attack):
     flips_labels = True
 
     def craft(self, ref: State, trained: State, seen: Sequence[State], generator: torch.Generator) -> dict[str, Tensor]:
-        boost = self.boost
-        return _apply(trained, {k: ref[k].double() + boost * (trained[k].double() - ref[k].double()) for k in _floating(trained)})
+        return _apply(trained, {k: ref[k].double() + self.boost * (trained[k].double() - ref[k].double()) for k in _floating(trained)})
 
 
 class FreeRiding(Attack):

@@ -54,8 +54,8 @@ from swarm.merge import weighted_mean
 from .scoring import TASK_METRICS, HeldOut, mean_over, site_metrics
 
 __all__ = [
-    "SiteLike", "MethodResult", "METHODS", "METHOD_NAMES", "METHOD_PARAMS", "MethodParams", "FedSGDParams", "FedProxParams",
-    "TASK_METRICS", "run_method",
+    "SiteLike", "MethodResult", "METHODS", "METHOD_NAMES", "METHOD_PARAMS", "TASK_METRICS", "run_method",
+    "MethodParams", "SingleParams", "CrossParams", "MixParams", "FedAvgParams", "FedSGDParams", "FedProxParams",
     "run_single", "run_cross", "run_mix", "run_fedavg", "run_fedsgd", "run_fedprox",
     "task_of",
 ]
