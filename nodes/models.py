@@ -109,7 +109,7 @@ class _MlpParams(_Layers):
 class _LogregParams(_Params):
     @model_validator(mode="before")
     @classmethod
-    def _none(cls, values: Any) -> Any:
+    def _takes_none(cls, values: Any) -> Any:
         if isinstance(values, Mapping) and values:
             key = next(iter(values))
             raise refuse(key, f"unknown key, got {key!r} = {values[key]!r}; logreg takes no parameters")
