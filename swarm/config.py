@@ -36,7 +36,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-if typing.TYPE_CHECKING:
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
     from typing_extensions import Self
 
 __all__ = [
@@ -116,6 +118,7 @@ def invalid(where: str, key: str, requirement: str, value: Any, example: Any) ->
 
 
 _checking: contextvars.ContextVar[bool] = contextvars.ContextVar("swarm_config_checking", default=False)
+_context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("swarm_config_context", default=None)
 
 
 class Table(BaseModel):
@@ -126,29 +129,33 @@ class Table(BaseModel):
     TABLE: ClassVar[str] = "config"
 
     def __init__(self, **values: Any) -> None:
-        if _checking.get():  # a nested table: the outer check reports the whole path
-            super().__init__(**values)
+        # pydantic runs a model's own __init__ for nested tables too, without the validation
+        # context: it comes from _context here, as BaseModel.__init__ would validate.
+        if _checking.get():  # inside a check: errors go up with their whole path
+            self.__pydantic_validator__.validate_python(values, self_instance=self, context=_context.get())
             return
         token = _checking.set(True)
-        try:
-            super().__init__(**values)
+        try:  # direct construction, e.g. TrainConfig(epochs=0): the same one line as from_dict
+            self.__pydantic_validator__.validate_python(values, self_instance=self)
         except ValidationError as exc:
             raise config_error(exc, type(self), self.TABLE) from None
         finally:
             _checking.reset(token)
 
     @classmethod
-    def from_dict(cls, values: Any, where: str | None = None) -> Self:
+    def from_dict(cls, values: Any, where: str | None = None, context: Mapping[str, Any] | None = None) -> Self:
         """Check a TOML table (absent keys take their defaults). ConfigError names the field
-        under `where` (default TABLE), the bad value and an example."""
+        under `where` (default TABLE), the bad value and an example. `context` reaches the
+        validators as `info.context` (facts from outside the table, e.g. the number of nodes)."""
         where = cls.TABLE if where is None else where
-        token = _checking.set(True)
+        tokens = _checking.set(True), _context.set(context)
         try:
-            return cls.model_validate(values)
+            return cls.model_validate(values, context=context)
         except ValidationError as exc:
             raise config_error(exc, cls, where) from None
         finally:
-            _checking.reset(token)
+            _checking.reset(tokens[0])
+            _context.reset(tokens[1])
 
     def replace(self, **changes: Any) -> Self:
         """A checked copy with `changes`."""

@@ -28,14 +28,13 @@ refused). The other keys each topology allows:
 
 from __future__ import annotations
 
-import contextvars
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import networkx as nx
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, ValidationInfo, model_validator
 
 from .config import Table, invalid_value, setting
 from .errors import ConfigError
@@ -46,10 +45,6 @@ WHERE = "topology"
 MAX_PERIOD = 1000  # distinct round graphs; later rounds cycle through them again
 # The schedule shares the manifest's 4 MiB limit with the member cards and neighbour lists.
 MAX_SCHEDULE_BYTES = 3 * 1024 * 1024
-
-# The number of nodes of the graph whose table is being checked: some bounds depend on it.
-_NODES: contextvars.ContextVar[int | None] = contextvars.ContextVar("topology_nodes", default=None)
-
 
 # -- tables ------------------------------------------------------------------------------
 
@@ -76,8 +71,8 @@ class TopologyTable(_Named):
 
     @model_validator(mode="before")
     @classmethod
-    def _within_nodes(cls, values: Any) -> Any:
-        n = _NODES.get()
+    def _within_nodes(cls, values: Any, info: ValidationInfo) -> Any:
+        n = (info.context or {}).get("nodes")  # the number of nodes, where topology_table knows it
         if n is None or not isinstance(values, Mapping):
             return values
         for key, (low, below, example) in cls.UP_TO_NODES.items():
@@ -330,11 +325,7 @@ def topology_table(table: Mapping[str, Any] | TopologyTable, n: int) -> Topology
     if isinstance(table, TopologyTable):
         return table
     topology = _known(topology_name(table))
-    token = _NODES.set(n)
-    try:
-        return topology.table.from_dict(table, WHERE)
-    finally:
-        _NODES.reset(token)
+    return topology.table.from_dict(table, WHERE, context={"nodes": n})
 
 
 def topology_graphs(table: Mapping[str, Any] | TopologyTable, n: int, rounds: int = 1) -> list[nx.Graph]:
