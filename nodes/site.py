@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, PlainSerializer, ValidatorFunctionWrapHandler, WrapValidator, model_validator
 
@@ -165,9 +165,9 @@ class SiteConfig(Table):
         return {"site": {}, "node": {}} | dict(values) if isinstance(values, Mapping) else values
 
     @classmethod
-    def from_dict(cls, values: Any, where: str | None = None) -> Self:
+    def from_dict(cls, values: Any, where: str | None = None, context: Mapping[str, Any] | None = None) -> SiteConfig:
         try:
-            return super().from_dict(values, "")
+            return super().from_dict(values, "", context)
         except ConfigError as error:
             if str(error).startswith((".", ":")):  # about the file, not one of its tables
                 raise ConfigError(f"{cls.TABLE if where is None else where}{error}") from None
