@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
-from .atomic import write_atomic
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -42,7 +41,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 __all__ = [
-    "ConfigError", "Table", "invalid", "invalid_value", "read_toml", "refuse", "setting", "toml_text", "toml_value", "write_toml",
+    "ConfigError", "Table", "invalid", "invalid_value", "read_toml", "refuse", "setting", "toml_text", "toml_value",
 ]
 
 
@@ -64,11 +63,6 @@ def toml_text(document: Mapping[str, Any]) -> str:
         return tomli_w.dumps(_without_none(document))
     except TypeError as exc:
         raise ConfigError(f"cannot write TOML: {exc}; use numbers, strings, booleans, lists and tables") from None
-
-
-def write_toml(path: Path, document: Mapping[str, Any], header: str = "") -> None:
-    """Write `document` (after `header`, e.g. comments) to `path` atomically."""
-    write_atomic(path, (header + toml_text(document)).encode())
 
 
 def _without_none(value: Any) -> Any:
