@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 Intensity = Literal["full_scale", "per_image"]
-INTENSITIES: tuple[str, ...] = get_args(Intensity)
 
 
 @dataclass(frozen=True)
@@ -293,8 +292,6 @@ class FolderConfig(FileSource):
 
 DicomKey = Literal["file", "SOPInstanceUID", "PatientID", "SeriesInstanceUID"]
 DicomUnit = Literal["file", "series"]
-DICOM_KEYS: tuple[str, ...] = get_args(DicomKey)
-DICOM_UNITS: tuple[str, ...] = get_args(DicomUnit)
 
 
 Window = str | tuple[float, float]
@@ -420,7 +417,6 @@ SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # in the closest canonic
 VOLUME = "volume"  # slices = "volume": the whole volume is one sample
 Slices = Literal["axial", "coronal", "sagittal", "volume"]  # SLICE_AXES or VOLUME
 Keep = Literal["all", "labelled"]
-KEEP: tuple[str, ...] = get_args(Keep)
 
 
 def _is_nifti(path: Path) -> bool:

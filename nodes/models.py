@@ -48,7 +48,7 @@ import torch
 from pydantic import model_validator
 from torch import Tensor, nn
 
-from swarm.config import Table, invalid_value, refuse, setting
+from swarm.config import Table, invalid_value, setting
 from swarm.errors import ConfigError
 
 InputShape = tuple[int, ...]
@@ -107,13 +107,7 @@ class _MlpParams(_Layers):
 
 
 class _LogregParams(_Params):
-    @model_validator(mode="before")
-    @classmethod
-    def _takes_none(cls, values: Any) -> Any:
-        if isinstance(values, Mapping) and values:
-            key = next(iter(values))
-            raise refuse(key, f"unknown key, got {key!r} = {values[key]!r}; logreg takes no parameters")
-        return values
+    UNKNOWN_KEY: ClassVar[str] = "unknown key, got {key!r} = {value!r}; logreg takes no parameters"
 
 
 def _describe(shape: InputShape) -> str:

@@ -97,14 +97,7 @@ class Hardware(Table):
 
     device: DeviceSpec | None = None
     amp: AmpMode | None = setting(None, example="bf16")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _only_hardware(cls, values: Any) -> Any:
-        for key in values if isinstance(values, Mapping) else ():
-            if key not in cls.model_fields:
-                raise refuse(key, "site.toml [training] takes only device and amp; the other training settings are the federation's plan")
-        return values
+    UNKNOWN_KEY: ClassVar[str] = "site.toml [training] takes only device and amp; the other training settings are the federation's plan"
 
 
 _TRANSFER = TransferSettings()

@@ -55,9 +55,6 @@ class ScenarioFile(Sections):
     compare: Section = {}
 
 
-SECTIONS = tuple(ScenarioFile.model_fields)
-
-
 class ScenarioTable(Table):
     """The file's [scenario] table: the hospitals and where they run."""
 

@@ -41,13 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
-from pydantic import model_validator
 from torch import Tensor, nn
 
 from nodes.metrics import site_means
 from nodes.models import build_model
 from nodes.training import TrainConfig, check_output, derive_seed, train_local
-from swarm.config import Table, refuse, setting
+from swarm.config import Table, setting
 from swarm.errors import ConfigError
 from swarm.merge import weighted_mean
 
@@ -479,16 +478,8 @@ class MethodParams(Table):
 
     TABLE: ClassVar[str] = "compare"
     METHOD: ClassVar[str] = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known(cls, values: Any) -> Any:
-        # Said of the method, whose parameters differ, rather than as an unknown key of a table.
-        unknown = [key for key in values if key not in cls.model_fields] if isinstance(values, dict) else []
-        if unknown:
-            known = ", ".join(cls.model_fields) or "none"
-            raise refuse(str(unknown[0]), f"unknown parameter for method {cls.METHOD!r} (known: {known})")
-        return values
+    # Said of the method, whose parameters differ, rather than as an unknown key of a table.
+    UNKNOWN_KEY: ClassVar[str] = "unknown parameter for method {table.METHOD!r} (known: {known})"
 
 
 class SingleParams(MethodParams):

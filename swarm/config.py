@@ -79,6 +79,8 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return repr(value)
 
 
@@ -121,6 +123,8 @@ class Table(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, str_min_length=1)
     TABLE: ClassVar[str] = "config"
+    # What a key the table does not know gets said (fields: key, value, known, table).
+    UNKNOWN_KEY: ClassVar[str] = "unknown key, got {key!r} = {value!r} (known keys: {known})"
 
     def __init__(self, **values: Any) -> None:
         # pydantic runs a model's own __init__ for nested tables too, without the validation
@@ -132,7 +136,7 @@ class Table(BaseModel):
         try:  # direct construction, e.g. TrainConfig(epochs=0): the same one line as from_dict
             self.__pydantic_validator__.validate_python(values, self_instance=self)
         except ValidationError as exc:
-            raise config_error(exc, type(self), self.TABLE) from None
+            raise config_error(exc, type(self), self.TABLE, values) from None
         finally:
             _checking.reset(token)
 
@@ -146,7 +150,7 @@ class Table(BaseModel):
         try:
             return cls.model_validate(values, context=context)
         except ValidationError as exc:
-            raise config_error(exc, cls, where) from None
+            raise config_error(exc, cls, where, values) from None
         finally:
             _checking.reset(tokens[0])
             _context.reset(tokens[1])
@@ -157,24 +161,26 @@ class Table(BaseModel):
 
     def fields(self) -> dict[str, Any]:
         """The fields as given (nested tables stay models)."""
-        return {name: getattr(self, name) for name in type(self).model_fields}  # noqa: F402
+        return {name: getattr(self, name) for name in type(self).model_fields}
 
     def to_dict(self) -> dict[str, Any]:
         """The table as plain TOML values (None left out)."""
         return _without_none(self.model_dump(mode="json"))
 
 
-def config_error(exc: ValidationError, model: type[BaseModel], where: str) -> ConfigError:
-    """The first of pydantic's errors (an unknown key before the rest, as a reader fixes
-    typos first) as one line: field path, requirement, bad value, example."""
+def config_error(exc: ValidationError, model: type[BaseModel], where: str, values: Any = None) -> ConfigError:
+    """The first of pydantic's errors as one line: field path, requirement, bad value, example.
+    An unknown key in `values` comes first, as a reader fixes typos first (a validator that
+    runs before pydantic's own checks may have stopped it from reporting one)."""
+    unknown = _unknown_key(model, values, where)
+    if unknown is not None:
+        return unknown
     errors = exc.errors(include_url=False)
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     kind, loc, value = error["type"], tuple(error["loc"]), error.get("input")
     if kind == "extra_forbidden":
         owner, _, path = _walk(model, loc[:-1], where)
-        key = str(loc[-1])
-        known = ", ".join(getattr(owner, "model_fields", {}))
-        return ConfigError(f"{path}.{key}: unknown key, got {key!r} = {value!r} (known keys: {known})")
+        return _unknown(owner, path, str(loc[-1]), value)
     _, info, path = _walk(model, loc, where)
     key = path.rsplit(".", 1)[-1]
     if kind == "swarm_config":
@@ -193,6 +199,28 @@ def config_error(exc: ValidationError, model: type[BaseModel], where: str) -> Co
     if kind == "value_error":
         return ConfigError(f"{path}: {error['ctx']['error']}")
     return ConfigError(f"{path}: must be {requirement(info)}, got {value!r} (example: {key} = {toml_value(_example(info))})")
+
+
+def _unknown(model: Any, path: str, key: str, value: Any) -> ConfigError:
+    known = ", ".join(getattr(model, "model_fields", {})) or "none"
+    text = getattr(model, "UNKNOWN_KEY", Table.UNKNOWN_KEY).format(key=key, value=value, known=known, table=model)
+    return ConfigError(f"{path}.{key}: {text}")
+
+
+def _unknown_key(model: Any, values: Any, path: str) -> ConfigError | None:
+    """The first key of `values` (or of a nested table in it) that its table does not know."""
+    fields = getattr(model, "model_fields", None)
+    if not isinstance(values, Mapping) or fields is None or model.model_config.get("extra") != "forbid":
+        return None
+    for key, value in values.items():
+        if key not in fields:
+            return _unknown(model, path, key, value)
+        inner = _plain(fields[key].annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            found = _unknown_key(inner, value, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    return None
 
 
 def _walk(model: type[BaseModel], loc: tuple, where: str) -> tuple[Any, FieldInfo | None, str]:

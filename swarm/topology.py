@@ -82,13 +82,10 @@ class TopologyTable(_Named):
         return values
 
 
-COMMON_KEYS = tuple(TopologyTable.model_fields)  # what every topology's table takes
-
-
 class Grid(TopologyTable):
     UP_TO_NODES = {"rows": (1, 0, 1), "cols": (1, 0, 1)}
-    rows: int | None = None
-    cols: int | None = None
+    rows: int | None = setting(None, ge=1, example=1)
+    cols: int | None = setting(None, ge=1, example=1)
 
 
 class RandomRegular(TopologyTable):
@@ -101,13 +98,13 @@ class ErdosRenyi(TopologyTable):
 
 class WattsStrogatz(TopologyTable):
     UP_TO_NODES = {"k": (2, 1, 2)}
-    k: int = 4
+    k: int = setting(4, ge=2)
     p: float = setting(0.1, ge=0.0, le=1.0)
 
 
 class BarabasiAlbert(TopologyTable):
     UP_TO_NODES = {"m": (1, 1, 2)}
-    m: int = 2
+    m: int = setting(2, ge=1)
 
 
 class GraphFile(TopologyTable):
@@ -120,7 +117,7 @@ class _Periodic(TopologyTable):
 
 class RandomSOut(_Periodic):
     UP_TO_NODES = {"s": (1, 1, 2)}
-    s: int = 2
+    s: int = setting(2, ge=1)
 
 
 class DynamicRegular(RandomRegular, _Periodic):

@@ -116,6 +116,26 @@ def test_unknown_keys_come_first_and_list_the_known_ones():
     assert message(lambda: Demo.from_dict({"n": 0, "zz": 2})).startswith("demo.zz: unknown key, got 'zz' = 2 (known keys: n, sites, site,")
 
 
+class Early(Table):
+    """A table whose own check runs before pydantic's (and stops it)."""
+
+    TABLE = "early"
+    items: list[str] = setting(["ring"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_items(cls, values: object) -> object:
+        if isinstance(values, dict) and "items" not in values:
+            raise refuse("items", 'missing; add e.g. items = ["ring"]')
+        return values
+
+
+def test_a_typo_is_an_unknown_key_even_where_a_check_runs_first():
+    assert message(lambda: Early.from_dict({"itmes": ["a"]})) == "early.itmes: unknown key, got 'itmes' = ['a'] (known keys: items)"
+    assert message(lambda: Early.from_dict({})) == 'early.items: missing; add e.g. items = ["ring"]'
+    assert message(lambda: Demo.from_dict({"inner": {"y": 1}, "n": 0})).startswith("demo.inner.y: unknown key")
+
+
 def test_nested_tables_give_the_whole_path():
     assert message(lambda: Demo.from_dict({"inner": {"x": 2}}, "plan.demo")) == (
         "plan.demo.inner.x: must be a number in [0, 1], got 2 (example: x = 0.5)"
@@ -144,6 +164,7 @@ def test_direct_construction_and_replace_are_checked():
 
 def test_toml_value_and_text_round_trip(tmp_path):
     assert [toml_value(v) for v in (True, 3, 0.0001, 1.0, 'a"b')] == ["true", "3", "0.0001", "1.0", '"a\\"b"']
+    assert toml_value(["head.*", 1, [True]]) == '["head.*", 1, [true]]'  # examples read as TOML
     document = {"site": {"name": "hospital-a"}, "data": {"sites": 6, "shape": [1, 28, 28], "noise": 0.04, "skip": None}}
     path = tmp_path / "site.toml"
     path.write_text(toml_text(document))

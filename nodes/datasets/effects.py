@@ -23,7 +23,6 @@ shift = 0 every site gets the identity scanner plus the same base noise level.
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -36,7 +35,6 @@ from .partition import Seed
 
 _TAG_SCANNER = 0x7363  # "sc"
 NoiseKind = Literal["rician", "gaussian"]
-NOISE_KINDS: tuple[str, ...] = typing.get_args(NoiseKind)
 
 # Arguments shared by the generators (imaging, phantom) and site_effects.
 Site = Annotated[int, Field(ge=0, le=2**62, json_schema_extra={"example": 0})]

@@ -31,7 +31,6 @@ them) and `partition(samples, config)` does both steps for every site.
 from __future__ import annotations
 
 import math
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
@@ -52,7 +51,6 @@ _TAG_SPLIT = 0x7370      # "sp"
 _DIRICHLET_ATTEMPTS = 100
 WHERE = "partition"
 Method = Literal["iid", "dirichlet", "quantity", "by-site"]
-METHODS: tuple[str, ...] = typing.get_args(Method)
 
 Indices = Sequence[int] | np.ndarray | Tensor
 
