@@ -49,6 +49,7 @@ from swarm.config import Table, invalid_value, setting
 from swarm.errors import ConfigError
 
 from .datasets import apportion
+from .datasets.partition import Seed
 
 # --------------------------------------------------------------------------------------
 # Site data and config
@@ -109,7 +110,7 @@ class SitesTable(Table):
 
     sites: SiteCount = 6
     site: int | None = setting(None, example=0)  # this node's site index; absent for whole-federation use
-    seed: int = setting(0, ge=0, le=2**63 - 1)
+    seed: Seed = 0
 
     @field_validator("site", mode="before")
     @classmethod

@@ -33,12 +33,12 @@ from pydantic import Field, ValidationInfo, field_validator
 from swarm.config import refuse, setting
 from swarm.errors import ConfigError
 
-from .data import DataConfig, LabelSkew, PathOrEmpty, Shift, SiteCount, SiteData, SitesTable, Skew, ValFraction, below_sites
+from .data import DataConfig, LabelSkew, PathOrEmpty, Shift, SiteCount, SiteData, SitesTable, ValFraction, below_sites
 from .datasets import Samples, concat
 from .datasets.imaging import generate_imaging_site
 from .datasets.medmnist import load_medmnist
 from .datasets.partition import WHERE as PARTITION_TABLE
-from .datasets.partition import PartitionConfig, SiteSplit, partition, split_site
+from .datasets.partition import PartitionConfig, SiteSplit, Skew, partition, split_site
 from .datasets.phantom import generate_phantom_site
 from .datasets.tabular import load_breast_cancer_table, with_site_shift
 from .file_sources import DicomConfig, FileSource, FolderConfig, NiftiConfig
@@ -110,7 +110,6 @@ def _site_size(seed: int, site: int, mean: int, quantity_skew: float) -> int:
 SampleCount = Annotated[int, Field(ge=8, le=1_000_000, json_schema_extra={"example": 200})]
 TestCount = Annotated[int, Field(ge=1, le=1_000_000, json_schema_extra={"example": 200})]
 ImageSize = Annotated[int, Field(ge=16, le=256)]
-GeneratedSkew = Annotated[Skew, Field(json_schema_extra={"example": 1.0})]
 # A partitioned source's minimum site size
 MinSamples = Annotated[int, Field(ge=2, le=1_000_000, json_schema_extra={"example": 10})]
 
@@ -122,7 +121,7 @@ class _GeneratedSource(SitesTable):
     from its own random stream, then the site keeps its own validation and test splits."""
 
     samples_per_site: SampleCount = 200  # mean training images per site (before quantity skew)
-    quantity_skew: GeneratedSkew = 1.0
+    quantity_skew: Skew = 1.0
     test_samples: TestCount = 200
     size: ImageSize = 28
     shift: Shift = 1.0
@@ -189,7 +188,7 @@ class PhantomConfig(_GeneratedSource):
     source: Literal["phantom"] = "phantom"
     sites: SiteCount = 4
     samples_per_site: SampleCount = 120
-    quantity_skew: GeneratedSkew = 0.5
+    quantity_skew: Skew = 0.5
     test_samples: TestCount = 60
     size: ImageSize = 32
 
