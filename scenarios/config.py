@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import ValidationInfo, field_validator
 
 from nodes.sources import DataSource, data_source
-from nodes.plan import build_plan, with_weights_digest
+from nodes.plan import MAX_ROUNDS, build_plan, with_weights_digest
 from swarm.config import Table, invalid_value, read_toml, refuse, setting
 from swarm.errors import ConfigError, ManifestError
 from swarm.manifest import check_reachability
@@ -21,7 +21,7 @@ BACKENDS = ("local", "ray")
 # given to setting() rather than as an Annotated alias, which would hide them from the messages
 # of an optional field.
 NODES: dict[str, Any] = {"ge": 2, "le": MAX_NODES}
-ROUNDS: dict[str, Any] = {"ge": 1, "le": 1000}
+ROUNDS: dict[str, Any] = {"ge": 1, "le": MAX_ROUNDS}  # the plan's own bound (nodes.plan)
 TIMEOUT: dict[str, Any] = {"ge": 1.0}
 SEED: dict[str, Any] = {"ge": 0, "le": 2**62}
 
